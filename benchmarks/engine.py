@@ -1,0 +1,241 @@
+"""Engine benchmark: the h-detach engine against the authors' loop and ``torch.nn.LSTM``.
+
+All contenders run in one process, interleaved (repeat r times every contender once), after
+a warm-up; the figure is the median. One training step = forward, loss, backward (the
+"backward" rows time the backward pass alone). Shapes are the paper's: copying (T=120,
+B=100, I=1, H=128, loss at every step) and pixel MNIST (T=784, B=100, I=1, H=100, loss at
+the last step).
+
+    python benchmarks/engine.py [--shape copying|mnist] [--repeats 7] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainables.engine import HDetachLSTM, MemberLinear  # noqa: E402
+from trainables.oracle import oracle_lstm  # noqa: E402
+from trainables.runtime import keep_freed_memory  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    T: int
+    B: int
+    I: int
+    H: int
+    classes: int
+    loss_every_step: bool
+
+
+SHAPES = {
+    "copying": Shape("copying", T=120, B=100, I=1, H=128, classes=9, loss_every_step=True),
+    "mnist": Shape("mnist", T=784, B=100, I=1, H=100, classes=10, loss_every_step=False),
+}
+
+
+def _loss(out: torch.Tensor, head: nn.Module, target: torch.Tensor, every: bool) -> torch.Tensor:
+    logits = head(out if every else out[-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+class Case:
+    """One contender: ``step()`` runs forward+loss(+backward); seconds are per seed."""
+
+    def __init__(self, label: str, group: str, run: Callable[[], float], seeds: int = 1):
+        self.label, self.group, self.run, self.seeds = label, group, run, seeds
+        self.times: list[float] = []
+
+
+def build_cases(shape: Shape, members: list[int]) -> list[Case]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape.T, shape.B, shape.I, generator=gen)
+    tshape = (shape.T, shape.B) if shape.loss_every_step else (shape.B,)
+    target = torch.randint(0, shape.classes, tshape, generator=gen)
+    head = nn.Linear(shape.H, shape.classes)
+    mask_gen = torch.Generator().manual_seed(1)
+
+    def timed(forward: Callable[[], torch.Tensor], backward_only: bool = False) -> float:
+        start = time.perf_counter()
+        loss = forward()
+        if backward_only:
+            start = time.perf_counter()
+        loss.backward()
+        return time.perf_counter() - start
+
+    def engine(**kw) -> HDetachLSTM:
+        return HDetachLSTM(shape.I, shape.H, **kw)
+
+    cases: list[Case] = []
+    oracle_model = engine(p_detach=0.25)
+
+    def oracle_step() -> torch.Tensor:
+        masks = oracle_model.sample_masks(shape.T, shape.B, mask_gen)
+        out, _ = oracle_lstm(oracle_model, x, masks=masks)
+        return _loss(out, head, target, shape.loss_every_step)
+
+    cases.append(Case("authors' loop (oracle), p=0.25", "a", lambda: timed(oracle_step)))
+
+    ref = nn.LSTM(shape.I, shape.H)
+    cases.append(
+        Case(
+            "torch.nn.LSTM (vanilla only)",
+            "b",
+            lambda: timed(lambda: _loss(ref(x)[0], head, target, shape.loss_every_step)),
+        )
+    )
+
+    def engine_case(label: str, group: str, backward_only: bool = False, **kw) -> Case:
+        model = engine(**kw)
+
+        def step() -> torch.Tensor:
+            return _loss(model(x, generator=mask_gen)[0], head, target, shape.loss_every_step)
+
+        return Case(label, group, lambda: timed(step, backward_only))
+
+    for p in (0.0, 0.25, 0.5):
+        cases.append(engine_case(f"engine p_detach={p}", "c", p_detach=p))
+    cases.append(engine_case("engine c_detach=0.25", "c", c_detach=0.25))
+    cases.append(engine_case("engine damp=0.25", "c", damp=0.25))
+
+    for K in members:
+        model = engine(p_detach=0.25, members=K)
+        heads = MemberLinear(K, shape.H, shape.classes)
+        xk = x.unsqueeze(1).expand(shape.T, K, shape.B, shape.I).contiguous()
+        tk = target.unsqueeze(-2).expand(*target.shape[:-1], K, shape.B).contiguous()
+        gens = [torch.Generator().manual_seed(k) for k in range(K)]
+
+        def member_step(model=model, heads=heads, xk=xk, tk=tk, gens=gens) -> torch.Tensor:
+            out = model(xk, generator=gens)[0]
+            return _loss(out, heads, tk, shape.loss_every_step)
+
+        cases.append(Case(f"engine K={K} members, p=0.25", "d", lambda f=member_step: timed(f), K))
+
+    for p in (0.0, 0.5, 1.0):
+        cases.append(engine_case(f"backward only, p_detach={p}", "e", True, p_detach=p))
+    return cases
+
+
+def run(shape: Shape, repeats: int, members: list[int]) -> list[dict]:
+    cases = build_cases(shape, members)
+    for case in cases:  # warm-up (allocator, caches, lazy init)
+        case.run()
+    for _ in range(repeats):
+        for case in cases:
+            case.times.append(case.run())
+    return [
+        {
+            "shape": shape.name,
+            "group": c.group,
+            "case": c.label,
+            "median_s": statistics.median(c.times),
+            "seconds_per_seed": statistics.median(c.times) / c.seeds,
+            "min_s": min(c.times),
+            "repeats": len(c.times),
+        }
+        for c in cases
+    ]
+
+
+def summarise(rows: list[dict]) -> list[str]:
+    """The issue's targets, as ratios measured side by side."""
+    by = {r["case"]: r for r in rows}
+    lines = []
+    oracle = by["authors' loop (oracle), p=0.25"]["median_s"]
+    lstm = by["torch.nn.LSTM (vanilla only)"]["median_s"]
+    eng = by["engine p_detach=0.25"]["median_s"]
+    lines.append(f"oracle / engine(p=0.25)          = {oracle / eng:5.2f}x   (target >= 2.5)")
+    lines.append(f"nn.LSTM / engine(p=0.25)         = {lstm / eng:5.2f}x   (target > 1)")
+    b0 = by["backward only, p_detach=0.0"]["median_s"]
+    b5 = by["backward only, p_detach=0.5"]["median_s"]
+    b1 = by["backward only, p_detach=1.0"]["median_s"]
+    lines.append(f"backward p=0.5 / p=0             = {b5 / b0:5.2f}    (target <= 0.85)")
+    lines.append(f"backward p=1 / p=0               = {b1 / b0:5.2f}")
+    members = sorted(
+        (r for r in rows if r["group"] == "d"), key=lambda r: int(r["case"].split("K=")[1][:2])
+    )
+    if len(members) > 1:
+        base = members[0]["seconds_per_seed"]
+        for r in members[1:]:
+            lines.append(
+                f"{r['case'][7:19]:<12} per seed / K=1 = {r['seconds_per_seed'] / base:5.2f}    "
+                "(target <= 1.1 at K=16)"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats (>= 1)")
+    parser.add_argument("--members", default="1,4,16", help="K values, comma-separated")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    try:
+        members = [int(k) for k in args.members.split(",")]
+        if any(k < 1 for k in members):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--members must be positive integers, got {args.members!r}")
+
+    allocator = keep_freed_memory()
+    torch.manual_seed(0)
+    machine = {
+        "date": datetime.date.today().isoformat(),
+        "cpu": _cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "allocator_policy": "keep freed memory" if allocator else "system default",
+        "command": "python benchmarks/engine.py " + " ".join(argv or sys.argv[1:]),
+    }
+    print(", ".join(f"{k}: {v}" for k, v in machine.items()))
+    shapes = list(SHAPES.values()) if args.shape == "all" else [SHAPES[args.shape]]
+    rows: list[dict] = []
+    summary: dict[str, list[str]] = {}
+    for shape in shapes:
+        shape_rows = run(shape, args.repeats, members)
+        rows += shape_rows
+        print(f"\n{shape.name}: T={shape.T} B={shape.B} I={shape.I} H={shape.H}, fp32, "
+              f"median of {args.repeats} interleaved repeats")  # fmt: skip
+        print(f"  {'case':<36} {'s/step':>8} {'s/seed':>8}")
+        for r in shape_rows:
+            print(f"  {r['case']:<36} {r['median_s']:8.4f} {r['seconds_per_seed']:8.4f}")
+        summary[shape.name] = summarise(shape_rows)
+        for line in summary[shape.name]:
+            print("  " + line)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows, "summary": summary}))
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,526 @@
+"""The h-detach LSTM engine: a drop-in ``torch.nn.LSTM`` whose gradients follow the paper.
+
+Two goals, as in PyTorch's ``benchmarks/fastrnns/custom_lstms.py``: easy to read and extend,
+and fast enough that studies with many seeds are affordable. The slow, obviously-correct
+path (the paper's Algorithm 1, a per-step cell with ``.detach()``) lives beside this file in
+``trainables/oracle.py``; the tests hold this fast path against it.
+
+Gradient modes (forward values are never changed, only gradients):
+
+* ``p_detach``: h-detach. Before step ``t`` the previous hidden state enters the step through
+  stop-gradient with probability ``p`` (one draw per step shared by the minibatch, as in the
+  authors' code, or one per sample with ``per_sample=True``).
+* ``c_detach``: the paper's ablation; the cell path ``c_{t-1} -> c_t`` is blocked instead.
+* ``damp``: deterministic; the gradient through the recurrent h-path is multiplied by
+  ``1 - damp`` at every step. By Corollary 1 this is the exact expectation of h-detach with
+  ``p_detach = damp``.
+
+Stacked layers draw one mask per step shared by all layers (``mask_scope="shared"``) or one
+per layer (``"per_layer"``). Masks come from a ``torch.Generator`` the caller passes (kept
+apart from the RNGs of initialisation and data) or are passed in explicitly.
+
+Seed members: with ``members=K`` the module holds K independent LSTMs (parameters carry a
+leading ``K`` dimension) that run together with batched matmuls on inputs ``(T, K, B, I)``.
+Member ``k`` computes exactly what the same LSTM computes alone; one process then trains many
+seeds at once.
+
+The fast path builds no per-step autograd graph: ``_LSTMLayer`` is a custom autograd function
+that runs one layer's forward loop over time and, in backward, the BPTT recursion written
+out. All per-step work that does not depend on the recursion (input projections, gate
+derivatives, weight gradients) is done for all steps at once in large ops. A blocked step
+skips its ``W_hh^T dgates`` product, which is where h-detach saves computation (claim C9).
+Parameters use ``torch.nn.LSTM``'s names, shapes and gate layout ``[i, f, g, o]`` so weights
+copy both ways with ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DetachMasks", "HDetachLSTM", "MemberLinear"]
+
+MASK_SCOPES = ("shared", "per_layer")
+
+
+@dataclass(frozen=True)
+class DetachMasks:
+    """Which recurrent connections are blocked, per member, layer and step.
+
+    ``h`` and ``c`` are boolean tensors of shape ``(K, L, T)`` (one draw per step, shared by
+    the minibatch) or ``(K, L, T, B)`` (per sample); ``True`` at ``[k, l, t]`` means that in
+    member ``k``, layer ``l``, the state ``h_{t-1}`` (resp. ``c_{t-1}``) enters step ``t``
+    through stop-gradient. ``K = 1`` for a module without members. ``None``: nothing blocked.
+    """
+
+    h: Tensor | None = None
+    c: Tensor | None = None
+
+    def detached_fraction(self) -> Tensor:
+        """Fraction of (layer, step[, sample]) h-connections blocked, per member: shape (K,)."""
+        if self.h is None:
+            raise ValueError("no h-detach masks: nothing was blocked")
+        return self.h.flatten(1).float().mean(1)
+
+
+def _check_probability(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+class _LSTMLayer(torch.autograd.Function):
+    """One LSTM layer over a whole sequence, for K members at once.
+
+    Works feature-major ("transposed"): a step's state is ``(H, B)`` and its gates ``(4H, B)``
+    (``gates_t = W_ih x_t + W_hh h_{t-1} + b``), so that every gate is one contiguous block
+    and the elementwise work runs on contiguous memory.
+
+    Inputs: ``xT (K, T, I, B)``, ``h0, c0 (K, H, B)``, ``w_ih (K, 4H, I)``, ``w_hh (K, 4H, H)``,
+    ``bias (K, 4H)`` (``b_ih + b_hh``, or ``None``); ``h_keep``/``c_keep``: ``None`` or float 0/1
+    tensors ``(K, T)`` or ``(K, T, B)``; ``h_skip``: a list of booleans, set when a step's block
+    applies to every member and sample so its ``W_hh^T dgates`` product can be skipped outright;
+    ``h_scale`` multiplies the recurrent h-gradient at every step (``1 - damp``).
+    Returns ``yT (K, T, H, B)``, ``h_T``, ``c_T``.
+
+    Speed notes (CPU, measured in ``benchmarks/engine.py``): large tensors are written through
+    ``out=`` into buffers allocated once per call; ``tanh`` is computed as
+    ``2 * sigmoid(2a) - 1`` (one sigmoid serves all four gates; doubling is exact in floating
+    point), several times cheaper than ``tanh`` here; weight gradients accumulate step by step
+    so no ``(T, 4H, B)`` gradient buffer is ever stored.
+    """
+
+    @staticmethod
+    def forward(ctx, xT, h0, c0, w_ih, w_hh, bias, h_keep, c_keep, h_skip, h_scale):
+        K, T, n_in, B = xT.shape
+        H = w_hh.shape[2]
+        one = xT.new_ones(())  # 0-dim operands: cheaper per call than Python scalars
+        # g-gate rows doubled (exactly) so that one sigmoid serves all four gates.
+        double_g = xT.new_ones(4 * H, 1)
+        double_g[2 * H : 3 * H] = 2.0
+        gates = xT.new_empty(K, T, 4 * H, B)
+        w_ih2 = (w_ih * double_g).unsqueeze(1)  # (K, 1, 4H, I)
+        if n_in == 1:  # an outer product: the degenerate GEMM is far slower than this
+            torch.mul(w_ih2, xT, out=gates)
+        else:
+            torch.matmul(w_ih2, xT, out=gates)
+        if bias is not None:
+            gates.add_((bias.unsqueeze(-1) * double_g).view(K, 1, 4 * H, 1))
+        w_hh2 = w_hh * double_g
+        cells, tanh_c, yT = (xT.new_empty(K, T, H, B) for _ in range(3))
+
+        # Per-step views, made once in C++ rather than by slicing in the loop.
+        g_all = gates.unbind(1)
+        g_i, g_f, g_g, g_o = (part.unbind(1) for part in gates.split(H, dim=2))
+        c_s, tc_s, y_s = cells.unbind(1), tanh_c.unbind(1), yT.unbind(1)
+        h, c = h0, c0
+        for t in range(T):
+            g_all[t].baddbmm_(w_hh2, h).sigmoid_()
+            gg = g_g[t]
+            gg.add_(gg).sub_(one)  # tanh(a) = 2 sigmoid(2a) - 1
+            c = torch.mul(g_f[t], c, out=c_s[t]).addcmul_(g_i[t], gg)
+            tc = torch.add(c, c, out=tc_s[t]).sigmoid_()
+            tc.add_(tc).sub_(one)
+            h = torch.mul(g_o[t], tc, out=y_s[t])
+        ctx.save_for_backward(xT, h0, c0, w_ih, w_hh, gates, cells, tanh_c, yT, h_keep, c_keep)
+        ctx.has_bias = bias is not None
+        ctx.h_skip = h_skip
+        ctx.h_scale = h_scale
+        ctx.mark_non_differentiable(*(m for m in (h_keep, c_keep) if m is not None))
+        return yT, h.clone(), c.clone()
+
+    @staticmethod
+    def backward(ctx, dyT, dh_last, dc_last):
+        xT, h0, c0, w_ih, w_hh, gates, cells, tanh_c, yT, h_keep, c_keep = ctx.saved_tensors
+        K, T, H, B = yT.shape
+        n_in = xT.shape[2]
+        d_h = dyT.clone(memory_format=torch.contiguous_format)  # dL/dh_t: loss, recurrence
+        d_h[:, -1] += dh_last
+        d_h0 = torch.zeros_like(h0)
+        dc = dc_last.clone(memory_format=torch.contiguous_format)
+        want_dx = ctx.needs_input_grad[0]
+        d_xT = torch.empty_like(xT) if want_dx else None
+        d_w_hh = torch.zeros_like(w_hh)
+        # [x_t; 1] so that one GEMM per step gives dW_ih and db together.
+        x1 = xT.new_ones(K, T, n_in + ctx.has_bias, B)
+        x1[:, :, :n_in] = xT
+        d_w_ihb = xT.new_zeros(K, 4 * H, n_in + ctx.has_bias)
+        w_hh_t, w_ih_t = w_hh.transpose(1, 2), w_ih.transpose(1, 2)
+        scale, skip = ctx.h_scale, ctx.h_skip
+        keep = None if h_keep is None else h_keep.view(K, T, 1, -1).unbind(1)
+        c_keep = None if c_keep is None else c_keep.view(K, T, 1, -1).unbind(1)
+
+        # Per-step views (made once, in C++); the step's values are cache-hot in the loop.
+        i_s, f_s, g_s, o_s = (part.unbind(1) for part in gates.split(H, dim=2))
+        tc_s, x1_s = tanh_c.unbind(1), x1.unbind(1)
+        h_prev_s = (h0,) + yT.unbind(1)[:-1]
+        c_prev_s = (c0,) + cells.unbind(1)[:-1]
+        dh_s = d_h.unbind(1) + (d_h0,)  # dh_s[t - 1] is d_h0 at t = 0
+        dx_s = d_xT.unbind(1) if want_dx else None
+        dg = xT.new_empty(K, 4 * H, B)  # one step's gate gradients, reused every step
+        d_i, d_f, d_g, d_o = dg.split(H, dim=1)
+        k_c = torch.empty_like(dc)
+        for t in range(T - 1, -1, -1):
+            dh, i, f, g, o, tc = dh_s[t], i_s[t], f_s[t], g_s[t], o_s[t], tc_s[t]
+            # dL/dc_t += dL/dh_t * o_t * (1 - tanh(c_t)^2)
+            torch.mul(tc, tc, out=k_c)
+            dc.addcmul_(dh, torch.addcmul(o, o, k_c, value=-1, out=k_c))
+            # gradients of the gate pre-activations (sigmoid' = s - s^2, tanh' = 1 - g^2)
+            torch.addcmul(o, o, o, value=-1, out=d_o).mul_(tc).mul_(dh)
+            torch.addcmul(i, i, i, value=-1, out=d_i).mul_(g).mul_(dc)
+            torch.addcmul(f, f, f, value=-1, out=d_f).mul_(c_prev_s[t]).mul_(dc)
+            torch.mul(g, g, out=d_g)
+            torch.addcmul(i, i, d_g, value=-1, out=d_g).mul_(dc)
+            dc.mul_(f)
+            if c_keep is not None:
+                dc.mul_(c_keep[t])
+            d_w_hh.baddbmm_(dg, h_prev_s[t].transpose(1, 2))
+            d_w_ihb.baddbmm_(dg, x1_s[t].transpose(1, 2))
+            if want_dx:
+                torch.bmm(w_ih_t, dg, out=dx_s[t])
+            if skip is not None and skip[t]:
+                continue  # h_{t-1} was blocked at step t: no W_hh^T dgates product at all
+            if keep is None:
+                dh_s[t - 1].baddbmm_(w_hh_t, dg, alpha=scale)
+            else:
+                dh_s[t - 1].addcmul_(torch.bmm(w_hh_t, dg), keep[t], value=scale)
+
+        d_w_ih = d_w_ihb[..., :n_in]
+        d_bias = d_w_ihb[..., -1] if ctx.has_bias else None
+        return d_xT, d_h0, dc, d_w_ih, d_w_hh, d_bias, None, None, None, None
+
+
+class HDetachLSTM(nn.Module):
+    """``torch.nn.LSTM`` with h-detach, c-detach and damped gradients, and seed members.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first: as ``torch.nn.LSTM``.
+        p_detach: probability of blocking ``h_{t-1}`` before each step (0 = vanilla LSTM).
+        c_detach: probability of blocking ``c_{t-1}`` before each step (ablation).
+        damp: deterministic factor; the recurrent h-gradient is scaled by ``1 - damp``.
+        mask_scope: ``"shared"`` (one draw per step for all layers) or ``"per_layer"``.
+        per_sample: one draw per step and sample instead of one per step for the batch.
+        members: ``None`` for one LSTM with ``torch.nn.LSTM`` shapes, or ``K >= 1`` for K
+            independent members (parameters ``(K, ...)``, inputs ``(T, K, B, I)``).
+
+    ``forward(x, state=None, *, generator=None, masks=None)`` returns
+    ``(output, (h_n, c_n))`` like ``torch.nn.LSTM``: ``output (T, B, H)`` (``(T, K, B, H)``
+    with members), ``h_n, c_n (L, B, H)`` (``(L, K, B, H)``). Masks are drawn from
+    ``generator`` (one ``torch.Generator``, or one per member) when gradients can flow and a
+    stochastic mode is on; pass ``masks`` (see ``DetachMasks``) to fix them.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        *,
+        p_detach: float = 0.0,
+        c_detach: float = 0.0,
+        damp: float = 0.0,
+        mask_scope: str = "shared",
+        per_sample: bool = False,
+        members: int | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+        ):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if members is not None and (int(members) != members or members < 1):
+            raise ValueError(f"members (K) must be an integer >= 1, got {members}")
+        if mask_scope not in MASK_SCOPES:
+            raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {mask_scope!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first = bias, batch_first
+        self.p_detach = _check_probability("p_detach", p_detach)
+        self.c_detach = _check_probability("c_detach", c_detach)
+        self.damp = _check_probability("damp", damp)
+        self.mask_scope, self.per_sample, self.members = mask_scope, per_sample, members
+        lead = () if members is None else (members,)
+        factory = {"device": device, "dtype": dtype}
+        for layer in range(num_layers):
+            in_size = input_size if layer == 0 else hidden_size
+            shapes = {
+                "weight_ih": (4 * hidden_size, in_size),
+                "weight_hh": (4 * hidden_size, hidden_size),
+            }
+            if bias:
+                shapes |= {"bias_ih": (4 * hidden_size,), "bias_hh": (4 * hidden_size,)}
+            for name, shape in shapes.items():
+                param = nn.Parameter(torch.empty(*lead, *shape, **factory))
+                self.register_parameter(f"{name}_l{layer}", param)
+        self.reset_parameters()
+
+    @property
+    def num_members(self) -> int:
+        return 1 if self.members is None else self.members
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """``torch.nn.LSTM``'s init: every parameter uniform(-1/sqrt(H), 1/sqrt(H)).
+
+        Same order of draws as ``torch.nn.LSTM`` (and the authors' cell), so a module
+        initialised from a seeded generator matches ``nn.LSTM`` initialised from that seed.
+        """
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.uniform_(-bound, bound, generator=generator)
+
+    def layer_parameters(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        get = lambda name: getattr(self, f"{name}_l{layer}", None)  # noqa: E731
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"]
+        for name in ("p_detach", "c_detach", "damp"):
+            if getattr(self, name):
+                parts.append(f"{name}={getattr(self, name)}")
+        if self.num_layers > 1 and self.p_detach:
+            parts.append(f"mask_scope={self.mask_scope!r}")
+        if self.per_sample:
+            parts.append("per_sample=True")
+        if self.members is not None:
+            parts.append(f"members={self.members}")
+        return ", ".join(parts)
+
+    # -- seed members ---------------------------------------------------------------------
+
+    def _config(self) -> dict:
+        return {
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "bias": self.bias,
+            "batch_first": self.batch_first,
+            "p_detach": self.p_detach,
+            "c_detach": self.c_detach,
+            "damp": self.damp,
+            "mask_scope": self.mask_scope,
+            "per_sample": self.per_sample,
+        }
+
+    @classmethod
+    def from_members(cls, modules: Sequence[HDetachLSTM]) -> HDetachLSTM:
+        """Stack K single LSTMs (same configuration) into one module with K members."""
+        if not modules:
+            raise ValueError("from_members needs at least one module, got 0")
+        config = modules[0]._config()
+        for m in modules:
+            if m.members is not None or m._config() != config:
+                raise ValueError("from_members needs single LSTMs with identical configuration")
+        ref = next(modules[0].parameters())
+        stacked = cls(**config, members=len(modules), device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            for name, param in stacked.named_parameters():
+                param.copy_(torch.stack([m.get_parameter(name) for m in modules]))
+        return stacked
+
+    def member(self, k: int) -> HDetachLSTM:
+        """A standalone copy of member ``k`` (``torch.nn.LSTM``-shaped parameters)."""
+        if self.members is None or not 0 <= k < self.members:
+            raise ValueError(f"member index must be in [0, {self.num_members}), got {k}")
+        ref = next(self.parameters())
+        single = type(self)(**self._config(), device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            for name, param in single.named_parameters():
+                param.copy_(self.get_parameter(name)[k])
+        return single
+
+    # -- masks ----------------------------------------------------------------------------
+
+    def sample_masks(
+        self,
+        seq_len: int,
+        batch_size: int,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    ) -> DetachMasks:
+        """Draw h- and c-masks for one forward pass (on the CPU, so any device agrees).
+
+        Member ``k`` draws from ``generator[k]`` (or all from one generator, in member order)
+        exactly what a single LSTM would draw, so member runs match single runs.
+        """
+        K = self.num_members
+        gens = list(generator) if isinstance(generator, Sequence) else [generator] * K
+        if len(gens) != K:
+            raise ValueError(f"need one generator per member ({K}), got {len(gens)}")
+        layers = self.num_layers if self.mask_scope == "per_layer" else 1
+        shape = (layers, seq_len) + ((batch_size,) if self.per_sample else ())
+
+        def draw(p: float) -> Tensor | None:
+            if p == 0.0:
+                return None
+            per_member = [torch.rand(shape, generator=g) < p for g in gens]
+            return torch.stack(per_member).expand(K, self.num_layers, *shape[1:])
+
+        return DetachMasks(h=draw(self.p_detach), c=draw(self.c_detach))
+
+    def _check_mask(self, name: str, mask: Tensor | None, T: int, B: int) -> Tensor | None:
+        if mask is None:
+            return None
+        K, L = self.num_members, self.num_layers
+        if mask.dim() == 1:
+            mask = mask.view(1, 1, -1)
+        if mask.dim() not in (3, 4) or tuple(mask.shape[1:3]) not in ((L, T), (1, T)):
+            raise ValueError(
+                f"masks.{name} must have shape (K, L, T) or (K, L, T, B) = "
+                f"({K}, {L}, {T}[, {B}]), got {tuple(mask.shape)}"
+            )
+        if mask.shape[0] not in (1, K) or (mask.dim() == 4 and mask.shape[3] not in (1, B)):
+            raise ValueError(
+                f"masks.{name} must have shape (K, L, T) or (K, L, T, B) = "
+                f"({K}, {L}, {T}[, {B}]), got {tuple(mask.shape)}"
+            )
+        return mask.bool().expand(K, L, *mask.shape[2:])
+
+    # -- forward --------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        state: tuple[Tensor, Tensor] | None = None,
+        *,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        masks: DetachMasks | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        K, L, H = self.num_members, self.num_layers, self.hidden_size
+        want = 3 if self.members is None else 4
+        if x.dim() != want or x.shape[-1] != self.input_size:
+            layout = ("B, T" if self.batch_first else "T, B") if want == 3 else None
+            if layout is None:
+                layout = "B, K, T" if self.batch_first else "T, K, B"
+            raise ValueError(
+                f"input must have shape ({layout}, {self.input_size}), got {tuple(x.shape)}"
+            )
+        if self.batch_first:
+            x = x.transpose(0, 1) if want == 3 else x.permute(2, 1, 0, 3)
+        # -> (K, T, B, I): members first inside the engine.
+        xk = x.unsqueeze(0) if self.members is None else x.permute(1, 0, 2, 3)
+        _, T, B, _ = xk.shape
+        if K != xk.shape[0]:
+            raise ValueError(f"input has {xk.shape[0]} members, module has {K}")
+
+        if state is None:
+            zeros = xk.new_zeros(L, K, B, H)
+            h0, c0 = zeros, zeros
+        else:
+            h0, c0 = state
+            expect = (L, B, H) if self.members is None else (L, K, B, H)
+            for name, s in (("h0", h0), ("c0", c0)):
+                if tuple(s.shape) != expect:
+                    raise ValueError(f"{name} must have shape {expect}, got {tuple(s.shape)}")
+            if self.members is None:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+
+        grad_on = torch.is_grad_enabled() and (
+            xk.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        if masks is None and grad_on and (self.p_detach or self.c_detach):
+            masks = self.sample_masks(T, B, generator)
+        h_mask = self._check_mask("h", masks.h, T, B) if masks is not None else None
+        c_mask = self._check_mask("c", masks.c, T, B) if masks is not None else None
+
+        layer_in = xk.transpose(2, 3)  # (K, T, I, B): the engine works feature-major
+        h_n, c_n = [], []
+        for layer in range(L):
+            w_ih, w_hh, b_ih, b_hh = self.layer_parameters(layer)
+            if self.members is None:
+                w_ih, w_hh = w_ih.unsqueeze(0), w_hh.unsqueeze(0)
+                b_ih = None if b_ih is None else b_ih.unsqueeze(0)
+                b_hh = None if b_hh is None else b_hh.unsqueeze(0)
+            bias = None if b_ih is None else b_ih + b_hh
+            h_keep, h_skip = self._keep(h_mask, layer, xk, skippable=True)
+            c_keep, _ = self._keep(c_mask, layer, xk, skippable=False)
+            layer_in, h_last, c_last = _LSTMLayer.apply(
+                layer_in, h0[layer].transpose(1, 2), c0[layer].transpose(1, 2),
+                w_ih, w_hh, bias, h_keep, c_keep, h_skip, 1.0 - self.damp,
+            )  # fmt: skip
+            h_n.append(h_last.transpose(1, 2))
+            c_n.append(c_last.transpose(1, 2))
+
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        # (K, T, H, B) -> the caller's layout, contiguous as torch.nn.LSTM's output is.
+        if self.members is None:
+            h_n, c_n = h_n[:, 0], c_n[:, 0]
+            out = layer_in[0].permute(2, 0, 1) if self.batch_first else layer_in[0].transpose(1, 2)
+        else:
+            out = layer_in.permute(3, 0, 1, 2) if self.batch_first else layer_in.permute(1, 0, 3, 2)
+        return out.contiguous(), (h_n, c_n)
+
+    @staticmethod
+    def _keep(mask: Tensor | None, layer: int, like: Tensor, skippable: bool):
+        """Float keep-factors (K, T[, B]) for one layer, and the steps to skip outright."""
+        if mask is None:
+            return None, None
+        m = mask[:, layer]
+        if not bool(m.any()):
+            return None, None
+        if skippable and m.shape[0] == 1 and m.dim() == 2:
+            return None, m[0].tolist()  # one member, one draw per step: skip blocked steps
+        keep = (~m).to(device=like.device, dtype=like.dtype)
+        return keep, None
+
+
+class MemberLinear(nn.Module):
+    """``nn.Linear`` for K seed members: member ``k`` maps with its own weight and bias.
+
+    Input ``(..., K, B, in_features)`` (e.g. ``(T, K, B, H)``), output ``(..., K, B, out)``.
+    ``from_members``/``member`` stack and split ``nn.Linear`` modules exactly.
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int, device=None, dtype=None):
+        super().__init__()
+        if int(members) != members or members < 1:
+            raise ValueError(f"members (K) must be an integer >= 1, got {members}")
+        factory = {"device": device, "dtype": dtype}
+        self.members, self.in_features, self.out_features = members, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(members, out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(members, out_features, **factory))
+        bound = 1.0 / math.sqrt(in_features)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            self.bias.uniform_(-bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 3 or x.shape[-3] != self.members or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input must have shape (..., {self.members}, B, {self.in_features}), "
+                f"got {tuple(x.shape)}"
+            )
+        lead = x.shape[:-3]
+        xk = x.movedim(-3, 0).reshape(self.members, -1, self.in_features)
+        out = torch.baddbmm(self.bias.unsqueeze(1), xk, self.weight.transpose(1, 2))
+        return out.view(self.members, *lead, x.shape[-2], self.out_features).movedim(0, -3)
+
+    @classmethod
+    def from_members(cls, linears: Sequence[nn.Linear]) -> MemberLinear:
+        ref = linears[0]
+        stacked = cls(
+            len(linears), ref.in_features, ref.out_features, ref.weight.device, ref.weight.dtype
+        )
+        with torch.no_grad():
+            stacked.weight.copy_(torch.stack([lin.weight for lin in linears]))
+            stacked.bias.copy_(torch.stack([lin.bias for lin in linears]))
+        return stacked
+
+    def member(self, k: int) -> nn.Linear:
+        lin = nn.Linear(
+            self.in_features, self.out_features, device=self.weight.device, dtype=self.weight.dtype
+        )
+        with torch.no_grad():
+            lin.weight.copy_(self.weight[k])
+            lin.bias.copy_(self.bias[k])
+        return lin
