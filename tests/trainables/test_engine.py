@@ -1,0 +1,342 @@
+"""The engine held against the paper's Algorithm 1 (the oracle), torch.nn.LSTM and itself."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from trainables.engine import DetachMasks, HDetachLSTM, MemberLinear
+from trainables.oracle import lstm_cell, oracle_lstm
+
+F64 = torch.float64
+T, B, I, H = 9, 3, 2, 5
+
+
+def _grads(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs, strict=True)]
+
+
+def _loss(y: torch.Tensor, h: torch.Tensor, c: torch.Tensor, every_step: bool) -> torch.Tensor:
+    weights = torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)
+    out = (y * weights).sin().sum() if every_step else (y[-1] * weights).sin().sum()
+    return out + 0.3 * h.sum() + 0.7 * c.sum()
+
+
+def _inputs(num_layers: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, I, dtype=F64, generator=gen).requires_grad_()
+    h0 = torch.randn(num_layers, B, H, dtype=F64, generator=gen).requires_grad_()
+    c0 = torch.randn(num_layers, B, H, dtype=F64, generator=gen).requires_grad_()
+    return x, h0, c0
+
+
+MODES = {
+    "vanilla p=0": {},
+    "h-detach p=0.5": {"p_detach": 0.5},
+    "h-detach p=1": {"p_detach": 1.0},
+    "h-detach per-sample": {"p_detach": 0.5, "per_sample": True},
+    "c-detach p=0.5": {"c_detach": 0.5},
+    "damp 0.3": {"damp": 0.3},
+    "all together": {"p_detach": 0.3, "c_detach": 0.3, "damp": 0.2},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("num_layers,scope", [(1, "shared"), (2, "shared"), (2, "per_layer")])
+@pytest.mark.parametrize("every_step", [True, False], ids=["loss-every-step", "loss-last-step"])
+def test_fast_path_gradients_equal_the_oracle(mode, num_layers, scope, every_step):
+    torch.manual_seed(1)
+    lstm = HDetachLSTM(I, H, num_layers, dtype=F64, mask_scope=scope, **MODES[mode])
+    x, h0, c0 = _inputs(num_layers)
+    masks = lstm.sample_masks(T, B, torch.Generator().manual_seed(2))
+    if "p_detach" in MODES[mode] and MODES[mode]["p_detach"] < 1:
+        assert masks.h.any() and not masks.h.all()  # the draw really mixes blocked and kept
+    inputs = [x, h0, c0, *lstm.parameters()]
+
+    y, (h, c) = lstm(x, (h0, c0), masks=masks)
+    fast = _grads(_loss(y, h, c, every_step), inputs)
+    y_ref, (h_ref, c_ref) = oracle_lstm(lstm, x, (h0, c0), masks)
+    slow = _grads(_loss(y_ref, h_ref, c_ref, every_step), inputs)
+
+    assert (y - y_ref).abs().max() <= 1e-12
+    names = ["x", "h0", "c0", *(n for n, _ in lstm.named_parameters())]
+    for name, a, b in zip(names, fast, slow, strict=True):
+        assert (a - b).abs().max() <= 1e-10, name
+    assert any(g.abs().max() > 0 for g in fast)
+
+
+def test_blocking_changes_the_gradient():
+    """The comparison above is not vacuous: h-detach gradients differ from vanilla ones."""
+    lstm = HDetachLSTM(I, H, dtype=F64, p_detach=0.5)
+    x, h0, c0 = _inputs(1)
+    masks = lstm.sample_masks(T, B, torch.Generator().manual_seed(2))
+    blocked = _grads(_loss(*_flat(lstm(x, (h0, c0), masks=masks)), True), [lstm.weight_hh_l0])
+    vanilla = _grads(
+        _loss(*_flat(lstm(x, (h0, c0), masks=DetachMasks())), True), [lstm.weight_hh_l0]
+    )
+    assert (blocked[0] - vanilla[0]).abs().max() > 1e-3
+
+
+def _flat(result):
+    y, (h, c) = result
+    return y, h, c
+
+
+def test_p0_matches_torch_lstm_and_weights_copy_both_ways():
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 16, num_layers=2)
+    ours = HDetachLSTM(3, 16, num_layers=2)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(30, 4, 3, requires_grad=True)
+    state = (torch.randn(2, 4, 16), torch.randn(2, 4, 16))
+    y_ref, (h_ref, c_ref) = ref(x, state)
+    y, (h, c) = ours(x, state)
+    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
+        assert a.shape == b.shape and (a - b).abs().max() <= 1e-5
+    g_ref = torch.autograd.grad(y_ref.sum() + c_ref.sum(), [x, *ref.parameters()])
+    g = torch.autograd.grad(y.sum() + c.sum(), [x, *ours.parameters()])
+    for a, b in zip(g, g_ref, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
+
+    back = nn.LSTM(3, 16, num_layers=2)  # and back again
+    back.load_state_dict(ours.state_dict())
+    assert (back(x, state)[0] - y).abs().max() <= 1e-5
+
+
+def test_batch_first_and_default_state():
+    torch.manual_seed(0)
+    ref = nn.LSTM(2, 6, batch_first=True)
+    ours = HDetachLSTM(2, 6, batch_first=True)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 11, 2)
+    y, (h, c) = ours(x)
+    y_ref, (h_ref, c_ref) = ref(x)
+    assert y.shape == (4, 11, 6) and (y - y_ref).abs().max() <= 1e-5
+    assert (h - h_ref).abs().max() <= 1e-5 and (c - c_ref).abs().max() <= 1e-5
+
+
+def test_gradcheck_vanilla():
+    lstm = HDetachLSTM(2, 3, num_layers=2, dtype=F64)
+    names = [n for n, _ in lstm.named_parameters()]
+    x = torch.randn(5, 2, 2, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
+    c0 = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
+    weights = [p.detach().clone().requires_grad_() for p in lstm.parameters()]
+
+    def run(x, h0, c0, *weights):
+        params = dict(zip(names, weights, strict=True))
+        y, (h, c) = torch.func.functional_call(lstm, params, (x, (h0, c0)))
+        return y, h, c
+
+    assert torch.autograd.gradcheck(run, (x, h0, c0, *weights))
+
+
+def test_gradcheck_damp_against_its_surrogate():
+    """``damp`` is the exact derivative of a surrogate with the same forward values.
+
+    In the surrogate each step's recurrent input is ``(1 - d) h_{t-1} + d * hbar_{t-1}``
+    where ``hbar`` is a frozen copy of the hidden states: same values as the LSTM at the
+    point, and by construction exactly the damped Jacobian. ``gradcheck`` differentiates it
+    numerically and compares with the engine's damp backward.
+    """
+    d = 0.35
+    lstm = HDetachLSTM(2, 3, damp=d, dtype=F64)
+    x0 = torch.randn(6, 2, 2, dtype=F64)
+    with torch.no_grad():
+        frozen, _ = lstm(x0)  # hbar: the hidden states at the point of evaluation
+    w = lstm.layer_parameters(0)
+
+    class EngineDamped(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            with torch.no_grad():
+                y_prev = torch.cat([torch.zeros_like(frozen[:1]), frozen[:-1]])
+                h, c, outs = None, torch.zeros(2, 3, dtype=F64), []
+                for t in range(x.shape[0]):
+                    h_in = (1 - d) * (outs[-1] if outs else torch.zeros_like(c)) + d * y_prev[t]
+                    h, c = lstm_cell(x[t], h_in, c, *w)
+                    outs.append(h)
+                return torch.stack(outs)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_()
+                y, _ = lstm(xg)
+                return torch.autograd.grad(y, xg, grad)[0]
+
+    assert torch.autograd.gradcheck(EngineDamped.apply, (x0.clone().requires_grad_(),))
+
+
+def _mean_grad(lstm: HDetachLSTM, x, n: int, gen: torch.Generator):
+    """Mean over n independent masks of the flattened parameter gradient, and its std."""
+    samples = []
+    for _ in range(n):
+        y, _ = lstm(x, generator=gen)
+        grads = torch.autograd.grad((y**2).sum(), list(lstm.parameters()))
+        samples.append(torch.cat([g.flatten() for g in grads]))
+    stacked = torch.stack(samples)
+    return stacked.mean(0), stacked.std(0)
+
+
+@pytest.mark.parametrize("num_layers,scope", [(1, "shared"), (2, "shared"), (2, "per_layer")])
+def test_corollary_1_mean_of_h_detach_gradients_is_the_damped_gradient(num_layers, scope):
+    p = 0.4
+    torch.manual_seed(3)
+    hdetach = HDetachLSTM(2, 3, num_layers, dtype=F64, p_detach=p, mask_scope=scope)
+    damp = HDetachLSTM(2, 3, num_layers, dtype=F64, damp=p)
+    damp.load_state_dict(hdetach.state_dict())
+    x = torch.randn(6, 2, 2, dtype=F64)
+    y, _ = damp(x)
+    target = torch.cat(
+        [g.flatten() for g in torch.autograd.grad((y**2).sum(), [*damp.parameters()])]
+    )
+
+    gen = torch.Generator().manual_seed(4)
+    mean_20, _ = _mean_grad(hdetach, x, 20, gen)
+    mean_2000, std = _mean_grad(hdetach, x, 2000, gen)
+    err_20 = (mean_20 - target).norm()
+    err_2000 = (mean_2000 - target).norm()
+    # Per coordinate, the error of a mean of 2000 i.i.d. samples is ~ std / sqrt(2000);
+    # 5 standard errors bound every coordinate (a few hundred of them) comfortably.
+    z = (mean_2000 - target).abs() / (std / 2000**0.5).clamp_min(1e-12)
+    assert z.max() < 5.0, f"max standard error multiple {z.max():.2f}"
+    assert err_2000 < err_20 / 3  # expected ratio sqrt(100) = 10
+    assert err_2000 > 0  # h-detach gradients really are random
+
+
+def test_members_equal_separate_modules():
+    K = 4
+    torch.manual_seed(5)
+    singles = [
+        HDetachLSTM(I, H, num_layers=2, dtype=F64, p_detach=0.5, c_detach=0.2) for _ in range(K)
+    ]
+    group = HDetachLSTM.from_members(singles)
+    heads = [nn.Linear(H, 3, dtype=F64) for _ in range(K)]
+    group_head = MemberLinear.from_members(heads)
+    x = torch.randn(T, K, B, I, dtype=F64)
+    gens = [torch.Generator().manual_seed(10 + k) for k in range(K)]
+    masks = group.sample_masks(T, B, gens)
+
+    y, (h, c) = group(x, masks=masks)
+    out = group_head(y)
+    assert out.shape == (T, K, B, 3) and h.shape == (2, K, B, H)
+    loss = (out**2).sum() + h.sum() + c.sum()
+    group_grads = torch.autograd.grad(loss, [*group.parameters(), *group_head.parameters()])
+
+    gens = [torch.Generator().manual_seed(10 + k) for k in range(K)]
+    for k in range(K):
+        single_masks = singles[k].sample_masks(T, B, gens[k])
+        assert torch.equal(single_masks.h[0], masks.h[k])
+        y_k, (h_k, c_k) = singles[k](x[:, k], masks=single_masks)
+        out_k = heads[k](y_k)
+        assert (out_k - out[:, k]).abs().max() <= 1e-10
+        loss_k = (out_k**2).sum() + h_k.sum() + c_k.sum()
+        grads_k = torch.autograd.grad(loss_k, [*singles[k].parameters(), *heads[k].parameters()])
+        for g_group, g_single in zip(group_grads, grads_k, strict=True):
+            assert (g_group[k] - g_single).abs().max() <= 1e-10
+
+    roundtrip = group.member(2)
+    for a, b in zip(roundtrip.parameters(), singles[2].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(group_head.member(1).weight, heads[1].weight)
+
+
+def test_masks_reproducible_and_drawn_per_scope():
+    lstm = HDetachLSTM(1, 4, num_layers=3, p_detach=0.5, mask_scope="per_layer")
+    a = lstm.sample_masks(50, 2, torch.Generator().manual_seed(7))
+    b = lstm.sample_masks(50, 2, torch.Generator().manual_seed(7))
+    c = lstm.sample_masks(50, 2, torch.Generator().manual_seed(8))
+    assert torch.equal(a.h, b.h) and not torch.equal(a.h, c.h)
+    assert a.h.shape == (1, 3, 50) and not torch.equal(a.h[0, 0], a.h[0, 1])
+    assert a.c is None
+    shared = HDetachLSTM(1, 4, num_layers=3, p_detach=0.5).sample_masks(50, 2)
+    assert torch.equal(shared.h[0, 0], shared.h[0, 2])
+    per_sample = HDetachLSTM(1, 4, p_detach=0.5, per_sample=True).sample_masks(50, 6)
+    assert per_sample.h.shape == (1, 1, 50, 6)
+    frac = HDetachLSTM(1, 4, p_detach=0.25).sample_masks(4000, 1, torch.Generator().manual_seed(0))
+    assert abs(frac.detached_fraction().item() - 0.25) < 0.03
+
+
+def test_the_mask_generator_is_separate_from_the_global_rng():
+    lstm = HDetachLSTM(1, 4, p_detach=0.5)
+    torch.manual_seed(0)
+    before = torch.rand(3)
+    torch.manual_seed(0)
+    lstm.sample_masks(20, 2, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.rand(3), before)
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"p_detach": 1.5}, "p_detach must be in [0, 1], got 1.5"),
+        ({"p_detach": -0.1}, "p_detach must be in [0, 1], got -0.1"),
+        ({"c_detach": 2}, "c_detach must be in [0, 1], got 2.0"),
+        ({"damp": -1}, "damp must be in [0, 1], got -1.0"),
+        ({"members": 0}, "members (K) must be an integer >= 1, got 0"),
+        ({"mask_scope": "layer"}, "mask_scope must be one of"),
+        ({"num_layers": 0}, "num_layers must be a positive integer, got 0"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_the_value(kwargs, needle):
+    with pytest.raises(ValueError) as info:
+        HDetachLSTM(1, 4, **kwargs)
+    assert needle in str(info.value)
+
+
+def test_bad_shapes_raise_value_error():
+    lstm = HDetachLSTM(2, 4, num_layers=2)
+    with pytest.raises(ValueError, match=r"input must have shape \(T, B, 2\), got \(5, 3\)"):
+        lstm(torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 3, 4\)"):
+        lstm(torch.randn(5, 3, 2), (torch.zeros(1, 3, 4), torch.zeros(2, 3, 4)))
+    with pytest.raises(ValueError, match=r"masks.h must have shape"):
+        lstm(torch.randn(5, 3, 2), masks=DetachMasks(h=torch.zeros(1, 2, 4, dtype=torch.bool)))
+    members = HDetachLSTM(2, 4, members=3)
+    with pytest.raises(ValueError, match=r"input has 2 members, module has 3"):
+        members(torch.randn(5, 2, 3, 2))
+    with pytest.raises(ValueError, match=r"need one generator per member \(3\), got 2"):
+        members.sample_masks(5, 3, [torch.Generator(), torch.Generator()])
+
+
+def test_blocked_steps_skip_the_recurrent_product():
+    """p=1 blocks every step: the gradient never reaches h0, yet still reaches W_hh (C9)."""
+    lstm = HDetachLSTM(1, 4, p_detach=1.0, dtype=F64)
+    x = torch.randn(8, 2, 1, dtype=F64)
+    h0 = torch.randn(1, 2, 4, dtype=F64, requires_grad=True)
+    y, _ = lstm(x, (h0, torch.zeros(1, 2, 4, dtype=F64)))
+    g_h0, g_whh = torch.autograd.grad(y.sum(), [h0, lstm.weight_hh_l0])
+    assert torch.equal(g_h0, torch.zeros_like(h0)) and g_whh.abs().max() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtypes_and_no_grad_forward(dtype):
+    lstm = HDetachLSTM(1, 4, p_detach=0.5, dtype=dtype)
+    x = torch.randn(6, 2, 1, dtype=dtype)
+    with torch.no_grad():
+        y, (h, c) = lstm(x)  # no masks are drawn without gradients
+    assert y.dtype == dtype and torch.equal(y[-1], h[0])
+    y2, _ = lstm(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(y, y2.detach())  # forward values never depend on the masks
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+def test_cuda_matches_cpu():
+    torch.manual_seed(0)
+    cpu = HDetachLSTM(1, 8, p_detach=0.5, dtype=F64)
+    gpu = HDetachLSTM(1, 8, p_detach=0.5, dtype=F64, device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(10, 3, 1, dtype=F64)
+    masks = cpu.sample_masks(10, 3, torch.Generator().manual_seed(1))
+    g_cpu = torch.autograd.grad(cpu(x, masks=masks)[0].sum(), list(cpu.parameters()))
+    g_gpu = torch.autograd.grad(gpu(x.cuda(), masks=masks)[0].sum(), list(gpu.parameters()))
+    for a, b in itertools.zip_longest(g_cpu, g_gpu):
+        assert (a - b.cpu()).abs().max() <= 1e-10
