@@ -195,6 +195,39 @@ class _LSTMLayer(torch.autograd.Function):
         return d_xT, d_h0, dc, d_w_ih, d_w_hh, d_bias, None, None, None, None
 
 
+def _lstm_layer_inference(xT, h0, c0, w_ih, w_hh, bias, keep_steps: int):
+    """Forward only (no graph, nothing saved): the same arithmetic as ``_LSTMLayer.forward``
+    step by step (so the values agree bit for bit for inputs of size 1), with per-step
+    buffers instead of whole-sequence ones; returns only the last ``keep_steps`` outputs."""
+    K, T, n_in, B = xT.shape
+    H = w_hh.shape[2]
+    one = xT.new_ones(())
+    double_g = xT.new_ones(4 * H, 1)
+    double_g[2 * H : 3 * H] = 2.0
+    w_ih2, w_hh2 = w_ih * double_g, w_hh * double_g
+    b2 = None if bias is None else (bias.unsqueeze(-1) * double_g)
+    yT = xT.new_empty(K, keep_steps, H, B)
+    y_s, first_kept = yT.unbind(1), T - keep_steps
+    g = xT.new_empty(K, 4 * H, B)
+    g_i, g_f, g_g, g_o = g.split(H, dim=1)
+    tc, h_buf = xT.new_empty(K, H, B), xT.new_empty(K, H, B)
+    h, c = h0, c0.clone(memory_format=torch.contiguous_format)
+    for t, x_t in enumerate(xT.unbind(1)):
+        if n_in == 1:
+            torch.mul(w_ih2, x_t, out=g)
+        else:
+            torch.bmm(w_ih2, x_t, out=g)
+        if b2 is not None:
+            g.add_(b2)
+        g.baddbmm_(w_hh2, h).sigmoid_()
+        g_g.add_(g_g).sub_(one)
+        c.mul_(g_f).addcmul_(g_i, g_g)
+        torch.add(c, c, out=tc).sigmoid_()
+        tc.add_(tc).sub_(one)
+        h = torch.mul(g_o, tc, out=y_s[t - first_kept] if t >= first_kept else h_buf)
+    return yT, h.clone(), c
+
+
 class HDetachLSTM(nn.Module):
     """``torch.nn.LSTM`` with h-detach, c-detach and damped gradients, and seed members.
 
@@ -210,7 +243,9 @@ class HDetachLSTM(nn.Module):
 
     ``forward(x, state=None, *, generator=None, masks=None)`` returns
     ``(output, (h_n, c_n))`` like ``torch.nn.LSTM``: ``output (T, B, H)`` (``(T, K, B, H)``
-    with members), ``h_n, c_n (L, B, H)`` (``(L, K, B, H)``). Masks are drawn from
+    with members), ``h_n, c_n (L, B, H)`` (``(L, K, B, H)``). ``output_steps=n`` returns only
+    the last ``n`` steps of ``output`` (without gradients nothing else is kept in memory, which
+    is what evaluation on long sequences needs). Masks are drawn from
     ``generator`` (one ``torch.Generator``, or one per member) when gradients can flow and a
     stochastic mode is on; pass ``masks`` (see ``DetachMasks``) to fix them.
     """
@@ -395,8 +430,11 @@ class HDetachLSTM(nn.Module):
         *,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         masks: DetachMasks | None = None,
+        output_steps: int | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         K, L, H = self.num_members, self.num_layers, self.hidden_size
+        if output_steps is not None and output_steps < 1:
+            raise ValueError(f"output_steps must be >= 1, got {output_steps}")
         want = 3 if self.members is None else 4
         if x.dim() != want or x.shape[-1] != self.input_size:
             layout = ("B, T" if self.batch_first else "T, B") if want == 3 else None
@@ -442,14 +480,23 @@ class HDetachLSTM(nn.Module):
                 b_ih = None if b_ih is None else b_ih.unsqueeze(0)
                 b_hh = None if b_hh is None else b_hh.unsqueeze(0)
             bias = None if b_ih is None else b_ih + b_hh
-            h_keep, h_skip = self._keep(h_mask, layer, xk, skippable=True)
-            c_keep, _ = self._keep(c_mask, layer, xk, skippable=False)
-            layer_in, h_last, c_last = _LSTMLayer.apply(
-                layer_in, h0[layer].transpose(1, 2), c0[layer].transpose(1, 2),
-                w_ih, w_hh, bias, h_keep, c_keep, h_skip, 1.0 - self.damp,
-            )  # fmt: skip
+            h0_l, c0_l = h0[layer].transpose(1, 2), c0[layer].transpose(1, 2)
+            if grad_on:
+                h_keep, h_skip = self._keep(h_mask, layer, xk, skippable=True)
+                c_keep, _ = self._keep(c_mask, layer, xk, skippable=False)
+                layer_in, h_last, c_last = _LSTMLayer.apply(
+                    layer_in, h0_l, c0_l, w_ih, w_hh, bias,
+                    h_keep, c_keep, h_skip, 1.0 - self.damp,
+                )  # fmt: skip
+            else:  # evaluation: no graph, per-step buffers, only the outputs asked for
+                keep = T if layer < L - 1 or output_steps is None else min(output_steps, T)
+                layer_in, h_last, c_last = _lstm_layer_inference(
+                    layer_in, h0_l, c0_l, w_ih, w_hh, bias, keep
+                )
             h_n.append(h_last.transpose(1, 2))
             c_n.append(c_last.transpose(1, 2))
+        if output_steps is not None:
+            layer_in = layer_in[:, -output_steps:]
 
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)
         # (K, T, H, B) -> the caller's layout, contiguous as torch.nn.LSTM's output is.

@@ -340,3 +340,26 @@ def test_cuda_matches_cpu():
     g_gpu = torch.autograd.grad(gpu(x.cuda(), masks=masks)[0].sum(), list(gpu.parameters()))
     for a, b in itertools.zip_longest(g_cpu, g_gpu):
         assert (a - b.cpu()).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize("members", [None, 3])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_inference_path_agrees_and_keeps_only_what_is_asked(members, num_layers):
+    """Bit for bit for one plain layer of input size 1; otherwise the GEMM kernels chosen for
+    differently strided operands may round differently."""
+    torch.manual_seed(0)
+    lstm = HDetachLSTM(1, 6, num_layers=num_layers, members=members)
+    shape = (12, 4, 1) if members is None else (12, 3, 4, 1)
+    x = torch.randn(shape)
+    y_train, (h_train, c_train) = lstm(x)  # parameters require grad: the training path
+    with torch.no_grad():
+        y_eval, (h_eval, c_eval) = lstm(x)
+        y_last, (h_last, _) = lstm(x, output_steps=3)
+    bitwise = num_layers == 1 and members is None
+    same = torch.equal if bitwise else lambda a, b: torch.allclose(a, b, rtol=0, atol=1e-6)
+    assert same(y_train.detach(), y_eval)
+    assert same(h_train.detach(), h_eval) and same(c_train.detach(), c_eval)
+    assert y_last.shape[0] == 3 and torch.equal(y_last, y_eval[-3:])
+    assert torch.equal(h_last, h_eval)
+    with pytest.raises(ValueError, match="output_steps must be >= 1, got 0"):
+        lstm(x, output_steps=0)
