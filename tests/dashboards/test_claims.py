@@ -1,0 +1,475 @@
+"""Claims: the YAML loads and validates; verdicts on synthetic studies whose answer is known."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from dashboards import claims as cl
+
+# ---------------------------------------------------------------------------- synthetic studies
+
+
+def make_runs(
+    task: str,
+    arm: str,
+    best_val_acc,
+    *,
+    seeds=None,
+    p_detach: float = 0.0,
+    c_detach: float = 0.0,
+    lr: float = 1e-3,
+    clip: bool = True,
+    seq_len: int = 100,
+    epochs: int = 200,
+    **columns,
+) -> pd.DataFrame:
+    """One row per seed with every column of the runs schema (overridable per column)."""
+    acc = np.asarray(best_val_acc, dtype=float)
+    n = acc.size
+    seeds = np.arange(n) if seeds is None else np.asarray(seeds)
+    config = f"{task}-{arm}-p{p_detach}-c{c_detach}-lr{lr}-clip{clip}-T{seq_len}"
+    data = {
+        "experiment": "synthetic",
+        "task": task,
+        "run_id": [f"{config}-s{s}" for s in seeds],
+        "config_id": config,
+        "arm": arm,
+        "p_detach": p_detach,
+        "c_detach": c_detach,
+        "damp": 0.0,
+        "lr": lr,
+        "clip": clip,
+        "clip_norm": 1.0 if clip else np.inf,
+        "seed": seeds,
+        "seq_len": seq_len,
+        "epochs": epochs,
+        "last_epoch": epochs,
+        "best_val_acc": acc,
+        "test_acc_at_best": acc - 0.001,
+        "threshold": 0.99,
+        "epochs_to_threshold": np.nan,
+        "diverged": False,
+        "diverged_epoch": np.nan,
+        "censored": False,
+        "max_grad_norm": 1.0,
+        "transfer_acc_T200": np.nan,
+        "transfer_acc_T1000": np.nan,
+    }
+    for key, value in columns.items():
+        data[key] = value
+    return pd.DataFrame(data)
+
+
+def one_check_claim(**check) -> cl.Claim:
+    """A single-check claim on copying T=100 through the real parser."""
+    doc = {
+        "defaults": {"treatment": "h-detach", "baseline": "vanilla", "min_seeds": 5},
+        "claims": [
+            {
+                "id": "C99",
+                "title": "synthetic",
+                "source": "test",
+                "task": "copying",
+                "filters": {"seq_len": 100, "clip": True},
+                "checks": [{"metric": "best_val_acc", "comparison": "better", **check}],
+            }
+        ],
+    }
+    return cl.parse_claims(doc)[0]
+
+
+def evaluate(claim: cl.Claim, runs: pd.DataFrame, history=None, benchmarks=None) -> cl.Verdict:
+    (verdict,) = cl.evaluate_claims([claim], runs, history, 0, benchmarks, n_resamples=1000)
+    return verdict
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(2019)
+
+
+# ---------------------------------------------------------------------------- the YAML
+
+
+def test_packaged_claims_load_and_carry_the_papers_numbers():
+    claims = cl.load_claims()
+    assert [c.id for c in claims] == [f"C{i}" for i in range(1, 11)]
+    by_id = {c.id: c for c in claims}
+    c3 = by_id["C3"]
+    assert len(c3.checks) == 12
+    t1000 = [c for c in c3.checks if c.metric == "transfer_acc_T1000"]
+    assert {c.treatment_filters["p_detach"]: c.paper["h-detach"] for c in t1000} == {
+        0.5: 43.54,
+        0.25: 63.19,
+    }
+    assert all(c.paper["vanilla"] == 28.82 for c in t1000)
+    c5 = by_id["C5"].checks[0]
+    assert (c5.paper["vanilla"], c5.paper["h-detach"]) == (91.1, 92.3)
+    assert c5.select_lr == "best" and c5.min_effect == 0.005
+    assert by_id["C1"].checks[0].statistic == "time_to_threshold"
+    assert by_id["C6"].checks[0].statistic == "rate" and by_id["C6"].checks[0].lower_is_better
+    assert by_id["C7"].checks[0].treatment == "c-detach"
+    assert by_id["C9"].checks[0].statistic == "benchmark"
+
+
+def _write(tmp_path, doc) -> str:
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def _doc(**check_overrides):
+    check = {"metric": "best_val_acc", "comparison": "better", **check_overrides}
+    return {"claims": [{"id": "C4", "title": "t", "source": "s", "task": "x", "checks": [check]}]}
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"comparison": "much_better"}, "comparison"),
+        ({"metric": "best val acc"}, "metric"),
+        ({"statistic": "median"}, "statistic"),
+        ({"treatment": "h_detach"}, "treatment"),
+        ({"margin": "small"}, "margin"),
+        ({"comparison": "equivalent"}, "margin"),
+        ({"select_lr": "worst"}, "select_lr"),
+        ({"threshold": 0.9}, "threshold"),
+        ({"treatment_filters": {"p_detach": {"a": 1}}}, "p_detach"),
+        ({"paper": {"vanilla": "ninety"}}, "paper.vanilla"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_malformed_claim_names_the_claim_and_the_field(tmp_path, overrides, field):
+    with pytest.raises(ValueError) as err:
+        cl.load_claims(_write(tmp_path, _doc(**overrides)))
+    assert "C4" in str(err.value) and field in str(err.value)
+
+
+def test_malformed_ids_and_structure(tmp_path):
+    with pytest.raises(ValueError, match="'id'"):
+        cl.parse_claims({"claims": [{"id": "claim-1", "title": "t", "source": "s"}]})
+    twice = _doc()
+    twice["claims"].append(dict(twice["claims"][0]))
+    with pytest.raises(ValueError, match="C4: field 'id': duplicate"):
+        cl.parse_claims(twice)
+    no_checks = {"claims": [{"id": "C2", "title": "t", "source": "s", "checks": []}]}
+    with pytest.raises(ValueError, match="C2: field 'checks'"):
+        cl.parse_claims(no_checks)
+    with pytest.raises(ValueError, match="claims"):
+        cl.load_claims(_write(tmp_path, ["not", "a", "mapping"]))
+
+
+# ---------------------------------------------------------------------------- verdicts
+
+
+def test_clear_win_is_supported(rng):
+    runs = pd.concat(
+        [
+            make_runs("copying", "h-detach", rng.normal(0.97, 0.005, 10), p_detach=0.25),
+            make_runs("copying", "vanilla", rng.normal(0.80, 0.03, 10)),
+        ]
+    )
+    v = evaluate(one_check_claim(paper={"vanilla": 82, "h-detach": 100}, unit="%"), runs)
+    assert v.verdict == "supported", v.reason
+    (check,) = v.checks
+    assert check.effect["paired"] is True and check.effect["n_pairs"] == 10
+    assert check.effect["effect"]["low"] > 0.1
+    assert check.effect["p_improve"]["value"] == 1.0 and check.effect["significant"]
+    assert check.arms["h-detach"]["n"] == 10
+    assert check.ours["h-detach"] == pytest.approx(97, abs=1)  # in % beside the paper's 100
+    assert check.paper["h-detach"] == 100
+    assert v.seeds_needed is None
+    json.dumps(v.to_dict())  # plain data all the way down
+
+
+def test_clear_loss_is_contradicted(rng):
+    runs = pd.concat(
+        [
+            make_runs("copying", "h-detach", rng.normal(0.70, 0.02, 8), p_detach=0.25),
+            make_runs("copying", "vanilla", rng.normal(0.90, 0.02, 8)),
+        ]
+    )
+    v = evaluate(one_check_claim(), runs)
+    assert v.verdict == "contradicted", v.reason
+    assert v.checks[0].effect["effect"]["high"] < 0
+
+
+def test_coin_flip_with_few_seeds_is_inconclusive_with_seeds_needed():
+    runs = pd.concat(
+        [
+            make_runs("copying", "h-detach", [0.90, 0.92, 0.88, 0.91, 0.89, 0.93], p_detach=0.25),
+            make_runs("copying", "vanilla", [0.91, 0.89, 0.92, 0.88, 0.92, 0.90]),
+        ]
+    )
+    v = evaluate(one_check_claim(), runs)
+    assert v.verdict == "inconclusive", v.reason
+    assert math.isfinite(v.seeds_needed) and v.seeds_needed > 6
+    assert v.checks[0].seeds_needed == v.seeds_needed
+    assert "seeds per arm" in v.checks[0].reason
+
+
+def test_too_few_seeds_is_inconclusive_even_for_a_clear_gap():
+    runs = pd.concat(
+        [
+            make_runs("copying", "h-detach", [0.99, 0.98, 0.99], p_detach=0.25),
+            make_runs("copying", "vanilla", [0.50, 0.60, 0.55]),
+        ]
+    )
+    v = evaluate(one_check_claim(), runs)
+    assert v.verdict == "inconclusive"
+    assert "5 needed" in v.checks[0].reason
+    assert v.seeds_needed >= 5
+
+
+def test_missing_task_and_missing_arm_give_no_runs_yet(rng):
+    runs = make_runs("copying", "h-detach", rng.normal(0.97, 0.005, 10), p_detach=0.25)
+    v = evaluate(one_check_claim(), runs)
+    assert v.verdict == "no runs yet" and "vanilla" in v.reason
+    claims = cl.load_claims()
+    verdicts = {x.claim_id: x for x in cl.evaluate_claims(claims, runs, None, 0)}
+    for cid in ("C4", "C5", "C8", "C10"):
+        assert verdicts[cid].verdict == "no runs yet", cid
+    assert "captioning" in verdicts["C8"].checks[0].reason
+    assert verdicts["C9"].verdict == "no data"
+    empty = cl.evaluate_claims(claims, pd.DataFrame(), None, 0)
+    assert {x.verdict for x in empty} == {"no runs yet", "no data"}
+
+
+def test_benchmark_claim_is_judged_when_figures_are_given():
+    (c9,) = [c for c in cl.load_claims() if c.id == "C9"]
+    runs = pd.DataFrame()
+    assert evaluate(c9, runs, benchmarks={"backward_time_ratio": 0.72}).verdict == "supported"
+    assert evaluate(c9, runs, benchmarks={"backward_time_ratio": 1.05}).verdict == "contradicted"
+    straddle = {"backward_time_ratio": {"value": 0.97, "low": 0.9, "high": 1.04}}
+    assert evaluate(c9, runs, benchmarks=straddle).verdict == "inconclusive"
+
+
+def _copying_epochs_study(rng, n=10, seq_len=100):
+    """h-detach reaches 99% around epoch 60-90; vanilla around 150, three seeds never do."""
+    parts = []
+    van = rng.integers(130, 170, n).astype(float)
+    van[:3] = np.nan
+    parts.append(
+        make_runs(
+            "copying",
+            "vanilla",
+            np.where(np.isnan(van), 0.9, 1.0),
+            seq_len=seq_len,
+            epochs_to_threshold=van,
+        )
+    )
+    for p in (0.25, 0.5):
+        parts.append(
+            make_runs(
+                "copying",
+                "h-detach",
+                np.ones(n),
+                p_detach=p,
+                seq_len=seq_len,
+                epochs_to_threshold=rng.integers(60, 90, n).astype(float),
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_epochs_to_threshold_claim_keeps_censored_runs(rng):
+    claims = {c.id: c for c in cl.load_claims()}
+    v = evaluate(claims["C1"], _copying_epochs_study(rng))
+    assert v.verdict == "supported", v.reason
+    check = v.checks[0]
+    assert check.statistic == "time_to_threshold"
+    assert check.arms["vanilla"]["n"] == 10  # the three that never reached are still there
+    assert check.arms["vanilla"]["reached_rate"]["value"] == pytest.approx(0.7)
+    assert check.arms["h-detach"]["median_epochs"]["value"] < 90
+    assert check.effect["effect"]["low"] > 40  # epochs saved
+    assert check.effect["p_improve"]["value"] == 1.0
+
+
+def test_epochs_to_threshold_recomputed_from_history_at_the_claims_threshold(rng):
+    runs = _copying_epochs_study(rng)
+    runs["threshold"] = 0.5  # the trainable used another threshold: only history can tell
+    v_no_history = evaluate(next(c for c in cl.load_claims() if c.id == "C1"), runs)
+    assert v_no_history.verdict == "no runs yet"
+    # Vectorised history: val acc climbs linearly; h-detach twice as fast as vanilla.
+    epochs = np.arange(1, 201)
+    speed = np.where(runs["arm"].to_numpy() == "h-detach", 1 / 80, 1 / 160)
+    history = pd.DataFrame(
+        {
+            "run_id": np.repeat(runs["run_id"].to_numpy(), epochs.size),
+            "epoch": np.tile(epochs, len(runs)),
+            "val_acc": np.minimum(1.0, np.outer(speed, epochs).ravel()),
+        }
+    )
+    v = evaluate(next(c for c in cl.load_claims() if c.id == "C1"), runs, history=history)
+    assert v.verdict == "supported", v.reason
+    check = v.checks[0]
+    assert check.arms["h-detach"]["median_epochs"]["value"] == 80  # first epoch with 0.99+
+    assert check.arms["vanilla"]["median_epochs"]["value"] == 159
+    # History alone is enough: runs without the per-run epoch columns give the same answer.
+    bare = runs.drop(columns=["epochs_to_threshold", "last_epoch", "threshold"])
+    again = evaluate(next(c for c in cl.load_claims() if c.id == "C1"), bare, history=history)
+    assert again.checks[0].arms == check.arms
+
+
+def test_unpaired_fallback_when_seeds_do_not_match(rng):
+    runs = pd.concat(
+        [
+            make_runs(
+                "copying",
+                "h-detach",
+                rng.normal(0.97, 0.01, 8),
+                p_detach=0.25,
+                seeds=np.arange(100, 108),
+            ),
+            make_runs("copying", "vanilla", rng.normal(0.85, 0.02, 9)),
+        ]
+    )
+    v = evaluate(one_check_claim(), runs)
+    assert v.verdict == "supported"
+    assert v.checks[0].effect["paired"] is False
+    assert "unpaired" in v.checks[0].reason
+
+
+def test_c_detach_worse_claim(rng):
+    claims = {c.id: c for c in cl.load_claims()}
+    study = _copying_epochs_study(rng)
+    cdet = make_runs("copying", "c-detach", rng.normal(0.3, 0.05, 10), c_detach=0.25)
+    v = evaluate(claims["C7"], pd.concat([study, cdet], ignore_index=True))
+    assert [c.verdict for c in v.checks] == ["supported", "supported"], v.reason
+    assert v.verdict == "supported"
+
+
+def test_divergence_without_clipping(rng):
+    (c6,) = [c for c in cl.load_claims() if c.id == "C6"]
+    n = 12
+    diverged = np.zeros(n, bool)
+    diverged[:8] = True
+    runs = pd.concat(
+        [
+            make_runs(
+                "copying",
+                "vanilla",
+                np.where(diverged, 0.1, 0.9),
+                clip=False,
+                diverged=diverged,
+                max_grad_norm=np.where(diverged, np.inf, 50.0),
+            ),
+            make_runs(
+                "copying",
+                "h-detach",
+                rng.normal(0.97, 0.01, n),
+                clip=False,
+                p_detach=0.25,
+                max_grad_norm=rng.uniform(2, 20, n),
+            ),
+        ]
+    )
+    v = evaluate(c6, runs)
+    by_name = {c.name: c for c in v.checks}
+    div = by_name["copying T=100, p=0.25: fewer runs diverge"]
+    assert div.verdict == "supported", div.reason
+    assert div.arms["vanilla"]["rate"]["value"] == pytest.approx(8 / 12)
+    grad = by_name["copying T=100, p=0.25: fewer runs with max grad norm above 100"]
+    assert grad.verdict == "supported" and grad.arms["vanilla"]["max"] == math.inf
+    assert by_name["sequential MNIST, p=0.25: fewer runs diverge"].verdict == "no runs yet"
+    assert v.verdict == "inconclusive" and "without data" in v.reason
+
+
+def test_not_worse_and_lr_robustness_on_sequential_mnist(rng):
+    (c4,) = [c for c in cl.load_claims() if c.id == "C4"]
+    parts = []
+    for lr, van_mean in ((1e-3, 0.985), (5e-4, 0.98), (1e-4, 0.90)):
+        parts.append(
+            make_runs(
+                "seq_mnist",
+                "h-detach",
+                rng.normal(0.985, 0.001, 8),
+                lr=lr,
+                p_detach=0.25,
+                seq_len=784,
+                epochs_to_threshold=rng.integers(20, 30, 8).astype(float),
+                threshold=0.98,
+            )
+        )
+        parts.append(
+            make_runs(
+                "seq_mnist",
+                "vanilla",
+                rng.normal(van_mean, 0.001, 8),
+                lr=lr,
+                seq_len=784,
+                epochs_to_threshold=rng.integers(40, 60, 8).astype(float),
+                threshold=0.98,
+            )
+        )
+    v = evaluate(c4, pd.concat(parts, ignore_index=True))
+    verdicts = [c.verdict for c in v.checks]
+    assert verdicts == ["supported", "supported", "supported"], [c.reason for c in v.checks]
+    lr_check = v.checks[2]
+    assert lr_check.arms["vanilla"]["worst_lr"] == 1e-4
+    assert lr_check.effect["effect"]["value"] == pytest.approx(0.085, abs=0.005)
+    # test accuracy: each arm at its best lr (both 1e-3 here), equal within the 0.2-point margin
+    assert v.checks[0].effect["effect"]["low"] > -0.002
+
+
+def test_min_effect_contradicts_a_real_but_tiny_gain(rng):
+    (c5,) = [c for c in cl.load_claims() if c.id == "C5"]
+    base = rng.normal(0.911, 0.002, 20)
+    runs = pd.concat(
+        [
+            make_runs("pmnist", "vanilla", base, seq_len=784),
+            make_runs("pmnist", "h-detach", base + 0.001, p_detach=0.25, seq_len=784),
+        ]
+    )
+    v = evaluate(c5, runs)
+    assert v.verdict == "contradicted", v.reason
+    assert "smaller than 0.005" in v.checks[0].reason
+    assert v.checks[0].paper["h-detach"] == 92.3
+
+
+def test_transfer_table_claim(rng):
+    (c3,) = [c for c in cl.load_claims() if c.id == "C3"]
+    rows = []
+    for arm, p, accs in (
+        ("vanilla", 0.0, (0.65, 0.29)),
+        ("h-detach", 0.5, (0.75, 0.44)),
+        ("h-detach", 0.25, (0.9, 0.63)),
+    ):
+        rows.append(
+            make_runs(
+                "copying",
+                arm,
+                np.ones(10),
+                p_detach=p,
+                transfer_acc_T200=rng.normal(accs[0], 0.02, 10),
+                transfer_acc_T1000=rng.normal(accs[1], 0.02, 10),
+            )
+        )
+    v = evaluate(c3, pd.concat(rows, ignore_index=True))
+    judged = {c.name: c.verdict for c in v.checks if c.verdict != "no runs yet"}
+    assert judged == {
+        n: "supported" for n in ("T=200, p=0.5", "T=200, p=0.25", "T=1000, p=0.5", "T=1000, p=0.25")
+    }
+    assert v.verdict == "inconclusive"  # T=400 ... T=5000 have no runs yet
+    t1000 = next(c for c in v.checks if c.name == "T=1000, p=0.25")
+    assert t1000.ours["h-detach"] == pytest.approx(63, abs=2)
+    assert t1000.paper == {"vanilla": 28.82, "h-detach": 63.19}
+
+
+def test_verdicts_are_reproducible_for_a_seed(rng):
+    runs = pd.concat(
+        [
+            make_runs("copying", "h-detach", rng.normal(0.9, 0.02, 7), p_detach=0.25),
+            make_runs("copying", "vanilla", rng.normal(0.89, 0.02, 7)),
+        ]
+    )
+    claim = one_check_claim()
+    a = cl.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0].to_dict()
+    b = cl.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0].to_dict()
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
