@@ -1,0 +1,584 @@
+"""The training loop: one readable loop for every task, K seeds at once, resumable bit for bit.
+
+    python -m trainables.train --task copying --preset smoke --p-detach 0.5 --seed 3
+
+A run trains K >= 1 seed members together (``RunConfig.seeds``); each member has its own
+initialisation, data order and detach masks (``trainables/seeds.py``), its own gradient
+clipping and its own metrics, and computes exactly what it would compute alone. K = 1 is the
+ordinary run. Per epoch and member: train loss, validation loss and accuracy, gradient norm
+before clipping (mean and max over the epoch), fraction of steps detached, seconds per epoch.
+A member whose loss or gradient turns non-finite is marked diverged at that epoch and stops
+recording (a result, not a crash); the run ends when every member has diverged.
+
+After training, ``finish()`` evaluates each member's best-validation weights: test accuracy
+for MNIST tasks, transfer-copying accuracies at the longer delays for copying.
+
+``state_dict()`` holds everything the next epoch depends on (weights, optimizer, every RNG
+state, histories), so a run restored from an epoch checkpoint continues exactly as if it had
+never stopped (bitwise on CPU; only the wall-clock ``epoch_seconds`` differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from trainables.config import OPTIMIZERS, PRESETS, TASKS, ConfigError, RunConfig, preset_table
+from trainables.engine import HDetachLSTM, MemberLinear
+from trainables.runtime import keep_freed_memory
+from trainables.seeds import stream_generator, stream_seeds
+from trainables.tasks import load_task
+from trainables.tasks.base import Split, TaskData
+
+CHECKPOINT_FORMAT = 1
+EPOCH_METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_acc",
+    "grad_norm",
+    "grad_norm_max",
+    "detached_fraction",
+    "epoch_seconds",
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def build_member(cfg: RunConfig, input_size: int, num_classes: int, seed: int):
+    """One seed's LSTM and output layer, initialised from the seed's ``init`` stream."""
+    gen = stream_generator(seed, "init")
+    lstm = HDetachLSTM(
+        input_size,
+        cfg.hidden_size,
+        cfg.num_layers,
+        p_detach=cfg.p_detach,
+        c_detach=cfg.c_detach,
+        damp=cfg.damp,
+        mask_scope=cfg.mask_scope,
+        per_sample=cfg.per_sample_masks,
+    )
+    lstm.reset_parameters(gen)
+    head = nn.Linear(cfg.hidden_size, num_classes)
+    bound = 1.0 / math.sqrt(cfg.hidden_size)  # nn.Linear's default distribution, seeded
+    with torch.no_grad():
+        head.weight.uniform_(-bound, bound, generator=gen)
+        head.bias.uniform_(-bound, bound, generator=gen)
+    return lstm, head
+
+
+def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    """Adam (the paper), or the optimizers of seed 004: SGD, momentum SGD, RMSprop."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.RMSprop(params, lr=cfg.lr)
+
+
+class Trainer:
+    """Trains ``len(cfg.seeds)`` seed members of one configuration, epoch by epoch."""
+
+    def __init__(self, cfg: RunConfig, data: TaskData | None = None, *, progress: bool = False):
+        self.cfg = cfg.validate()
+        self.device = resolve_device(cfg.device)
+        self.progress = progress
+        if data is None:
+            data = load_task_for(cfg)
+        self.data = data.to(self.device)
+        K = cfg.members
+        singles = [build_member(cfg, data.input_size, data.num_classes, s) for s in cfg.seeds]
+        self.lstm = HDetachLSTM.from_members([m[0] for m in singles]).to(self.device)
+        self.head = MemberLinear.from_members([m[1] for m in singles]).to(self.device)
+        self.params = [*self.lstm.parameters(), *self.head.parameters()]
+        self.optimizer = make_optimizer(cfg, self.params)
+        self.data_gens = [stream_generator(s, "data") for s in cfg.seeds]
+        self.mask_gens = [stream_generator(s, "masks") for s in cfg.seeds]
+        self.epoch = 0
+        self.history: list[list[dict]] = [[] for _ in range(K)]
+        self.diverged_epoch: list[int | None] = [None] * K
+        self.best_val_acc = [-math.inf] * K
+        self.best_epoch = [0] * K
+        self.best_params = [p.detach().clone() for p in self.params]
+
+    # -- one epoch ----------------------------------------------------------------------
+
+    @property
+    def active(self) -> list[bool]:
+        return [d is None for d in self.diverged_epoch]
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.cfg.epochs or not any(self.active)
+
+    def _batches(self) -> Iterator[Tensor]:
+        """Index tensors ``(K, B)``: each member draws from its own data stream."""
+        cfg, n = self.cfg, self.data.train.x.shape[0]
+        if self.data.sampling == "with_replacement":
+            count = cfg.batches_per_epoch or max(1, n // cfg.batch_size)
+            for _ in range(count):
+                yield torch.stack(
+                    [torch.randint(n, (cfg.batch_size,), generator=g) for g in self.data_gens]
+                )
+        else:  # a fresh permutation each epoch, as the reference's SubsetRandomSampler
+            orders = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens])
+            count = cfg.batches_per_epoch or math.ceil(n / cfg.batch_size)
+            for b in range(count):
+                chunk = orders[:, b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if chunk.shape[1] == 0:
+                    break
+                yield chunk
+
+    def _member_losses(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy per member: ``logits (T', K, B, C)``, ``y`` -> ``(K,)``."""
+        K = logits.shape[1]
+        if self.data.loss_every_step:
+            target = y.permute(2, 0, 1)  # (K, B, T) -> (T, K, B)
+        else:
+            logits, target = logits[-1:], y.unsqueeze(0)  # (1, K, B, C), (1, K, B)
+        losses = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
+        )
+        return losses.view(-1, K, target.shape[-1]).mean(dim=(0, 2))
+
+    def train_epoch(self) -> list[dict | None]:
+        """Train one epoch; returns each member's epoch record (``None`` once diverged)."""
+        cfg, data, K = self.cfg, self.data, self.cfg.members
+        anneal = cfg.anneal_p > 0 and self.epoch > cfg.epochs - cfg.anneal_p
+        self.lstm.p_detach = 0.0 if anneal else cfg.p_detach
+        start = time.perf_counter()
+        zeros = lambda: torch.zeros(K, dtype=torch.float64, device=self.device)  # noqa: E731
+        loss_sum, norm_sum, norm_max, detached = zeros(), zeros(), zeros(), zeros()
+        steps = 0
+        batches = list(self._batches())
+        for idx in _progress(batches, self.progress, f"epoch {self.epoch + 1}/{cfg.epochs}"):
+            idx = idx.to(self.device)
+            x = data.train.x[idx].permute(2, 0, 1, 3)  # (K, B, T, I) -> (T, K, B, I)
+            y = data.train.y[idx]
+            masks = self.lstm.sample_masks(x.shape[0], x.shape[2], self.mask_gens)
+            out, _ = self.lstm(x, masks=masks, output_steps=None if data.loss_every_step else 1)
+            losses = self._member_losses(self.head(out), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            norms = self._clip_per_member()
+            self.optimizer.step()
+            loss_sum += losses.detach()
+            norm_sum += norms
+            norm_max = torch.maximum(norm_max, norms)
+            if masks.h is not None:
+                detached += masks.h.flatten(1).double().mean(1).to(self.device)
+            steps += 1
+        seconds = time.perf_counter() - start
+        val_loss, val_acc = self.evaluate(data.val)
+        self.epoch += 1
+
+        records: list[dict | None] = []
+        train_loss, grad_mean = (loss_sum / steps).tolist(), (norm_sum / steps).tolist()
+        grad_max, det = norm_max.tolist(), (detached / steps).tolist()
+        for k in range(K):
+            if self.diverged_epoch[k] is not None:
+                records.append(None)
+                continue
+            record = {
+                "epoch": self.epoch,
+                "train_loss": train_loss[k],
+                "val_loss": val_loss[k],
+                "val_acc": val_acc[k],
+                "grad_norm": grad_mean[k],
+                "grad_norm_max": grad_max[k],
+                "detached_fraction": det[k],
+                "epoch_seconds": seconds,
+            }
+            finite = all(math.isfinite(record[m]) for m in ("train_loss", "grad_norm_max"))
+            if not finite or not math.isfinite(record["val_loss"]):
+                self.diverged_epoch[k] = self.epoch
+                record["diverged"] = True
+            elif val_acc[k] > self.best_val_acc[k]:
+                self.best_val_acc[k], self.best_epoch[k] = val_acc[k], self.epoch
+                for best, p in zip(self.best_params, self.params, strict=True):
+                    best[k].copy_(p.detach()[k])
+            self.history[k].append(record)
+            records.append(record)
+        return records
+
+    def _clip_per_member(self) -> Tensor:
+        """Gradient-norm clipping per member (``clip_grad_norm_``'s rule); returns the
+        pre-clipping norms ``(K,)``."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        K = self.cfg.members
+        sq = torch.stack([g.reshape(K, -1).double().pow(2).sum(1) for g in grads]).sum(0)
+        norms = sq.sqrt()
+        if self.cfg.clip:
+            coef = (self.cfg.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(coef.to(g.dtype).view(K, *([1] * (g.dim() - 1))))
+        return norms
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, steps: int | None = None) -> tuple[list, list]:
+        """Mean loss and accuracy per member over a whole split.
+
+        Accuracy is over the last ``acc_steps`` steps (copying: the 10 recalled symbols;
+        MNIST: the label at the last step). ``steps`` overrides nothing but the loss: with
+        ``steps`` given only the last ``steps`` outputs are computed (transfer copying)."""
+        data, K = self.data, self.cfg.members
+        n = split.x.shape[0]
+        chunk = max(1, self.cfg.eval_batch_size // K)
+        loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(K, dtype=torch.float64, device=self.device)
+        keep = steps if steps is not None else (None if data.loss_every_step else 1)
+        for lo in range(0, n, chunk):
+            x = split.x[lo : lo + chunk].transpose(0, 1)  # (T, b, I)
+            y = split.y[lo : lo + chunk]
+            b = x.shape[1]
+            out, _ = self.lstm(x.unsqueeze(1).expand(-1, K, -1, -1), output_steps=keep)
+            logits = self.head(out)  # (T', K, b, C)
+            preds = logits[-data.acc_steps :].argmax(-1)  # (acc_steps, K, b)
+            if data.loss_every_step:
+                target = y.t()[-logits.shape[0] :]  # (T', b)
+                acc_target = y.t()[-data.acc_steps :]
+            else:
+                target, acc_target = y.unsqueeze(0), y.unsqueeze(0)
+            ce = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                target.unsqueeze(1).expand(-1, K, -1).reshape(-1),
+                reduction="none",
+            )
+            loss_sum += ce.view(logits.shape[0], K, b).double().mean(0).sum(1)
+            correct += (preds == acc_target.unsqueeze(1)).double().mean(0).sum(1)
+        return (loss_sum / n).tolist(), (correct / n).tolist()
+
+    def run(self, on_epoch: Callable[[Trainer, list], None] | None = None) -> Trainer:
+        """Train to the end (or until every member diverged), calling ``on_epoch`` after
+        each epoch (checkpointing, reporting, printing)."""
+        while not self.done:
+            records = self.train_epoch()
+            if on_epoch is not None:
+                on_epoch(self, records)
+        return self
+
+    # -- results --------------------------------------------------------------------------
+
+    def finish(self) -> list[dict]:
+        """Final metrics per member, from its best-validation weights."""
+        cfg, K = self.cfg, self.cfg.members
+        finals = [self._summary(k) for k in range(K)]
+        if not any(f["last_epoch"] > 0 for f in finals):
+            return finals
+        current = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, best in zip(self.params, self.best_params, strict=True):
+                p.copy_(best)
+        try:
+            if self.data.test is not None:
+                _, test_acc = self.evaluate(self.data.test)
+                for k in range(K):
+                    finals[k]["test_acc_at_best"] = test_acc[k]
+            if cfg.task == "copying" and cfg.transfer_delays:
+                from trainables.tasks.copying import transfer_sets
+
+                sets = transfer_sets(
+                    cfg.transfer_delays, cfg.transfer_size, seed=cfg.data_seed, one_hot=cfg.one_hot
+                )
+                for delay, split in sets.items():
+                    split = Split(split.x.to(self.device), split.y.to(self.device))
+                    _, acc = self.evaluate(split, steps=self.data.acc_steps)
+                    for k in range(K):
+                        finals[k][f"transfer_acc_T{delay}"] = acc[k]
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(self.params, current, strict=True):
+                    p.copy_(saved)
+        return finals
+
+    def _summary(self, k: int) -> dict:
+        history = self.history[k]
+        reached = [r["epoch"] for r in history if r["val_acc"] >= self.cfg.threshold]
+        return {
+            "seed": self.cfg.seeds[k],
+            "best_val_acc": max((r["val_acc"] for r in history), default=math.nan),
+            "best_epoch": self.best_epoch[k],
+            "epochs_to_threshold": reached[0] if reached else math.nan,
+            "diverged": float(self.diverged_epoch[k] is not None),
+            "diverged_epoch": self.diverged_epoch[k] or math.nan,
+            "last_epoch": len(history),
+            "max_grad_norm": max((r["grad_norm_max"] for r in history), default=math.nan),
+            "test_acc_at_best": math.nan,
+        }
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "lstm": self.lstm.state_dict(),
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "data_rng": [g.get_state() for g in self.data_gens],
+            "mask_rng": [g.get_state() for g in self.mask_gens],
+            "history": self.history,
+            "diverged_epoch": self.diverged_epoch,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "best_params": self.best_params,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"checkpoint format {state.get('format')!r} is not supported")
+        saved = RunConfig.from_dict(state["config"])
+        if saved.replace(epochs=self.cfg.epochs, device=self.cfg.device) != self.cfg:
+            raise ConfigError("checkpoint was written by a different configuration")
+        self.epoch = state["epoch"]
+        self.lstm.load_state_dict(state["lstm"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for g, s in zip(self.data_gens, state["data_rng"], strict=True):
+            g.set_state(s)
+        for g, s in zip(self.mask_gens, state["mask_rng"], strict=True):
+            g.set_state(s)
+        self.history = state["history"]
+        self.diverged_epoch = state["diverged_epoch"]
+        self.best_val_acc = state["best_val_acc"]
+        self.best_epoch = state["best_epoch"]
+        with torch.no_grad():
+            for best, saved_best in zip(self.best_params, state["best_params"], strict=True):
+                best.copy_(saved_best)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the checkpoint atomically (a killed write never leaves a corrupt file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.state_dict(), f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self, path: str | os.PathLike) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+def load_task_for(cfg: RunConfig) -> TaskData:
+    """The task's data as the configuration describes it."""
+    if cfg.task == "copying":
+        return load_task(
+            "copying",
+            T=cfg.seq_len,
+            train_size=cfg.train_size,
+            val_size=cfg.val_size,
+            data_seed=cfg.data_seed,
+            one_hot=cfg.one_hot,
+        )
+    return load_task(
+        cfg.task,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        permutation_seed=cfg.permutation_seed,
+        permutation=cfg.permutation,
+        run_seed=cfg.seeds[0],
+        train_size=cfg.train_size,
+        val_size=cfg.val_size,
+        shuffle_seed=cfg.shuffle_seed,
+        test_size=cfg.test_size,
+    )
+
+
+def _progress(items: list, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False, unit="batch", file=sys.stderr)
+
+
+def format_epoch(records: list[dict | None], seeds: tuple[int, ...]) -> str:
+    """One line per epoch for a person: mean over members (and the range when K > 1)."""
+    live = [r for r in records if r is not None]
+    if not live:
+        return "all members diverged"
+    epoch = live[0]["epoch"]
+    acc = [r["val_acc"] for r in live]
+    mean = lambda key: sum(r[key] for r in live) / len(live)  # noqa: E731
+    parts = [
+        f"epoch {epoch:4d}",
+        f"train_loss {mean('train_loss'):.4f}",
+        f"val_loss {mean('val_loss'):.4f}",
+        f"val_acc {100 * sum(acc) / len(acc):6.2f}%",
+    ]
+    if len(live) > 1:
+        parts.append(f"[{100 * min(acc):.2f}..{100 * max(acc):.2f}]")
+    parts += [f"grad {mean('grad_norm'):.3g} (max {max(r['grad_norm_max'] for r in live):.3g})"]
+    parts += [f"detached {mean('detached_fraction'):.2f}", f"{live[0]['epoch_seconds']:.1f}s"]
+    diverged = [str(s) for s, r in zip(seeds, records, strict=True) if r and r.get("diverged")]
+    if diverged:
+        parts.append(f"DIVERGED seed {','.join(diverged)}")
+    return "  ".join(parts)
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad value is one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    presets = preset_table()
+    epilog = "presets (task: preset -> epochs, hidden, lr, batch):\n" + "\n".join(
+        f"  {task}: {name} -> {v['epochs']} epochs, H={v['hidden_size']}, lr={v['lr']}, "
+        f"batch {v['batch_size']}"
+        for task, p in presets.items()
+        for name, v in p.items()
+    )
+    p = _Parser(
+        prog="python -m trainables.train",
+        description="Train one configuration of the h-detach study on K seeds.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", required=True, choices=TASKS, help="the paper's task")
+    p.add_argument("--preset", default="paper", choices=PRESETS)
+    p.add_argument("--seed", type=int, help="run seed (default 0)")
+    p.add_argument("--seeds", help="comma-separated seeds trained together as members")
+    p.add_argument("--p-detach", type=float, help="h-detach probability (0 = vanilla)")
+    p.add_argument("--c-detach", type=float, help="c-detach probability (ablation)")
+    p.add_argument("--damp", type=float, help="deterministic damping (expected h-detach)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--clip-norm", type=float, help="gradient-norm clipping value")
+    p.add_argument("--no-clip", action="store_true", help="train without gradient clipping")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--hidden-size", type=int)
+    p.add_argument("--num-layers", type=int)
+    p.add_argument("--seq-len", type=int, help="copying delay T")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--train-size", type=int)
+    p.add_argument("--val-size", type=int)
+    p.add_argument("--anneal-p", type=int, help="reference code's --anneal-p (0 = off)")
+    p.add_argument("--permutation", choices=("fixed", "per_seed"))
+    p.add_argument("--one-hot", action="store_true", help="copying: one-hot token input")
+    p.add_argument("--data-dir", help="MNIST root (torchvision layout) or an IDX-pair folder")
+    p.add_argument("--download", action="store_true", help="download MNIST if missing")
+    p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    p.add_argument("--checkpoint", type=Path, help="write a checkpoint here after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--json", type=Path, help="write histories and final metrics here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides = {}
+    names = {
+        "p_detach": "p_detach",
+        "c_detach": "c_detach",
+        "damp": "damp",
+        "lr": "lr",
+        "optimizer": "optimizer",
+        "clip_norm": "clip_norm",
+        "epochs": "epochs",
+        "hidden_size": "hidden_size",
+        "num_layers": "num_layers",
+        "seq_len": "seq_len",
+        "batch_size": "batch_size",
+        "train_size": "train_size",
+        "val_size": "val_size",
+        "anneal_p": "anneal_p",
+        "permutation": "permutation",
+        "data_dir": "data_dir",
+        "device": "device",
+    }
+    for arg, field_name in names.items():
+        value = getattr(args, arg)
+        if value is not None:
+            overrides[field_name] = value
+    if args.no_clip:
+        overrides["clip"] = False
+    if args.one_hot:
+        overrides["one_hot"] = True
+    if args.download:
+        overrides["download"] = True
+    if args.seeds is not None:
+        try:
+            overrides["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--seeds must be comma-separated integers, got {args.seeds!r}"
+            ) from None
+    elif args.seed is not None:
+        overrides["seeds"] = (args.seed,)
+    return RunConfig.from_preset(args.task, args.preset, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        if args.resume and (args.checkpoint is None or not args.checkpoint.exists()):
+            raise ConfigError(f"--resume needs an existing --checkpoint, got {args.checkpoint}")
+        keep_freed_memory()
+        trainer = Trainer(cfg, progress=not args.quiet)
+        if args.resume:
+            trainer.load(args.checkpoint)
+    except ValueError as err:  # ConfigError, DataNotFoundError, bad checkpoint: user-fixable
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+
+    print(
+        f"{cfg.task} ({cfg.preset}): arm {cfg.arm}, p_detach={cfg.p_detach}, lr={cfg.lr}, "
+        f"clip={f'{cfg.clip_norm:g}' if cfg.clip else 'off'}, seeds {list(cfg.seeds)}, "
+        f"{trainer.device}, starting at epoch {trainer.epoch + 1}/{cfg.epochs}",
+        flush=True,
+    )
+
+    def on_epoch(t: Trainer, records: list) -> None:
+        if args.checkpoint is not None:  # before the line: a printed epoch is a saved epoch
+            t.save(args.checkpoint)
+        print(format_epoch(records, cfg.seeds), flush=True)
+
+    trainer.run(on_epoch)
+    finals = trainer.finish()
+    for f in finals:
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items()}
+        print("final", json.dumps(shown), flush=True)
+    if args.json is not None:
+        payload = {
+            "config": cfg.to_dict(),
+            "streams": {str(s): stream_seeds(s) for s in cfg.seeds},
+            "history": trainer.history,
+            "final": finals,
+        }
+        args.json.write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
