@@ -377,6 +377,11 @@ class StudyTracker:
             if not token:
                 return found
 
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """``(step, value)`` pairs of one metric of a run, in step order."""
+        history = self._client.get_metric_history(run_id, key)
+        return sorted((m.step, m.value) for m in history)
+
     def _create(
         self,
         kind: str,

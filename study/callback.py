@@ -1,0 +1,213 @@
+"""The driver side of a study: Tune's trial events become MLflow runs (through
+``study.tracking``), so workers never need MLflow access.
+
+* trial start: the configuration's parent run and one child run per seed of the block exist
+  (found again by tags after a restart, never duplicated);
+* each result: every live member's epoch record goes to its child run, batched, each epoch
+  exactly once (``StudyTracker.log_epochs`` skips what MLflow already holds);
+* trial end: each child gets its final metrics and is terminated; a trial stopped early by a
+  scheduler is marked ``censored`` (its finals come from the epochs it ran);
+* when every seed of a configuration is done: the parent gets its seed-aggregate curves
+  (mean, min, max validation accuracy per epoch) and its seed-robust summary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from ray import tune
+
+from study.schema import EPOCH_METRICS
+from study.searcher import config_id, objective_value
+from study.tracking import StudyTracker
+from trainables.config import RunConfig
+from trainables.seeds import stream_seeds
+
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+class MlflowStudyCallback(tune.Callback):
+    def __init__(
+        self,
+        tracker: StudyTracker,
+        base: RunConfig,
+        seeds: list[int],
+        study: str,
+        seeds_per_trial: int,
+        objective: str,
+    ):
+        self.tracker = tracker
+        self.base = base
+        self.seeds = list(seeds)
+        self.study = study
+        self.seeds_per_trial = seeds_per_trial
+        self.objective = objective
+        self._children: dict[tuple[str, int], str] = {}
+
+    # -- pickling: Tune stores the callback with the experiment and uses that copy on
+    # Tuner.restore, so it travels without its MLflow client and reconnects in setup(). ----
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["tracker"] = (self.tracker.uri, self.tracker.experiment_name)
+        state["_children"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        uri, name = state["tracker"]
+        state["tracker"] = StudyTracker(uri, name)
+        self.__dict__.update(state)
+
+    def setup(self, **info):
+        if self.tracker._experiment_id is None:
+            self.tracker.start()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def _tags(self, config: dict) -> dict[str, Any]:
+        return {
+            "task": self.base.task,
+            "arm": config["arm"],
+            "p_detach": config["p_detach"],
+            "lr": config["lr"],
+            "clip": config["clip"],
+            "study": self.study,
+        }
+
+    def ensure_runs(self, config: dict) -> list[str]:
+        """Parent and child run ids for a trial's block (created when missing)."""
+        cid = config["config_id"]
+        tags = self._tags(config)
+        if config["arm"] == "h-detach":
+            tags["baseline_config_id"] = _baseline_id(config)
+        parent_params = {
+            "task": self.base.task,
+            "preset": self.base.preset,
+            "arm": config["arm"],
+            "p_detach": config["p_detach"],
+            "lr": config["lr"],
+            "clip": config["clip"],
+            "clip_norm": self.base.clip_norm,
+            "epochs": self.base.epochs,
+            "seeds": ",".join(map(str, self.seeds)),
+            "seeds_per_trial": self.seeds_per_trial,
+            "objective": self.objective,
+        }
+        self.tracker.parent_run(cid, parent_params, tags)
+        run_ids = []
+        for seed in config["seeds"]:
+            key = (cid, int(seed))
+            if key not in self._children:
+                run = self.base.replace(
+                    p_detach=float(config["p_detach"]),
+                    lr=float(config["lr"]),
+                    clip=bool(config["clip"]),
+                ).to_dict()
+                run.pop("seeds")
+                params = {
+                    **run,
+                    "seed": int(seed),
+                    **stream_seeds(int(seed)),
+                    "config_id": cid,
+                    "members_per_trial": len(config["seeds"]),
+                    "objective": self.objective,
+                }
+                self._children[key] = self.tracker.child_run(cid, int(seed), params, tags)
+            run_ids.append(self._children[key])
+        return run_ids
+
+    # -- Tune events ----------------------------------------------------------------------
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.ensure_runs(trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_ids = self.ensure_runs(trial.config)
+        for run_id, record in zip(run_ids, result.get("members") or [], strict=False):
+            if record is not None:
+                row = {"epoch": record["epoch"], **{k: record[k] for k in EPOCH_METRICS}}
+                self.tracker.log_epochs(run_id, [row])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        config, result = trial.config, trial.last_result or {}
+        run_ids = self.ensure_runs(config)
+        finals = result.get("finals")
+        for k, run_id in enumerate(run_ids):
+            if finals is not None:
+                final = {key: v for key, v in finals[k].items() if key != "seed"}
+                final["censored"] = 0.0
+            else:  # stopped early by a scheduler: censored, scored on the epochs it ran
+                final = self._finals_from_history(run_id)
+                final["censored"] = 1.0
+            self.tracker.finish(run_id, final, "FINISHED")
+        self.maybe_finish_parent(config)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        for run_id in self.ensure_runs(trial.config):
+            self.tracker.finish(run_id, {}, "FAILED")
+        self.maybe_finish_parent(trial.config)
+
+    # -- aggregates -----------------------------------------------------------------------
+
+    def _finals_from_history(self, run_id: str) -> dict[str, float]:
+        acc = self.tracker.metric_history(run_id, "val_acc")
+        grad = self.tracker.metric_history(run_id, "grad_norm_max")
+        reached = [step for step, v in acc if v >= self.base.threshold]
+        best = max(acc, key=lambda sv: sv[1]) if acc else (0, math.nan)
+        return {
+            "best_val_acc": best[1],
+            "best_epoch": float(best[0]),
+            "epochs_to_threshold": float(reached[0]) if reached else math.nan,
+            "diverged": 0.0,
+            "last_epoch": float(acc[-1][0]) if acc else 0.0,
+            "max_grad_norm": max((v for _, v in grad), default=math.nan),
+        }
+
+    def maybe_finish_parent(self, config: dict) -> None:
+        """Once every seed of the configuration is done: aggregate curves and summary."""
+        cid = config["config_id"]
+        children = self.tracker.find_runs("child", config_id=cid)
+        done = [c for c in children if c.status in TERMINAL]
+        if len(done) < len(self.seeds):
+            return
+        curves: dict[int, list[float]] = {}
+        for child in done:
+            for step, value in self.tracker.metric_history(child.run_id, "val_acc"):
+                curves.setdefault(step, []).append(value)
+        rows = [
+            {
+                "epoch": epoch,
+                "val_acc_mean": float(np.mean(v)),
+                "val_acc_min": float(np.min(v)),
+                "val_acc_max": float(np.max(v)),
+                "seeds": float(len(v)),
+            }
+            for epoch, v in sorted(curves.items())
+        ]
+        parent = self.tracker.parent_run(cid, {}, {})
+        self.tracker.log_parent_epochs(parent, rows)
+        best = [c.metrics.get("best_val_acc", math.nan) for c in done]
+        test = [c.metrics.get("test_acc_at_best", math.nan) for c in done]
+        diverged = [c.metrics.get("diverged", 0.0) for c in done]
+        finals = {
+            "objective": objective_value(best, self.objective),
+            "best_val_acc_mean": _nanmean(best),
+            "best_val_acc_min": float(np.nanmin(best)) if np.isfinite(best).any() else math.nan,
+            "test_acc_at_best_mean": _nanmean(test),
+            "diverged_rate": float(np.mean(diverged)),
+            "seeds_done": float(len(done)),
+            "seeds_failed": float(sum(c.status != "FINISHED" for c in done)),
+        }
+        status = "FINISHED" if all(c.status == "FINISHED" for c in done) else "FAILED"
+        self.tracker.finish(parent, finals, status)
+
+
+def _nanmean(values: list[float]) -> float:
+    arr = np.asarray(values, dtype=float)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan
+
+
+def _baseline_id(config: dict) -> str:
+    return config_id("vanilla", 0.0, float(config["lr"]), bool(config["clip"]))

@@ -1,0 +1,345 @@
+"""What a study is asked to do: ``StudyOptions``, read from the command line and/or a YAML file.
+
+Everything is validated here, before Ray starts or MLflow is touched: a bad value raises
+``OptionsError`` with a one-line message naming the value (the CLI turns it into exit code 2).
+Options may come from a YAML file (``--config study.yaml``, keys = option names with ``_``);
+the command line wins over the file, the file over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.config import PRESETS, TASKS, ConfigError, RunConfig
+
+SEARCHES = ("tpe", "grid", "fixed")
+OBJECTIVES = ("mean-se", "mean", "iqm", "worst")
+PAPER_P_VALUES = (0.1, 0.25, 0.4, 0.5)
+PAPER_LR_VALUES = (1e-3, 5e-4, 1e-4)
+
+
+class OptionsError(ValueError):
+    """A study option the user can fix; the message names the value."""
+
+
+@dataclass
+class StudyOptions:
+    """One study. ``seeds`` is a count S: every configuration runs on seeds
+    ``seed_offset .. seed_offset + S - 1`` (or exactly ``seed_list``), in blocks of
+    ``seeds_per_trial`` (K) seed members per Tune trial."""
+
+    task: str = "copying"
+    preset: str = "smoke"
+    search: str = "tpe"
+    trials: int = 4
+    seeds: int = 3
+    seed_offset: int = 0
+    seed_list: list[int] | None = None
+    seeds_per_trial: int = 1
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str | None = None
+    run_name: str = "main"
+    storage_path: str = "runs"
+    optuna_storage: str | None = None
+    resume: bool = False
+    data_dir: str = "data"
+    download: bool = False
+    p_values: list[float] = field(default_factory=lambda: list(PAPER_P_VALUES))
+    lr_range: list[float] = field(default_factory=lambda: [1e-4, 1e-2])
+    lr_values: list[float] = field(default_factory=lambda: list(PAPER_LR_VALUES))
+    clip_values: list[bool] = field(default_factory=lambda: [True, False])
+    configs: list[dict] | None = None  # search "fixed": [{"p_detach":, "lr":, "clip":}, ...]
+    objective: str = "mean-se"
+    asha: bool = False
+    asha_grace: int = 2
+    epochs: int | None = None
+    set: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides (e.g. seq_len)
+    sampler_seed: int = 0
+    max_failures: int = 2
+    verbose: int = 1
+
+    # -- derived --------------------------------------------------------------------------
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"hdetach-{self.task}-{self.preset}"
+
+    @property
+    def seed_values(self) -> list[int]:
+        if self.seed_list is not None:
+            return list(self.seed_list)
+        return list(range(self.seed_offset, self.seed_offset + self.seeds))
+
+    @property
+    def seed_blocks(self) -> list[list[int]]:
+        seeds, k = self.seed_values, self.seeds_per_trial
+        return [seeds[i : i + k] for i in range(0, len(seeds), k)]
+
+    @property
+    def storage_dir(self) -> str:
+        """Tune storage: a URI (s3://, gs://, ...) as given, or an absolute local path."""
+        if "://" in self.storage_path:
+            return self.storage_path
+        return str(Path(self.storage_path).expanduser().resolve())
+
+    @property
+    def experiment_dir(self) -> str:
+        return f"{self.storage_dir.rstrip('/')}/{self.experiment_name}/{self.run_name}"
+
+    @property
+    def optuna_storage_path(self) -> str:
+        """Where the Optuna study lives: an RDB URL, or a journal file next to the Tune
+        experiment (a local file even when Tune storage is remote)."""
+        if self.optuna_storage:
+            return self.optuna_storage
+        base = self.storage_dir if "://" not in self.storage_dir else str(Path("runs").resolve())
+        return str(Path(base) / self.experiment_name / f"{self.run_name}.optuna.journal")
+
+    def run_config(self) -> RunConfig:
+        """The task preset with the study's overrides (p, lr, clip, seeds are set per trial)."""
+        overrides = dict(self.set)
+        if self.epochs is not None:
+            overrides["epochs"] = self.epochs
+        overrides.setdefault("data_dir", self.data_dir)
+        overrides.setdefault("download", self.download)
+        return RunConfig.from_preset(self.task, self.preset, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # -- validation -----------------------------------------------------------------------
+
+    def validate(self) -> StudyOptions:
+        def fail(name: str, value, why: str):
+            raise OptionsError(f"{name} {why}, got {value!r}")
+
+        if self.task not in TASKS:
+            raise OptionsError(f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
+        if self.preset not in PRESETS:
+            fail("preset", self.preset, f"must be one of {', '.join(PRESETS)}")
+        if self.search not in SEARCHES:
+            fail("search", self.search, f"must be one of {', '.join(SEARCHES)}")
+        if self.objective not in OBJECTIVES:
+            fail("objective", self.objective, f"must be one of {', '.join(OBJECTIVES)}")
+        for name in ("trials", "seeds", "seeds_per_trial", "asha_grace"):
+            _int(name, getattr(self, name), 1)
+        for name in ("seed_offset", "sampler_seed", "max_failures", "verbose"):
+            _int(name, getattr(self, name), 0)
+        if self.max_failures < 2:
+            fail("max_failures", self.max_failures, "must be >= 2 (results are never lost)")
+        if self.seed_list is not None:
+            if not self.seed_list or len(set(self.seed_list)) != len(self.seed_list):
+                fail("seed_list", self.seed_list, "must list distinct seeds")
+            for s in self.seed_list:
+                _int("seed", s, 0)
+        if not _number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
+            fail("cpus_per_trial", self.cpus_per_trial, "must be > 0")
+        if not _number(self.gpus_per_trial) or self.gpus_per_trial < 0:
+            fail("gpus_per_trial", self.gpus_per_trial, "must be >= 0")
+        if self.max_concurrent is not None:
+            _int("max_concurrent", self.max_concurrent, 1)
+        for p in self.p_values:
+            if not _number(p) or not 0 < p <= 1:
+                fail("p value", p, "must be in (0, 1]")
+        if not self.p_values:
+            fail("p_values", self.p_values, "must not be empty")
+        if len(self.lr_range) != 2 or not all(_number(v) and v > 0 for v in self.lr_range):
+            fail("lr_range", self.lr_range, "must be two learning rates > 0")
+        if self.lr_range[0] >= self.lr_range[1]:
+            fail("lr_range", self.lr_range, "must be increasing")
+        for lr in self.lr_values:
+            if not _number(lr) or lr <= 0:
+                fail("lr", lr, "must be > 0")
+        if not self.clip_values or any(not isinstance(c, bool) for c in self.clip_values):
+            fail("clip_values", self.clip_values, "must be a list of true/false")
+        if self.search == "fixed":
+            if not self.configs:
+                raise OptionsError("search 'fixed' needs configs: [{p_detach, lr, clip}, ...]")
+            for c in self.configs:
+                _check_fixed_config(c)
+        elif self.configs:
+            fail("configs", "...", "are only used with search 'fixed'")
+        if self.address not in (None, "", "local") and not isinstance(self.address, str):
+            fail("address", self.address, "must be 'auto', host:port or ray://host:port")
+        if not isinstance(self.run_name, str) or not self.run_name or "/" in self.run_name:
+            fail("run_name", self.run_name, "must be a non-empty name without '/'")
+        if self.experiment is not None and not str(self.experiment).strip():
+            fail("experiment", self.experiment, "must be a non-empty name")
+        if self.epochs is not None:
+            _int("epochs", self.epochs, 1)
+        if self.gpus_per_trial and self.cpus_per_trial < 1:
+            fail("cpus_per_trial", self.cpus_per_trial, "must be >= 1 for GPU trials")
+        try:
+            base = self.run_config()
+            for seeds in self.seed_blocks:
+                base.replace(seeds=tuple(seeds)).validate()
+            for p in self.p_values:
+                base.replace(p_detach=p).validate()
+        except ConfigError as err:
+            raise OptionsError(str(err)) from None
+        return self
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionsError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_fixed_config(config) -> None:
+    if not isinstance(config, dict) or set(config) - {"p_detach", "lr", "clip"}:
+        raise OptionsError(f"a fixed config has keys p_detach, lr, clip, got {config!r}")
+    p, lr, clip = config.get("p_detach"), config.get("lr"), config.get("clip", True)
+    if not _number(p) or not 0 <= p <= 1:
+        raise OptionsError(f"p_detach must be in [0, 1], got {p!r}")
+    if not _number(lr) or lr <= 0:
+        raise OptionsError(f"lr must be > 0, got {lr!r}")
+    if not isinstance(clip, bool):
+        raise OptionsError(f"clip must be true or false, got {clip!r}")
+
+
+# -- command line and YAML ------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad value is one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python study/run.py",
+        description="Run an h-detach robustness study: Optuna (through Ray Tune) searches "
+        "p_detach, lr and clipping; every configuration runs on the same seeds next to its "
+        "vanilla (p=0) baseline; everything is logged to MLflow.",
+    )
+    p.add_argument("--config", type=Path, help="YAML file of options (command line wins)")
+    p.add_argument("--task", choices=TASKS)
+    p.add_argument("--preset", choices=PRESETS)
+    p.add_argument("--search", choices=SEARCHES)
+    p.add_argument("--trials", type=int, help="configurations to evaluate")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (S)")
+    p.add_argument("--seed-offset", type=int, help="first seed (fresh seeds: raise it)")
+    p.add_argument("--seeds-per-trial", type=int, help="seed members per trial process (K)")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="fractions allowed, e.g. 0.25")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument("--address", help="Ray address: default embedded local Ray; 'auto' = cluster")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment / study name")
+    p.add_argument("--run-name", help="name of this batch of trials inside the study")
+    p.add_argument("--storage-path", help="Tune storage (shared storage on clusters)")
+    p.add_argument("--optuna-storage", help="Optuna RDB URL or journal file")
+    p.add_argument("--resume", action="store_true", default=None, help="continue a killed study")
+    p.add_argument("--data-dir", help="MNIST root (torchvision layout)")
+    p.add_argument("--download", action="store_true", default=None, help="download MNIST")
+    p.add_argument("--p-values", help="comma-separated h-detach probabilities to search")
+    p.add_argument("--lr-range", help="tpe: low,high learning rate (log-uniform)")
+    p.add_argument("--lr-values", help="grid: comma-separated learning rates")
+    p.add_argument("--clip-values", help="comma-separated true/false")
+    p.add_argument("--objective", choices=OBJECTIVES, help="seed-robust value given to Optuna")
+    p.add_argument("--asha", action="store_true", default=None, help="early stopping (HPO)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="run option override, repeatable"
+    )
+    p.add_argument("--verbose", type=int, help="0 quiet, 1 progress table, 2 + trial output")
+    return p
+
+
+def _floats(name: str, text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OptionsError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def _bools(text: str) -> list[bool]:
+    values = {"true": True, "false": False, "on": True, "off": False, "1": True, "0": False}
+    out = []
+    for part in text.split(","):
+        if part.strip().lower() not in values:
+            raise OptionsError(f"--clip-values must be true/false, got {part.strip()!r}")
+        out.append(values[part.strip().lower()])
+    return out
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise OptionsError(f"--set expects KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(text)
+    return out
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise OptionsError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise OptionsError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OptionsError(f"config file {path} must hold a mapping of options")
+    known = {f.name for f in dataclasses.fields(StudyOptions)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise OptionsError(f"unknown option {unknown[0]!r} in {path}")
+    return data
+
+
+def options_from_args(argv: list[str] | None = None) -> StudyOptions:
+    """Parse the command line (and its ``--config`` file) into validated options."""
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    cli = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k not in ("config", "p_values", "lr_range", "lr_values")
+        and k not in ("clip_values", "set")
+    }  # fmt: skip
+    if args.p_values is not None:
+        cli["p_values"] = _floats("p-values", args.p_values)
+    if args.lr_range is not None:
+        cli["lr_range"] = _floats("lr-range", args.lr_range)
+    if args.lr_values is not None:
+        cli["lr_values"] = _floats("lr-values", args.lr_values)
+    if args.clip_values is not None:
+        cli["clip_values"] = _bools(args.clip_values)
+    if args.set:
+        cli["set"] = {**values.get("set", {}), **_parse_set(args.set)}
+    values.update(cli)
+    if "task" not in values:
+        raise OptionsError("--task is required (copying, seq_mnist or pmnist)")
+    try:
+        options = StudyOptions(**values)
+    except TypeError as err:  # a YAML value of the wrong kind
+        raise OptionsError(f"bad option: {err}") from None
+    return options.validate()
+
+
+def environment_tracking_uri() -> str | None:
+    return os.environ.get("MLFLOW_TRACKING_URI")

@@ -1,0 +1,306 @@
+"""The study service: ``python study/run.py --task pmnist``.
+
+Optuna (through Ray Tune's ``OptunaSearch``) proposes configurations (p_detach, lr,
+clipping); every configuration runs on the same seeds, in blocks of K seed members per Tune
+trial, next to its vanilla (p = 0) baseline on the same seeds; the driver logs everything to
+MLflow (one experiment per study, a parent run per configuration, a child run per seed).
+Without ``--address`` the study runs on an embedded local Ray; ``--address auto`` joins a
+cluster (see ``ray_cluster.yaml``). A killed study continues with ``--resume``.
+
+Validation comes first: a bad option, an unreachable tracking server or missing data exits
+with code 2 and a one-line message before Ray starts or anything is written to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# No hidden network traffic: Ray's usage stats and MLflow's telemetry stay off.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table honours our columns
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from study.options import OptionsError, StudyOptions, options_from_args  # noqa: E402
+from study.tracking import StudyTracker, TrackingError, check_tracking_uri  # noqa: E402
+
+__all__ = ["StudyOptions", "StudyResult", "main", "run_study"]
+
+
+@dataclass
+class StudyResult:
+    experiment: str
+    experiment_dir: str
+    tracking_uri: str
+    configurations: list[dict]
+    errors: int
+
+
+class StudyError(ValueError):
+    """A problem with the study's setup that the user can fix (exit code 2)."""
+
+
+def preflight(options: StudyOptions) -> None:
+    """Everything checked before Ray starts or MLflow is touched."""
+    from ray.tune import Tuner
+
+    options.validate()
+    check_tracking_uri(options.tracking_uri)
+    exists = Tuner.can_restore(options.experiment_dir)
+    if options.resume and not exists:
+        raise StudyError(f"--resume: no study to resume at {options.experiment_dir}")
+    if not options.resume and _dir_has_content(options.experiment_dir):
+        raise StudyError(
+            f"a study already exists at {options.experiment_dir}: pass --resume to continue "
+            "it, or --run-name / --experiment for a new one"
+        )
+    if options.task != "copying":  # MNIST must be on disk (or downloaded now, if asked)
+        from trainables.train import load_task_for
+
+        load_task_for(options.run_config())
+
+
+def _dir_has_content(path: str) -> bool:
+    if "://" in path:
+        from ray.tune import Tuner
+
+        return Tuner.can_restore(path)
+    return Path(path).is_dir() and any(Path(path).iterdir())
+
+
+def _init_ray(options: StudyOptions) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if options.address in (None, "", "local"):
+        ray.init(address="local", include_dashboard=False, log_to_driver=options.verbose >= 2)
+    else:
+        ray.init(address=options.address, log_to_driver=options.verbose >= 2)
+
+
+def _max_concurrent(options: StudyOptions) -> int:
+    import ray
+
+    if options.max_concurrent:
+        return options.max_concurrent
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 1) // options.cpus_per_trial)
+    if options.gpus_per_trial:
+        slots = min(slots, int(resources.get("GPU", 0) / options.gpus_per_trial))
+    return max(1, slots)
+
+
+def build_searcher(options: StudyOptions):
+    """``ConcurrencyLimiter(PairedSeedSearcher(OptunaSearch))`` with a persisted Optuna study."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from study.searcher import OBJECTIVE, PairedSeedSearcher
+
+    storage_path = options.optuna_storage_path
+    if "://" in storage_path:
+        storage = storage_path  # an RDB URL
+    else:
+        Path(storage_path).parent.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(storage_path))
+    clip = CategoricalDistribution(list(options.clip_values))
+    points = None
+    if options.search == "tpe":
+        space = {
+            "p_detach": CategoricalDistribution(list(options.p_values)),
+            "lr": FloatDistribution(*options.lr_range, log=True),
+            "clip": clip,
+        }
+        sampler = optuna.samplers.TPESampler(seed=options.sampler_seed)
+        max_configs = options.trials
+    elif options.search == "grid":
+        grid = {
+            "p_detach": list(options.p_values),
+            "lr": list(options.lr_values),
+            "clip": list(options.clip_values),
+        }
+        space = {k: CategoricalDistribution(v) for k, v in grid.items()}
+        sampler = optuna.samplers.GridSampler(grid, seed=options.sampler_seed)
+        size = len(grid["p_detach"]) * len(grid["lr"]) * len(grid["clip"])
+        max_configs = min(options.trials, size)
+    else:  # fixed configurations (e.g. the nightly batch)
+        configs = [{"clip": True, **c} for c in options.configs or []]
+        space = {
+            "p_detach": CategoricalDistribution(sorted({c["p_detach"] for c in configs})),
+            "lr": CategoricalDistribution(sorted({c["lr"] for c in configs})),
+            "clip": CategoricalDistribution(sorted({c["clip"] for c in configs})),
+        }
+        sampler = optuna.samplers.TPESampler(seed=options.sampler_seed)
+        points, max_configs = configs, len(configs)
+    optuna_search = OptunaSearch(
+        space=space,
+        metric=OBJECTIVE,
+        mode="max",
+        sampler=sampler,
+        study_name=f"{options.experiment_name}/{options.run_name}",
+        storage=storage,
+        points_to_evaluate=points,
+    )
+    paired = PairedSeedSearcher(
+        optuna_search,
+        seed_blocks=options.seed_blocks,
+        max_configs=max_configs,
+        objective=options.objective,
+    )
+    return ConcurrencyLimiter(paired, max_concurrent=_max_concurrent(options))
+
+
+def _reporter(options: StudyOptions):
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        parameter_columns={
+            "arm": "arm",
+            "p_detach": "p",
+            "lr": "lr",
+            "clip": "clip",
+            "seeds": "seeds",
+        },
+        metric_columns={"epoch": "epoch", "val_acc_mean": "mean val acc"},
+        max_report_frequency=30,
+        max_progress_rows=30,
+    )
+
+
+def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
+    """Run (or resume) a study. Problems the user can fix raise ``OptionsError``,
+    ``StudyError``, ``TrackingError`` or ``ValueError`` before anything starts
+    (``checked=True``: the caller already ran ``preflight``)."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    from study.callback import MlflowStudyCallback
+    from study.summary import ranked_summary
+    from study.trainable import train_block
+
+    if not checked:
+        preflight(options)
+    base = options.run_config()
+    _init_ray(options)
+    trainable = tune.with_resources(
+        train_block, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
+    )
+    tracker = StudyTracker(options.tracking_uri, options.experiment_name)
+    tracker.start(
+        tags={
+            "study.task": options.task,
+            "study.preset": options.preset,
+            "study.search": options.search,
+            "study.command": " ".join(sys.argv),
+        }
+    )
+    callback = MlflowStudyCallback(
+        tracker,
+        base,
+        seeds=options.seed_values,
+        study=options.experiment_name,
+        seeds_per_trial=options.seeds_per_trial,
+        objective=options.objective,
+    )
+    tune_root = f"{options.storage_dir.rstrip('/')}/{options.experiment_name}"
+    if options.resume:
+        tuner = tune.Tuner.restore(options.experiment_dir, trainable, resume_errored=True)
+    else:
+        base_dict = base.to_dict()
+        base_dict.pop("seeds")
+        scheduler = None
+        if options.asha:
+            scheduler = ASHAScheduler(
+                time_attr="epoch",
+                metric="val_acc_mean",
+                mode="max",
+                max_t=base.epochs,
+                grace_period=min(options.asha_grace, base.epochs),
+            )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "run": base_dict,
+                "cpus_per_trial": options.cpus_per_trial,
+                "objective": options.objective,
+            },
+            tune_config=tune.TuneConfig(
+                search_alg=build_searcher(options),
+                scheduler=scheduler,
+                num_samples=-1,
+                reuse_actors=False,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=options.run_name,
+                storage_path=tune_root,
+                callbacks=[callback, JsonLoggerCallback()],
+                progress_reporter=_reporter(options),
+                verbose=options.verbose,
+                failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        _save_options(options)
+    results = tuner.fit()
+    errors = sum(1 for r in results if r.error is not None)
+    configurations, text = ranked_summary(tracker)
+    if options.verbose:
+        print(text)
+        print(f"\nMLflow: mlflow ui --backend-store-uri {options.tracking_uri}")
+        if "://" not in options.optuna_storage_path:
+            print(f"Optuna: optuna-dashboard {options.optuna_storage_path}")
+        print(f"Tune:   {options.experiment_dir}")
+    return StudyResult(
+        experiment=options.experiment_name,
+        experiment_dir=options.experiment_dir,
+        tracking_uri=options.tracking_uri,
+        configurations=configurations,
+        errors=errors,
+    )
+
+
+def _trial_name(trial) -> str:
+    """``<config_id>_b<block>_<trial id>``: readable in the table and on disk."""
+    config = trial.config
+    return f"{config.get('config_id', 'trial')}_b{config.get('block', 0)}_{trial.trial_id}"
+
+
+def _save_options(options: StudyOptions) -> None:
+    """The study's options beside the Tune experiment (for people and for --resume)."""
+    if "://" in options.experiment_dir:
+        return
+    path = Path(options.experiment_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "study_options.json").write_text(json.dumps(options.to_dict(), indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = "python study/run.py"
+    try:
+        options = options_from_args(argv)
+        preflight(options)
+    except (OptionsError, StudyError, TrackingError, ValueError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    result = run_study(options, checked=True)
+    return 1 if result.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The end-of-study console summary: configurations ranked by their seed-robust objective,
+each with its paired vanilla baseline beside it (read back from MLflow)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dashboards.stats import prob_improvement_paired
+from study.tracking import StudyTracker
+
+
+def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
+    """Rows (one per configuration, best first) and the table as text."""
+    parents = {p.config_id: p for p in tracker.find_runs("parent")}
+    best: dict[str, dict[int, float]] = {}
+    for child in tracker.find_runs("child"):
+        value = child.metrics.get("best_val_acc", math.nan)
+        best.setdefault(child.config_id, {})[child.seed] = value
+    rows = []
+    for cid, parent in parents.items():
+        seeds = best.get(cid, {})
+        values = np.array(list(seeds.values()), dtype=float)
+        row = {
+            "config_id": cid,
+            "arm": parent.params.get("arm", "?"),
+            "p_detach": parent.params.get("p_detach", "?"),
+            "lr": parent.params.get("lr", "?"),
+            "clip": parent.params.get("clip", "?"),
+            "seeds": len(seeds),
+            "objective": parent.metrics.get("objective", math.nan),
+            "mean_best_val_acc": float(np.nanmean(values))
+            if np.isfinite(values).any()
+            else math.nan,
+            "baseline": parent.tags.get("baseline_config_id"),
+        }
+        base = best.get(row["baseline"] or "", {})
+        common = sorted(set(seeds) & set(base))
+        if common:
+            a = np.array([seeds[s] for s in common], dtype=float)
+            b = np.array([base[s] for s in common], dtype=float)
+            ok = np.isfinite(a) & np.isfinite(b)
+            row["baseline_mean"] = float(b[ok].mean()) if ok.any() else math.nan
+            row["p_better"] = float(prob_improvement_paired(a[ok], b[ok])) if ok.any() else math.nan
+            row["pairs"] = int(ok.sum())
+        rows.append(row)
+    rows.sort(key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
+
+    lines = [
+        "Configurations, best first (objective = seed-robust value given to Optuna):",
+        f"{'rank':>4}  {'config':<28} {'seeds':>5} {'objective':>9} {'mean best':>9}  "
+        f"{'paired vanilla':>14} {'P(better)':>9}",
+    ]
+    for i, r in enumerate(rows, 1):
+        vanilla = f"{100 * r['baseline_mean']:.2f}%" if "baseline_mean" in r else "-"
+        better = f"{r['p_better']:.2f} ({r['pairs']})" if "p_better" in r else "-"
+        lines.append(
+            f"{i:>4}  {r['config_id']:<28} {r['seeds']:>5} {_pct(r['objective']):>9} "
+            f"{_pct(r['mean_best_val_acc']):>9}  {vanilla:>14} {better:>9}"
+        )
+    return rows, "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%" if math.isfinite(value) else "-"
