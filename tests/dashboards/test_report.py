@@ -1,0 +1,442 @@
+"""The HTML report: verdicts, self-containedness, --since, bad input, MLflow logging, and the
+page as real headless Chromium renders it (driven through the DevTools protocol)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dashboards import export
+from study import report as report_cli
+from study.schema import EPOCH_METRICS
+from study.tracking import StudyTracker
+
+EXPERIMENT = "synthetic-report"
+EPOCHS = 30
+SCREENSHOT_COPY = Path("/tmp/report_screenshot.png")
+
+# (config_id, task, arm, p_detach, seq_len, best val acc mean, spread, test acc mean)
+# Copying T=300: h-detach wins clearly (C2). pMNIST: h-detach loses (C5). Copying T=100:
+# h-detach learns faster (C1).
+CONFIGS = [
+    ("c300-van", "copying", "vanilla", 0.0, 300, 0.62, 0.08, math.nan),
+    ("c300-p25", "copying", "h-detach", 0.25, 300, 0.997, 0.001, math.nan),
+    ("c300-p50", "copying", "h-detach", 0.5, 300, 0.995, 0.002, math.nan),
+    ("c100-van", "copying", "vanilla", 0.0, 100, 0.995, 0.002, math.nan),
+    ("c100-p25", "copying", "h-detach", 0.25, 100, 0.997, 0.001, math.nan),
+    ("pm-van", "pmnist", "vanilla", 0.0, 784, 0.925, 0.002, 0.922),
+    ("pm-p25", "pmnist", "h-detach", 0.25, 784, 0.905, 0.002, 0.902),
+]
+
+
+def synthetic(seeds: range, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs and history in the export's schema, for `seeds` of every configuration."""
+    rng = np.random.default_rng(seed)
+    runs, history = [], []
+    epochs = np.arange(1, EPOCHS + 1)
+    for config_id, task, arm, p, seq_len, mean, spread, test in CONFIGS:
+        for s in seeds:
+            final = float(np.clip(rng.normal(mean, spread), 0, 1))
+            start = (6 if arm == "h-detach" else 14) + rng.integers(0, 4)
+            curve = final / (1 + np.exp(-(epochs - start) / 1.5))
+            run_id = f"{config_id}-s{s}"
+            thr = 0.99
+            reached = np.nonzero(curve >= thr)[0]
+            runs.append(
+                {
+                    "run_id": run_id, "task": task, "config_id": config_id, "arm": arm,
+                    "p_detach": p, "c_detach": 0.0, "lr": 1e-3, "clip": True, "clip_norm": 1.0,
+                    "seq_len": seq_len, "seed": s, "epochs": EPOCHS, "last_epoch": EPOCHS,
+                    "threshold": thr, "best_val_acc": float(curve.max()),
+                    "epochs_to_threshold": float(reached[0] + 1) if reached.size else math.nan,
+                    "test_acc_at_best": test + rng.normal(0, 0.002) if task == "pmnist" else None,
+                    "diverged": False, "censored": False, "max_grad_norm": 0.9,
+                    "status": "FINISHED",
+                }
+            )  # fmt: skip
+            frame = pd.DataFrame({"run_id": run_id, "epoch": epochs, "val_acc": curve})
+            for key in EPOCH_METRICS:
+                if key != "val_acc":
+                    frame[key] = rng.random(EPOCHS)
+            history.append(frame)
+    return pd.DataFrame(runs), pd.concat(history, ignore_index=True)
+
+
+def write_data(data_dir: Path, seeds: range) -> None:
+    runs, history = synthetic(seeds)
+    export.write_frames(data_dir, EXPERIMENT, runs, history)
+
+
+def make_report(data_dir: Path, out: Path, *extra: str) -> int:
+    return report_cli.main(
+        ["--experiment", EXPERIMENT, "--data-dir", str(data_dir), "--out", str(out),
+         "--no-export", "--resamples", "300", "--max-curves", "5", *extra]
+    )  # fmt: skip
+
+
+class _Page(HTMLParser):
+    """Collects the tags of a page with their attributes, and the verdict table's rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.verdict_rows: dict[str, str] = {}
+        self._row: str | None = None
+        self._text: list[str] = []
+        self._in_verdicts = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "table" and attrs.get("id") == "verdicts":
+            self._in_verdicts = True
+        if self._in_verdicts and tag == "tr" and attrs.get("id", "").startswith("row-"):
+            self._row, self._text = attrs["id"][4:], []
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_verdicts = False
+        if tag == "tr" and self._row is not None:
+            self.verdict_rows[self._row] = " ".join(self._text)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._row is not None:
+            self._text.append(data)
+
+
+def parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def verdict_of(row_text: str) -> str:
+    for verdict in ("supported", "contradicted", "inconclusive", "no runs yet", "no data"):
+        if verdict in row_text:
+            return verdict
+    raise AssertionError(f"no verdict in {row_text!r}")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One report on 8 seeds per configuration, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("report")
+    write_data(root / "data", range(8))
+    out = root / "reports" / "full"
+    assert make_report(root / "data", out) == 0
+    return out
+
+
+def test_verdict_table_and_self_contained_page(built: Path) -> None:
+    html_path = built / "index.html"
+    page = parse(html_path)
+    assert set(page.verdict_rows) == {f"C{i}" for i in range(1, 11)}
+    verdicts = {cid: verdict_of(text) for cid, text in page.verdict_rows.items()}
+    assert verdicts["C2"] == "supported"  # the clear win
+    assert verdicts["C5"] == "contradicted"  # the loss
+    assert verdicts["C8"] == "no runs yet" and verdicts["C9"] == "no data"
+    # Our number with its CI beside the paper's, seeds per arm.
+    assert re.search(r"h-detach: 99\.\d\d \[99\.\d\d, 99\.\d\d\]", page.verdict_rows["C2"])
+    assert "100" in page.verdict_rows["C2"] and "8 / 8" in page.verdict_rows["C2"]
+
+    images = [attrs for tag, attrs in page.tags if tag == "img"]
+    assert len(images) >= 8
+    for attrs in images:
+        src = attrs["src"]
+        if src.startswith("data:"):
+            kind, payload = src.split(",", 1)
+            assert kind == "data:image/png;base64"
+            assert base64.b64decode(payload)[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert (built / src).is_file(), src
+    for tag, attrs in page.tags:
+        for name in ("src", "href", "action", "poster", "data"):
+            value = attrs.get(name) or ""
+            assert not re.match(r"\s*(https?:)?//", value), (tag, name, value)
+        assert tag not in ("script", "iframe", "object", "embed"), tag
+    text = html_path.read_text(encoding="utf-8")
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//|@import", text)
+    assert "Table 1" in text and "Table 2" in text and "id='configs'" in text
+
+    summary = json.loads((built / "summary.json").read_text())
+    assert summary["claims"]["C2"]["verdict"] == "supported"
+    assert summary["configs"]["copying/c300-p25"]["n"] == 8
+
+
+def test_since_reports_changed_verdicts_and_new_seeds(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_data(data, range(3))  # 3 seeds per arm: below min_seeds, all inconclusive
+    first = tmp_path / "reports" / "20260101T000000Z"
+    assert make_report(data, first) == 0
+    assert verdict_of(parse(first / "index.html").verdict_rows["C2"]) == "inconclusive"
+
+    write_data(data, range(8))
+    second = tmp_path / "reports" / "20260102T000000Z"
+    assert make_report(data, second, "--since", "latest") == 0
+    text = (second / "index.html").read_text(encoding="utf-8")
+    changed = text[text.index("id='verdicts-changed'") :]
+    changed = changed[: changed.index("</table>")]
+    assert re.search(
+        r"<td>C2</td><td><span class='badge inconclusive small'>inconclusive"
+        r"</span></td><td><span class='badge supported small'>supported",
+        changed,
+    )
+    assert re.search(r"<td>C5</td>.*inconclusive.*contradicted", changed)
+    assert "id='new-seeds'" in text and "copying/c300-p25" in text
+    assert "id='tightened'" in text
+    assert str(first) in text
+
+    # An explicit directory works the same; a directory without summary.json is bad input.
+    third = tmp_path / "reports" / "third"
+    assert make_report(data, third, "--since", str(first)) == 0
+    assert make_report(data, tmp_path / "r4", "--since", str(tmp_path)) == 2
+
+
+def test_several_experiments_in_one_report(tmp_path: Path) -> None:
+    runs, history = synthetic(range(6))
+    copying = runs["task"] == "copying"
+    data = tmp_path / "data"
+    export.write_frames(data, "study-copying", runs[copying], history)
+    export.write_frames(data, "study-pmnist", runs[~copying], history)
+    out = tmp_path / "out"
+    argv = ["--experiment", "study-copying", "--experiment", "study-pmnist", "--no-export"]
+    assert report_cli.main([*argv, "--data-dir", str(data), "--out", str(out)]) == 0
+    page = parse(out / "index.html")
+    assert verdict_of(page.verdict_rows["C2"]) == "supported"
+    assert verdict_of(page.verdict_rows["C5"]) == "contradicted"
+    assert json.loads((out / "summary.json").read_text())["n_runs"] == len(runs)
+    assert report_cli.default_out(["a", "b/c"], tmp_path).parent == tmp_path / "a_b_c"
+
+
+def test_bad_local_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing_db = tmp_path / "nowhere.db"
+    code = report_cli.main(
+        [
+            "--experiment",
+            "x",
+            "--tracking-uri",
+            f"sqlite:///{missing_db}",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no MLflow database" in err
+    assert not missing_db.exists()  # nothing created
+    assert make_report(tmp_path / "empty", tmp_path / "r2") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no exported dataset" in err
+
+
+@pytest.mark.slow
+def test_unknown_experiment_exits_2_and_creates_nothing(
+    mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    name = f"absent-{uuid.uuid4().hex[:8]}"
+    code = report_cli.main(
+        ["--experiment", name, "--tracking-uri", mlflow_server, "--out", str(tmp_path / "r")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "unknown experiment" in err
+    assert MlflowClient(mlflow_server).get_experiment_by_name(name) is None
+    assert not (tmp_path / "r").exists()
+    code = report_cli.main(["--experiment", name, "--tracking-uri", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "unreachable" in err
+
+
+@pytest.mark.slow
+def test_report_from_mlflow_is_logged_as_a_report_run(mlflow_server: str, tmp_path: Path) -> None:
+    name = f"report-{uuid.uuid4().hex[:8]}"
+    tracker = StudyTracker(mlflow_server, name)
+    tracker.start()
+    for config_id, p in (("van", 0.0), ("hd", 0.25)):
+        params = {"task": "copying", "p_detach": p, "lr": 1e-3, "clip": True, "seq_len": 300}
+        tags = {"task": "copying", "arm": "h-detach" if p else "vanilla"}
+        tracker.parent_run(config_id, params, tags)
+        for seed in range(2):
+            run_id = tracker.child_run(config_id, seed, {**params, "seed": seed}, tags)
+            tracker.log_epochs(run_id, [{"epoch": e, "val_acc": e / 4} for e in (1, 2, 3)])
+            tracker.finish(run_id, {"best_val_acc": 0.75 + p, "last_epoch": 3})
+    out = tmp_path / "reports" / name / "first"
+    argv = ["--experiment", name, "--tracking-uri", mlflow_server, "--resamples", "200"]
+    assert report_cli.main([*argv, "--out", str(out)]) == 0
+    assert (out / "index.html").is_file() and (tmp_path / "reports" / name / "data").is_dir()
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name(name)
+    (run,) = client.search_runs([experiment.experiment_id], "tags.run_kind = 'report'")
+    assert run.info.status == "FINISHED" and run.data.tags["claim.C2"] == "inconclusive"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "index.html",
+        "summary.json",
+    }
+    # The report run is not a child: the next export sees no new run.
+    result = export.export(mlflow_server, name, tmp_path / "reports" / name / "data")
+    assert (result.runs_total, result.runs_new) == (4, 0)
+    second = tmp_path / "reports" / name / "second"
+    assert report_cli.main([*argv, "--out", str(second), "--since", "latest"]) == 0
+    assert "first" in (second / "index.html").read_text(encoding="utf-8")
+    assert len(client.search_runs([experiment.experiment_id], "tags.run_kind = 'report'")) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Real headless Chromium through the DevTools protocol
+
+
+def _chromium() -> str | None:
+    for name in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class DevTools:
+    """A minimal DevTools-protocol client over one page target's websocket."""
+
+    def __init__(self, ws_url: str):
+        import websocket  # websocket-client (dev dependency)
+
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+        self.events: list[dict] = []
+        self._id = 0
+
+    def send(self, method: str, **params) -> dict:
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self._id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self.events.append(message)
+
+    def wait_for(self, method: str, timeout_s: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        for event in self.events:
+            if event.get("method") == method:
+                return event
+        while time.monotonic() < deadline:
+            message = json.loads(self.ws.recv())
+            self.events.append(message)
+            if message.get("method") == method:
+                return message
+        raise TimeoutError(method)
+
+    def evaluate(self, expression: str):
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(result["exceptionDetails"])
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[DevTools]:
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium)")
+    pytest.importorskip("websocket", reason="websocket-client is not installed (dev extra)")
+    profile = tmp_path / "chromium-profile"
+    command = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+        "--remote-allow-origins=*", "--window-size=1280,1000", "about:blank",
+    ]  # fmt: skip
+    log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 - closed in the finally
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    client = None
+    try:
+        port_file = profile / "DevToolsActivePort"  # port 0: Chromium picks one and writes it
+        deadline = time.monotonic() + 30
+        while not port_file.is_file() or not port_file.read_text().strip():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Chromium did not start:\n{(tmp_path / 'chromium.log').read_text()}")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            targets = json.load(r)
+        page = next(t for t in targets if t["type"] == "page")
+        client = DevTools(page["webSocketDebuggerUrl"])
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(built: Path, chromium: DevTools, tmp_path: Path):
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        chromium.send(f"{domain}.enable")
+    chromium.send("Page.navigate", url=(built / "index.html").resolve().as_uri())
+    chromium.wait_for("Page.loadEventFired")
+
+    errors = [
+        e
+        for e in chromium.events
+        if e.get("method") == "Runtime.exceptionThrown"
+        or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
+        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+    ]
+    assert errors == []
+    requested = [
+        e["params"]["request"]["url"]
+        for e in chromium.events
+        if e.get("method") == "Network.requestWillBeSent"
+    ]
+    assert requested and all(u.startswith(("file:", "data:")) for u in requested), requested
+
+    images = chromium.evaluate(
+        "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])"
+    )
+    assert len(images) >= 8
+    assert all(complete and width > 0 for complete, width, _ in images), images
+    rows = chromium.evaluate("document.querySelectorAll('#verdicts tbody tr').length")
+    assert rows == 10
+    c2 = chromium.evaluate("document.querySelector('#row-C2').innerText")
+    assert "supported" in c2
+
+    # A full-page screenshot for a person to look at.
+    height = chromium.evaluate("document.documentElement.scrollHeight")
+    chromium.send(
+        "Emulation.setDeviceMetricsOverride",
+        width=1280,
+        height=min(int(height), 16000),
+        deviceScaleFactor=1,
+        mobile=False,
+    )
+    shot = chromium.send("Page.captureScreenshot", format="png")
+    png = base64.b64decode(shot["data"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "report.png").write_bytes(png)
+    if os.access(SCREENSHOT_COPY.parent, os.W_OK):
+        SCREENSHOT_COPY.write_bytes(png)
