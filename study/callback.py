@@ -82,6 +82,8 @@ class MlflowStudyCallback(tune.Callback):
         tags = self._tags(config)
         if config["arm"] == "h-detach":
             tags["baseline_config_id"] = _baseline_id(config)
+        # Params name the configuration (immutable in MLflow); what changes from batch to
+        # batch (the seeds of a nightly run, how they are packed) goes in tags.
         parent_params = {
             "task": self.base.task,
             "preset": self.base.preset,
@@ -91,6 +93,11 @@ class MlflowStudyCallback(tune.Callback):
             "clip": config["clip"],
             "clip_norm": self.base.clip_norm,
             "epochs": self.base.epochs,
+            "seq_len": self.base.seq_len,
+            "hidden_size": self.base.hidden_size,
+        }
+        tags = {
+            **tags,
             "seeds": ",".join(map(str, self.seeds)),
             "seeds_per_trial": self.seeds_per_trial,
             "objective": self.objective,
@@ -169,8 +176,8 @@ class MlflowStudyCallback(tune.Callback):
         """Once every seed of the configuration is done: aggregate curves and summary."""
         cid = config["config_id"]
         children = self.tracker.find_runs("child", config_id=cid)
-        done = [c for c in children if c.status in TERMINAL]
-        if len(done) < len(self.seeds):
+        done = [c for c in children if c.status in TERMINAL]  # every batch of seeds so far
+        if sum(c.seed in self.seeds for c in done) < len(self.seeds):
             return
         curves: dict[int, list[float]] = {}
         for child in done:

@@ -74,7 +74,14 @@ class StudyOptions:
 
     @property
     def experiment_name(self) -> str:
-        return self.experiment or f"hdetach-{self.task}-{self.preset}"
+        """Default ``hdetach-<task>[-T<delay>]-<preset>``: one study per task setup, since
+        configuration ids name (p, lr, clip) only."""
+        if self.experiment:
+            return self.experiment
+        delay = (
+            f"-T{self.set['seq_len']}" if self.task == "copying" and "seq_len" in self.set else ""
+        )
+        return f"hdetach-{self.task}{delay}-{self.preset}"
 
     @property
     def seed_values(self) -> list[int]:

@@ -25,6 +25,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table honours our columns
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Per-epoch checkpoints make Tune snapshot often; that is intended, not worth a warning.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -195,6 +197,8 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     if not checked:
         preflight(options)
     base = options.run_config()
+    if "://" not in options.storage_dir:  # local snapshots are cheap: keep Tune's state fresh
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     _init_ray(options)
     trainable = tune.with_resources(
         train_block, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
