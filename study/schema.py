@@ -10,17 +10,10 @@ Accuracies are fractions in [0, 1]; epochs are 1-based and are the MLflow ``step
 
 from __future__ import annotations
 
-#: Per-epoch metrics of a child run (``step = epoch``). ``epoch`` itself is also logged as a
-#: bookkeeping metric by ``study.tracking`` so a resumed driver knows what is already there.
-EPOCH_METRICS = (
-    "train_loss",
-    "val_loss",
-    "val_acc",
-    "grad_norm",
-    "grad_norm_max",
-    "detached_fraction",
-    "epoch_seconds",
-)
+# Per-epoch metrics of a child run (``step = epoch``), defined with the trainer. ``epoch``
+# itself is also logged as a bookkeeping metric by ``study.tracking``, so a resumed driver
+# knows what is already there.
+from trainables.metrics import EPOCH_METRICS
 
 #: Final metrics of a child run (logged once, when its trial ends). ``transfer_acc_T<d>`` are
 #: added for copying runs, one per evaluated delay ``d``.
@@ -52,3 +45,12 @@ ARMS = ("h-detach", "vanilla", "c-detach", "damp")
 #: child's own seed is the ``seed`` param), plus ``seed``, ``seed_init``, ``seed_data`` and
 #: ``seed_masks`` (the derived streams, see ``trainables/seeds.py``), ``config_id``,
 #: ``members_per_trial`` and ``objective``.
+
+__all__ = [
+    "ARMS",
+    "EPOCH_METRICS",
+    "FINAL_METRICS",
+    "PARENT_EPOCH_METRICS",
+    "RUN_TAGS",
+    "TRANSFER_PREFIX",
+]

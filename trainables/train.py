@@ -42,15 +42,6 @@ from trainables.tasks import load_task
 from trainables.tasks.base import Split, TaskData
 
 CHECKPOINT_FORMAT = 1
-EPOCH_METRICS = (
-    "train_loss",
-    "val_loss",
-    "val_acc",
-    "grad_norm",
-    "grad_norm_max",
-    "detached_fraction",
-    "epoch_seconds",
-)
 
 
 def resolve_device(name: str) -> torch.device:

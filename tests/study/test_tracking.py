@@ -10,16 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.tracking import StudyTracker, TrackingError, check_tracking_uri
+from trainables.metrics import EPOCH_METRICS
 
-METRICS = (
-    "train_loss",
-    "val_loss",
-    "val_acc",
-    "grad_norm",
-    "grad_norm_max",
-    "detached_fraction",
-    "epoch_seconds",
-)
+METRICS = EPOCH_METRICS
 
 
 class CountingClient(MlflowClient):

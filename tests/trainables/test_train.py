@@ -16,8 +16,9 @@ import torch
 
 from tests.trainables.idx_files import write_mnist_raw
 from trainables.config import ConfigError, RunConfig
+from trainables.metrics import EPOCH_METRICS
 from trainables.seeds import stream_seed
-from trainables.train import EPOCH_METRICS, Trainer
+from trainables.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = {"epoch_seconds"}
