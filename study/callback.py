@@ -148,7 +148,8 @@ class MlflowStudyCallback(tune.Callback):
             else:  # stopped early by a scheduler: censored, scored on the epochs it ran
                 final = self._finals_from_history(run_id)
                 final["censored"] = 1.0
-            self.tracker.finish(run_id, final, "FINISHED")
+            where = {"node_id": result.get("node_id", ""), "tune_trial_id": trial.trial_id}
+            self.tracker.finish(run_id, final, "FINISHED", tags=where)
         self.maybe_finish_parent(config)
 
     def on_trial_error(self, iteration, trials, trial, **info):

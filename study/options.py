@@ -47,6 +47,7 @@ class StudyOptions:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
+    resources: dict[str, float] = field(default_factory=dict)  # extra Ray resources per trial
     address: str | None = None
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str | None = None
@@ -157,6 +158,13 @@ class StudyOptions:
             fail("gpus_per_trial", self.gpus_per_trial, "must be >= 0")
         if self.max_concurrent is not None:
             _int("max_concurrent", self.max_concurrent, 1)
+        for name, amount in self.resources.items():
+            if not isinstance(name, str) or not name or name.upper() in ("CPU", "GPU"):
+                fail(
+                    "resource name", name, "must be a custom resource (use --cpus/--gpus-per-trial)"
+                )
+            if not _number(amount) or amount <= 0:
+                fail(f"resource {name}", amount, "must be > 0")
         for p in self.p_values:
             if not _number(p) or not 0 < p <= 1:
                 fail("p value", p, "must be in (0, 1]")
@@ -248,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions allowed, e.g. 0.25")
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument(
+        "--resource",
+        action="append",
+        metavar="NAME=AMOUNT",
+        help="a custom Ray resource each trial requests (e.g. a node type), repeatable",
+    )
     p.add_argument("--address", help="Ray address: default embedded local Ray; 'auto' = cluster")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment / study name")
@@ -298,6 +312,17 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
+def _parse_resources(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, amount = item.partition("=")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            raise OptionsError(f"--resource expects NAME=AMOUNT, got {item!r}") from None
+    return out
+
+
 def load_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -326,7 +351,7 @@ def options_from_args(argv: list[str] | None = None) -> StudyOptions:
         k: v
         for k, v in vars(args).items()
         if v is not None and k not in ("config", "p_values", "lr_range", "lr_values")
-        and k not in ("clip_values", "set")
+        and k not in ("clip_values", "set", "resource")
     }  # fmt: skip
     if args.p_values is not None:
         cli["p_values"] = _floats("p-values", args.p_values)
@@ -336,9 +361,13 @@ def options_from_args(argv: list[str] | None = None) -> StudyOptions:
         cli["lr_values"] = _floats("lr-values", args.lr_values)
     if args.clip_values is not None:
         cli["clip_values"] = _bools(args.clip_values)
+    if args.resource:
+        cli["resources"] = _parse_resources(args.resource)
     if args.set:
         cli["set"] = {**values.get("set", {}), **_parse_set(args.set)}
     values.update(cli)
+    if "tracking_uri" not in values and os.environ.get("MLFLOW_TRACKING_URI"):
+        values["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]  # MLflow's own variable
     if "task" not in values:
         raise OptionsError("--task is required (copying, seq_mnist or pmnist)")
     try:
@@ -346,7 +375,3 @@ def options_from_args(argv: list[str] | None = None) -> StudyOptions:
     except TypeError as err:  # a YAML value of the wrong kind
         raise OptionsError(f"bad option: {err}") from None
     return options.validate()
-
-
-def environment_tracking_uri() -> str | None:
-    return os.environ.get("MLFLOW_TRACKING_URI")

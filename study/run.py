@@ -94,11 +94,10 @@ def _max_concurrent(options: StudyOptions) -> int:
 
     if options.max_concurrent:
         return options.max_concurrent
-    resources = ray.cluster_resources()
-    slots = int(resources.get("CPU", 1) // options.cpus_per_trial)
-    if options.gpus_per_trial:
-        slots = min(slots, int(resources.get("GPU", 0) / options.gpus_per_trial))
-    return max(1, slots)
+    available = ray.cluster_resources()
+    wanted = {"CPU": options.cpus_per_trial, "GPU": options.gpus_per_trial, **options.resources}
+    slots = [int(available.get(name, 0) // amount) for name, amount in wanted.items() if amount]
+    return max(1, min(slots))
 
 
 def build_searcher(options: StudyOptions):
@@ -201,7 +200,8 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     _init_ray(options)
     trainable = tune.with_resources(
-        train_block, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
+        train_block,
+        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial, **options.resources},
     )
     tracker = StudyTracker(options.tracking_uri, options.experiment_name)
     tracker.start(

@@ -17,6 +17,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -86,6 +87,7 @@ def train_block(config: dict) -> None:
 
 def _report(trainer: Trainer, records: list[dict | None], finals: list[dict] | None) -> None:
     metrics = {
+        "node_id": ray.get_runtime_context().get_node_id(),
         "epoch": trainer.epoch,
         "epochs": trainer.cfg.epochs,
         "members": records,
