@@ -12,8 +12,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+# The main job on the embedded default (local Ray, sqlite:///mlflow.db): a copying smoke
+# study (two h-detach configurations and their paired vanilla baseline, 3 seeds each), then
+# its report. Each run is a new experiment, so the command can be repeated.
+DEMO_EXPERIMENT := demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(PY) benchmarks/engine.py --shape copying --repeats 3
+	$(PY) study/run.py --task copying --preset smoke --search grid \
+		--p-values 0.25,0.5 --lr-values 0.01 --clip-values true --trials 2 --seeds 3 \
+		--experiment $(DEMO_EXPERIMENT)
+	$(PY) study/report.py --experiment $(DEMO_EXPERIMENT)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,7 @@ class MlflowStudyCallback(tune.Callback):
         self.seeds_per_trial = seeds_per_trial
         self.objective = objective
         self._children: dict[tuple[str, int], str] = {}
+        self.seconds = 0.0  # time spent in MLflow calls from Tune's event loop
 
     # -- pickling: Tune stores the callback with the experiment and uses that copy on
     # Tuner.restore, so it travels without its MLflow client and reconnects in setup(). ----
@@ -128,9 +131,14 @@ class MlflowStudyCallback(tune.Callback):
     # -- Tune events ----------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.ensure_runs(trial.config)
+        with self._timed():
+            self.ensure_runs(trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        with self._timed():
+            self._log_result(trial, result)
+
+    def _log_result(self, trial, result) -> None:
         run_ids = self.ensure_runs(trial.config)
         for run_id, record in zip(run_ids, result.get("members") or [], strict=False):
             if record is not None:
@@ -138,6 +146,10 @@ class MlflowStudyCallback(tune.Callback):
                 self.tracker.log_epochs(run_id, [row])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        with self._timed():
+            self._complete(trial)
+
+    def _complete(self, trial) -> None:
         config, result = trial.config, trial.last_result or {}
         run_ids = self.ensure_runs(config)
         finals = result.get("finals")
@@ -153,9 +165,18 @@ class MlflowStudyCallback(tune.Callback):
         self.maybe_finish_parent(config)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        for run_id in self.ensure_runs(trial.config):
-            self.tracker.finish(run_id, {}, "FAILED")
-        self.maybe_finish_parent(trial.config)
+        with self._timed():
+            for run_id in self.ensure_runs(trial.config):
+                self.tracker.finish(run_id, {}, "FAILED")
+            self.maybe_finish_parent(trial.config)
+
+    @contextlib.contextmanager
+    def _timed(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
 
     # -- aggregates -----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,10 @@ class StudyResult:
     tracking_uri: str
     configurations: list[dict]
     errors: int
+    fit_seconds: float  # wall time of Tune's loop (trials + orchestration)
+    trial_seconds: list[float]  # each trial's own time (Tune's time_total_s)
+    concurrency: int
+    logging_seconds: float  # driver time spent writing to MLflow
 
 
 class StudyError(ValueError):
@@ -246,7 +251,7 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
                 search_alg=build_searcher(options),
                 scheduler=scheduler,
                 num_samples=-1,
-                reuse_actors=False,
+                reuse_actors=True,  # a fresh process per trial costs seconds of imports
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
             ),
@@ -261,8 +266,11 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
             ),
         )
         _save_options(options)
+    started = time.perf_counter()
     results = tuner.fit()
+    fit_seconds = time.perf_counter() - started
     errors = sum(1 for r in results if r.error is not None)
+    trial_seconds = [float((r.metrics or {}).get("time_total_s", 0.0)) for r in results]
     configurations, text = ranked_summary(tracker)
     if options.verbose:
         print(text)
@@ -276,6 +284,10 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
         tracking_uri=options.tracking_uri,
         configurations=configurations,
         errors=errors,
+        fit_seconds=fit_seconds,
+        trial_seconds=trial_seconds,
+        concurrency=_max_concurrent(options),
+        logging_seconds=callback.seconds,
     )
 
 

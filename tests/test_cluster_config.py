@@ -1,6 +1,7 @@
 """The cluster definitions, checked offline: Ray's own schema, and the security properties
-docs/cluster.md promises (token auth on every node, secrets outside git, no port open to the
-world but SSH, MLflow on one address with basic auth, GPU workers from zero, shared storage).
+the README's cluster section promises (token auth on every node, secrets outside git, no port
+open to the world but SSH, MLflow on one address with basic auth, GPU workers from zero,
+shared storage).
 """
 
 from __future__ import annotations
@@ -214,9 +215,11 @@ def test_mlflow_server_command_binds_one_host_with_basic_auth(tmp_path: Path) ->
 
 def test_documented_runs_use_shared_storage() -> None:
     """Tune on several nodes needs storage every node sees; a local path silently splits it."""
-    docs = (REPO / "docs" / "cluster.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Running the study on a Ray cluster")
+    docs = readme[start : readme.index("\n## ", start + 1)]
     paths = re.findall(r"--storage-path[= ]+(\S+)", docs)
-    assert paths, "docs/cluster.md documents no run command"
+    assert paths, "the README's cluster section documents no run command"
     for path in paths:
         assert path.startswith(("s3://", "gs://", "/mnt/shared/")), path
     assert any(path.startswith("s3://") for path in paths)

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.cluster_utils import clean_env as _clean_env
+from tests.cluster_utils import free_ports as _free_ports
+from tests.cluster_utils import has_ray_dashboard as _has_ray_dashboard
+from tests.cluster_utils import kill_group_and_stragglers as _kill_group_and_stragglers
+from tests.cluster_utils import pids_mentioning as _pids_mentioning
 
 REPO = Path(__file__).resolve().parents[1]
 MLFLOW_SCRIPT = REPO / "cluster" / "mlflow_server.sh"
@@ -48,49 +53,6 @@ def add_one(x):
 
 print("result:", ray.get(add_one.remote(41)))
 """
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _pids_mentioning(marker: str) -> list[int]:
-    """Processes whose command line contains `marker` (a temp dir only this test uses)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def _kill_group_and_stragglers(process: subprocess.Popen, marker: str) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
-    for pid in _pids_mentioning(marker):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    while _pids_mentioning(marker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    leaked = _pids_mentioning(marker)
-    assert not leaked, f"processes left behind: {leaked}"
 
 
 def _http_status(url: str, headers: dict[str, str] | None = None, data: bytes | None = None) -> int:
@@ -122,20 +84,6 @@ def _assert_not_wildcard(port: int) -> None:
     )
 
 
-def _clean_env(home: Path) -> dict[str, str]:
-    """This environment without any Ray setting, and a HOME without ~/.ray/auth_token."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    home.mkdir(parents=True, exist_ok=True)
-    env.update(
-        HOME=str(home),
-        RAY_USAGE_STATS_ENABLED="0",
-        # Keep every Ray address on the loopback (on Linux Ray replaces 127.0.0.1 by the
-        # machine's outward address unless told that this is a one-machine cluster).
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-    )
-    return env
-
-
 # --- Ray head with token authentication ---------------------------------------------------
 
 
@@ -146,14 +94,6 @@ class RayHead:
     token: str
     token_path: Path
     root: Path
-
-
-def _has_ray_dashboard() -> bool:
-    try:
-        import ray.dashboard.optional_deps  # noqa: F401  (what `ray start` itself checks)
-    except ImportError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

@@ -249,7 +249,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     experiment, db = "kill-driver", tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
     args = _study_args(
-        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=4, batches=40
+        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=6, batches=60
     )
     proc = subprocess.Popen(
         args,
@@ -293,7 +293,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
     assert len({(c.data.tags["config_id"], c.data.tags["seed"]) for c in children}) == 6
     for child in children:  # no epoch missing, none twice
-        assert _steps(client, child.info.run_id, "val_acc") == [1, 2, 3, 4]
+        assert _steps(client, child.info.run_id, "val_acc") == [1, 2, 3, 4, 5, 6]
     states = _trial_states(tmp_path / "runs" / experiment / "main")
     assert len(states) == 6
     for config, seed in finished_before:  # seeds_per_trial = 1: the block index is the seed

@@ -1,0 +1,239 @@
+"""The study on a real multi-node Ray cluster on this machine: a head without CPUs and two
+1-CPU worker nodes, each a separate `ray start` with token authentication and its own custom
+resource, sharing one local directory as Tune's storage; the study driver joins with
+`--address` and the token. Checks that trials spread over both worker nodes, that MLflow gets
+the whole run tree, and that the trials of a worker node killed mid-study (SIGKILL to all its
+processes) resume from their checkpoints on the other node with the same numbers.
+
+Each test starts its own cluster and kills it, by session and temp dir, whatever happens;
+never `ray stop`, which would stop every Ray instance on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.cluster_utils import (
+    FAST_HEALTH_CHECKS,
+    LIST_NODES,
+    LocalRayCluster,
+    RayNode,
+    kill_session,
+    local_ray_cluster,
+)
+from tests.study.test_study import (
+    FIXED,
+    _children,
+    _steps,
+    _trial_states,
+    _uninterrupted_val_acc,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKERS = {
+    "node_a": {"node_a": 1, "hdetach_worker": 1},
+    "node_b": {"node_b": 1, "hdetach_worker": 1},
+}
+EPOCH_KEYS = ("train_loss", "val_loss", "val_acc", "grad_norm", "detached_fraction")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalRayCluster]:
+    with local_ray_cluster(WORKERS, head_env=FAST_HEALTH_CHECKS) as ray_cluster:
+        yield ray_cluster
+
+
+def _start_study(
+    cluster: LocalRayCluster, tmp_path: Path, uri: str, experiment: str, epochs: int, batches: int
+) -> subprocess.Popen:
+    """`python study/run.py ... --address <head>` as a driver with the token, in its own
+    session; 3 configurations (2 h-detach + their vanilla baseline) x 2 seeds = 6 trials, each
+    asking for 1 CPU and the `hdetach_worker` resource, at most 2 at a time."""
+    config = tmp_path / "study.yaml"
+    config.write_text(FIXED)
+    args = [
+        sys.executable, str(ROOT / "study" / "run.py"), "--config", str(config),
+        "--task", "copying", "--preset", "smoke", "--seeds", "2", "--cpus-per-trial", "1",
+        "--resource", "hdetach_worker=1", "--max-concurrent", "2", "--epochs", str(epochs),
+        "--set", f"batches_per_epoch={batches}", "--set", "train_size=1000",
+        "--set", "val_size=200", "--set", "transfer_size=100",
+        "--storage-path", str(tmp_path / "shared"), "--tracking-uri", uri,
+        "--experiment", experiment, "--verbose", "0", "--address", cluster.address,
+    ]  # fmt: skip
+    env = {**cluster.client_env("driver"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(tmp_path / "driver.log", "wb") as log:
+        return subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _wait(proc: subprocess.Popen, tmp_path: Path, timeout: float) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the study did not finish in {timeout} s:\n{_tail(tmp_path)}")
+    assert proc.returncode == 0, _tail(tmp_path)
+
+
+def _tail(tmp_path: Path) -> str:
+    return (tmp_path / "driver.log").read_text(errors="replace")[-4000:]
+
+
+def _result_rows(trial_dir: Path) -> list[dict]:
+    """Tune's result.json of a trial (one line per reported epoch, as the driver saw it)."""
+    rows = []
+    for line in (trial_dir / "result.json").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            break
+    return rows
+
+
+def _check_run_tree(client: MlflowClient, experiment: str, epochs: int) -> list:
+    """3 finished parents, 6 finished children (one per configuration and seed), each epoch
+    of each child in MLflow exactly once; returns the children."""
+    exp = client.get_experiment_by_name(experiment)
+    parents = client.search_runs([exp.experiment_id], "tags.run_kind = 'parent'")
+    assert sorted(p.data.tags["arm"] for p in parents) == ["h-detach", "h-detach", "vanilla"]
+    every_epoch = list(range(1, epochs + 1))
+    for parent in parents:
+        assert parent.info.status == "FINISHED" and "objective" in parent.data.metrics
+        assert _steps(client, parent.info.run_id, "val_acc_mean") == every_epoch
+    by_id = {p.info.run_id: p for p in parents}
+    children = _children(client, experiment)
+    assert len(children) == 6
+    assert len({(c.data.tags["config_id"], c.data.tags["seed"]) for c in children}) == 6
+    for child in children:
+        tags = child.data.tags
+        assert child.info.status == "FINISHED"
+        parent = by_id[tags["mlflow.parentRunId"]]
+        assert parent.data.tags["config_id"] == tags["config_id"]
+        for key in EPOCH_KEYS:
+            assert _steps(client, child.info.run_id, key) == every_epoch, key
+        assert child.data.metrics["censored"] == 0.0
+    return children
+
+
+def test_the_study_runs_on_both_worker_nodes_and_logs_the_whole_tree(
+    cluster: LocalRayCluster, tmp_path: Path, mlflow_server: str
+) -> None:
+    workers = cluster.worker_node_ids()
+    head_id = next(n["id"] for n in cluster.list_nodes() if n["id"] not in workers.values())
+    proc = _start_study(cluster, tmp_path, mlflow_server, "multinode", epochs=3, batches=30)
+    try:
+        _wait(proc, tmp_path, timeout=300)
+    finally:
+        kill_session(proc)
+
+    children = _check_run_tree(MlflowClient(mlflow_server), "multinode", epochs=3)
+    # Every trial ran on a worker node (the head has no CPUs), and both worker nodes ran
+    # trials: two trials at a time need two nodes of 1 CPU each.
+    used = {c.data.tags["node_id"] for c in children}
+    assert used == set(workers.values()), (used, workers)
+    assert head_id not in used
+    # Tune's state and checkpoints, written from both nodes, are in the shared directory.
+    states = _trial_states(tmp_path / "shared" / "multinode" / "main")
+    assert len(states) == 6 and all(int(s["num_failures"]) == 0 for s in states.values())
+    for name in states:
+        trial_dir = tmp_path / "shared" / "multinode" / "main" / name
+        assert list(trial_dir.glob("checkpoint_*")), f"no checkpoint in {trial_dir}"
+
+    # ... and the cluster itself still refuses a driver without the token.
+    refused = cluster.run_client(LIST_NODES, token=False)
+    assert refused.returncode != 0 and "NODES" not in refused.stdout
+    assert "Authentication token is missing or incorrect" in refused.stderr, refused.stderr
+
+
+def _trial_on_its_way(
+    cluster: LocalRayCluster,
+    workers: dict[str, str],
+    client: MlflowClient,
+    experiment: str,
+    epochs: int,
+) -> tuple[RayNode, str, int] | None:
+    """(node, trial, epoch) of a trial that has reported epoch 2..epochs-2 and still runs on
+    `node`, while both worker nodes run a trial and MLflow has some child at epoch >= 2."""
+    if not all(node.worker_pids() for node in cluster.workers.values()):
+        return None
+    names = {node_id: name for name, node_id in workers.items()}
+    # The driver's own copy of each trial's result.json (the shared one lags by seconds).
+    for result in cluster.head.temp_dir.glob("session_*/artifacts/*/main/driver_artifacts/*"):
+        rows = _result_rows(result) if (result / "result.json").exists() else []
+        if not rows or not 2 <= rows[-1]["epoch"] <= epochs - 2:
+            continue
+        node = cluster.workers[names[rows[-1]["node_id"]]]
+        if rows[-1]["pid"] not in node.worker_pids():
+            continue
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None or not any(
+            c.data.metrics.get("epoch", 0) >= 2 for c in _children(client, experiment)
+        ):
+            continue
+        return node, result.name, rows[-1]["epoch"]
+    return None
+
+
+def test_a_killed_worker_node_s_trials_resume_on_the_other_node(
+    cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    epochs, experiment = 5, "node-failure"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    workers = cluster.worker_node_ids()
+    proc = _start_study(cluster, tmp_path, uri, experiment, epochs=epochs, batches=100)
+    client = MlflowClient(uri)
+    try:
+        deadline = time.monotonic() + 240
+        found = None
+        while found is None:
+            if proc.poll() is not None:
+                pytest.fail(f"the study ended before a node could be killed:\n{_tail(tmp_path)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no trial at epoch 2 on a busy cluster:\n{_tail(tmp_path)}")
+            if (tmp_path / "mlflow.db").exists():
+                found = _trial_on_its_way(cluster, workers, client, experiment, epochs)
+            time.sleep(0.2)
+        victim, victim_trial, epoch_at_kill = found
+        victim.kill()  # the node's `ray start`, raylet, agents and trial worker, all at once
+        survivor = next(n for n in cluster.workers.values() if n is not victim)
+        _wait(proc, tmp_path, timeout=300)
+    finally:
+        kill_session(proc)
+
+    experiment_dir = tmp_path / "shared" / experiment / "main"
+    states = _trial_states(experiment_dir)
+    assert len(states) == 6
+    failed_over = {name for name, state in states.items() if int(state["num_failures"]) >= 1}
+    assert victim_trial in failed_over, (victim_trial, states)
+    for name in failed_over:
+        # It went on where its last checkpoint left it, on the surviving node: the first
+        # epoch reported after the failure is the one after the last epoch reported before.
+        rows = _result_rows(experiment_dir / name)
+        assert [r["epoch"] for r in rows] == list(range(1, epochs + 1)), name
+        switch = next(i for i, r in enumerate(rows) if r["node_id"] == workers[survivor.name])
+        assert switch > 0 and rows[switch - 1]["node_id"] == workers[victim.name], name
+        assert rows[switch]["iterations_since_restore"] == 1, name  # a restored trial
+        assert all(r["node_id"] == workers[survivor.name] for r in rows[switch:]), name
+    assert epoch_at_kill >= 2
+
+    children = _check_run_tree(client, experiment, epochs)
+    for child in children:
+        trial = next(n for n in states if n.endswith("_" + child.data.tags["tune_trial_id"]))
+        if trial in failed_over:
+            assert child.data.tags["node_id"] == workers[survivor.name], trial
+        # The same numbers as one uninterrupted run of the configuration and seed.
+        history = sorted(
+            client.get_metric_history(child.info.run_id, "val_acc"), key=lambda m: m.step
+        )
+        assert [m.value for m in history] == _uninterrupted_val_acc(child), trial
