@@ -55,15 +55,19 @@ def pids_mentioning(marker: str) -> list[int]:
 
 
 def session_pids(leader: int) -> list[int]:
-    """Processes of the session that `leader` (started with start_new_session) leads."""
+    """Live processes of the session that `leader` (started with start_new_session) leads;
+    zombies, already dead and waiting for their parent to reap them, do not count."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getsid(int(entry.name)) == leader:
-                    pids.append(int(entry.name))
-            except OSError:
+                if os.getsid(int(entry.name)) != leader:
+                    continue
+                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
                 continue
+            if state not in ("Z", "X"):
+                pids.append(int(entry.name))
     return pids
 
 
@@ -317,16 +321,21 @@ class LocalRayCluster:
         }
 
     def shutdown(self) -> None:
-        """SIGKILL every node, then anything else that mentions the cluster's root."""
-        for node in reversed(self.nodes):
-            if node.process.poll() is None or node.pids():
-                node.kill()
-        sigkill(pids_mentioning(str(self.root)))
+        """SIGKILL every node at once, then anything else that mentions the cluster's root;
+        fail if any process survives."""
+
+        def left() -> list[int]:
+            mentioning = pids_mentioning(f"{self.root}/")
+            return sorted({p for n in self.nodes for p in n.pids()} | set(mentioning))
+
+        sigkill(left())
+        for node in self.nodes:
+            node.process.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while pids_mentioning(str(self.root)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        leaked = pids_mentioning(str(self.root))
-        assert not leaked, f"processes left behind: {leaked}"
+        while left() and time.monotonic() < deadline:
+            sigkill(left())
+            time.sleep(0.1)
+        assert not left(), f"processes left behind: {left()}"
 
 
 @contextmanager

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium  # noqa: F401  (a fixture, shared by report tests)
+
 
 def _free_port() -> int:
     with socket.socket() as sock:

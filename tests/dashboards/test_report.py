@@ -8,12 +8,7 @@ import json
 import math
 import os
 import re
-import shutil
-import subprocess
-import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,6 +21,7 @@ from dashboards import export
 from study import report as report_cli
 from study.schema import EPOCH_METRICS
 from study.tracking import StudyTracker
+from tests.browser import DevTools, open_page, page_errors, screenshot
 
 EXPERIMENT = "synthetic-report"
 EPOCHS = 30
@@ -297,117 +293,13 @@ def test_report_from_mlflow_is_logged_as_a_report_run(mlflow_server: str, tmp_pa
     assert len(client.search_runs([experiment.experiment_id], "tags.run_kind = 'report'")) == 2
 
 
-# --------------------------------------------------------------------------------------------
-# Real headless Chromium through the DevTools protocol
-
-
-def _chromium() -> str | None:
-    for name in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-class DevTools:
-    """A minimal DevTools-protocol client over one page target's websocket."""
-
-    def __init__(self, ws_url: str):
-        import websocket  # websocket-client (dev dependency)
-
-        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
-        self.events: list[dict] = []
-        self._id = 0
-
-    def send(self, method: str, **params) -> dict:
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self._id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self.events.append(message)
-
-    def wait_for(self, method: str, timeout_s: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout_s
-        for event in self.events:
-            if event.get("method") == method:
-                return event
-        while time.monotonic() < deadline:
-            message = json.loads(self.ws.recv())
-            self.events.append(message)
-            if message.get("method") == method:
-                return message
-        raise TimeoutError(method)
-
-    def evaluate(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(result["exceptionDetails"])
-        return result["result"].get("value")
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-@pytest.fixture
-def chromium(tmp_path: Path) -> Iterator[DevTools]:
-    binary = _chromium()
-    if binary is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium)")
-    pytest.importorskip("websocket", reason="websocket-client is not installed (dev extra)")
-    profile = tmp_path / "chromium-profile"
-    command = [
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-        "--remote-allow-origins=*", "--window-size=1280,1000", "about:blank",
-    ]  # fmt: skip
-    log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 - closed in the finally
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    client = None
-    try:
-        port_file = profile / "DevToolsActivePort"  # port 0: Chromium picks one and writes it
-        deadline = time.monotonic() + 30
-        while not port_file.is_file() or not port_file.read_text().strip():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Chromium did not start:\n{(tmp_path / 'chromium.log').read_text()}")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            targets = json.load(r)
-        page = next(t for t in targets if t["type"] == "page")
-        client = DevTools(page["webSocketDebuggerUrl"])
-        yield client
-    finally:
-        if client is not None:
-            client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+# Real headless Chromium through the DevTools protocol: see tests/browser.py
 
 
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(built: Path, chromium: DevTools, tmp_path: Path):
-    for domain in ("Page", "Runtime", "Log", "Network"):
-        chromium.send(f"{domain}.enable")
-    chromium.send("Page.navigate", url=(built / "index.html").resolve().as_uri())
-    chromium.wait_for("Page.loadEventFired")
-
-    errors = [
-        e
-        for e in chromium.events
-        if e.get("method") == "Runtime.exceptionThrown"
-        or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
-        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-    ]
-    assert errors == []
+    open_page(chromium, built / "index.html")
+    assert page_errors(chromium.events) == []
     requested = [
         e["params"]["request"]["url"]
         for e in chromium.events
@@ -425,17 +317,7 @@ def test_report_renders_in_headless_chromium(built: Path, chromium: DevTools, tm
     c2 = chromium.evaluate("document.querySelector('#row-C2').innerText")
     assert "supported" in c2
 
-    # A full-page screenshot for a person to look at.
-    height = chromium.evaluate("document.documentElement.scrollHeight")
-    chromium.send(
-        "Emulation.setDeviceMetricsOverride",
-        width=1280,
-        height=min(int(height), 16000),
-        deviceScaleFactor=1,
-        mobile=False,
-    )
-    shot = chromium.send("Page.captureScreenshot", format="png")
-    png = base64.b64decode(shot["data"])
+    png = screenshot(chromium)  # a full-page screenshot for a person to look at
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "report.png").write_bytes(png)
     if os.access(SCREENSHOT_COPY.parent, os.W_OK):
