@@ -115,8 +115,12 @@ class PairedSeedSearcher(Searcher):
         if trial_id not in self.trials:
             return
         cid, block = self.trials.pop(trial_id)
-        finals = (result or {}).get("finals") or []
-        values = [f.get("best_val_acc", math.nan) for f in finals]
+        result = result or {}
+        if result.get("finals"):
+            values = [f.get("best_val_acc", math.nan) for f in result["finals"]]
+        else:  # stopped early by a scheduler (censored): its last validation accuracy
+            members = result.get("members") or []
+            values = [math.nan if m is None else m.get("val_acc", math.nan) for m in members]
         if error or len(values) != len(self.seed_blocks[block]):
             values = [math.nan] * len(self.seed_blocks[block])
         self.configs[cid]["done"][block] = values
