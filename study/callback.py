@@ -166,8 +166,12 @@ class MlflowStudyCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         with self._timed():
+            where = {
+                "node_id": (trial.last_result or {}).get("node_id", ""),
+                "tune_trial_id": trial.trial_id,
+            }
             for run_id in self.ensure_runs(trial.config):
-                self.tracker.finish(run_id, {}, "FAILED")
+                self.tracker.finish(run_id, {}, "FAILED", tags=where)
             self.maybe_finish_parent(trial.config)
 
     @contextlib.contextmanager

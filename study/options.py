@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-values", help="comma-separated true/false")
     p.add_argument("--objective", choices=OBJECTIVES, help="seed-robust value given to Optuna")
     p.add_argument("--asha", action="store_true", default=None, help="early stopping (HPO)")
+    p.add_argument("--asha-grace", type=int, help="epochs before ASHA may stop a trial")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="run option override, repeatable"

@@ -87,9 +87,11 @@ def sigkill(pids: list[int]) -> None:
 
 
 def kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL every process of `process`'s session (it was started with start_new_session)
-    and reap it."""
-    sigkill([process.pid, *session_pids(process.pid)])
+    """SIGKILL every process of `process`'s session (it was started with start_new_session):
+    itself, unless it has exited already, and whatever it left running."""
+    if process.poll() is None:
+        sigkill([process.pid])
+    sigkill(session_pids(process.pid))
     process.wait(timeout=30)
 
 

@@ -392,3 +392,41 @@ def test_unreachable_server_exits_2_before_anything_starts(tmp_path, mlflow_serv
     )
     assert rejected.returncode == 2
     assert MlflowClient(mlflow_server).get_experiment_by_name("rejected") is None
+
+
+@pytest.mark.slow
+def test_asha_stops_trials_early_and_marks_them_censored(tmp_path):
+    """--asha is for pure HPO: runs it stops keep their epochs and are marked censored."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # The learning rate that learns comes first, so the hopeless ones fall below ASHA's cut.
+    (tmp_path / "asha.yaml").write_text(
+        "search: fixed\nconfigs:\n"
+        "  - {p_detach: 0.25, lr: 0.01, clip: true}\n"
+        "  - {p_detach: 0.5, lr: 0.01, clip: true}\n"
+        "  - {p_detach: 0.25, lr: 0.0001, clip: true}\n"
+        "  - {p_detach: 0.5, lr: 0.0001, clip: true}\n"
+    )
+    args = [
+        *RUN, "--config", str(tmp_path / "asha.yaml"), "--task", "copying", "--preset", "smoke",
+        "--seeds", "1", "--epochs", "6", "--asha", "--asha-grace", "2",
+        "--set", "batches_per_epoch=100", "--set", "train_size=1000", "--set", "val_size=200",
+        "--set", "transfer_size=100", "--max-concurrent", "2", "--verbose", "0",
+        "--tracking-uri", uri, "--experiment", "asha", "--storage-path", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    result = subprocess.run(
+        args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(uri)
+    children = _children(client, "asha")
+    assert len(children) == 6  # 4 configurations + 2 baselines (one per lr), 1 seed each
+    censored = [c for c in children if c.data.metrics["censored"] == 1.0]
+    complete = [c for c in children if c.data.metrics["censored"] == 0.0]
+    assert censored, "ASHA stopped no trial"
+    for child in censored:  # stopped before the end; scored on the epochs it ran
+        epochs = _steps(client, child.info.run_id, "val_acc")
+        assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) < 6
+        assert child.data.metrics["last_epoch"] == len(epochs)
+        assert "best_val_acc" in child.data.metrics
+    for child in complete:
+        assert _steps(client, child.info.run_id, "val_acc") == [1, 2, 3, 4, 5, 6]
