@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import math
+import os
 import sys
 import traceback
 from collections.abc import Iterator, Mapping
@@ -69,6 +70,9 @@ _BATCH_KEYS = {
     "epochs",
     "set",
 }
+
+
+DEFAULT_URI = "sqlite:///mlflow.db"  # unless the file or MLFLOW_TRACKING_URI says otherwise
 
 
 class NightlyConfigError(ValueError):
@@ -236,7 +240,10 @@ def parse_config(document: Any) -> NightlyConfig:
     if benchmarks is not None:
         benchmarks = Path(_text("benchmarks", benchmarks))
     return NightlyConfig(
-        tracking_uri=_text("tracking_uri", document.get("tracking_uri", "sqlite:///mlflow.db")),
+        tracking_uri=_text(
+            "tracking_uri",
+            document.get("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)),
+        ),
         reports_dir=Path(_text("reports_dir", document.get("reports_dir", "reports"))),
         storage_path=_text("storage_path", document.get("storage_path", "runs")),
         data_dir=_text("data_dir", document.get("data_dir", "data")),

@@ -255,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds-per-trial", type=int, help="seed members per trial process (K)")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions allowed, e.g. 0.25")
-    p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="trials at once (default: what local Ray holds; 64 on a cluster, for the autoscaler)",
+    )
     p.add_argument(
         "--resource",
         action="append",

@@ -51,6 +51,9 @@ class StudyResult:
     logging_seconds: float  # driver time spent writing to MLflow
 
 
+CLUSTER_MAX_CONCURRENT = 64
+
+
 class StudyError(ValueError):
     """A problem with the study's setup that the user can fix (exit code 2)."""
 
@@ -99,6 +102,10 @@ def _max_concurrent(options: StudyOptions) -> int:
 
     if options.max_concurrent:
         return options.max_concurrent
+    if options.address not in (None, "", "local"):
+        # An autoscaling cluster may have no workers yet: pending trials are what makes the
+        # autoscaler start them, so allow plenty (max_workers bounds the cluster anyway).
+        return CLUSTER_MAX_CONCURRENT
     available = ray.cluster_resources()
     wanted = {"CPU": options.cpus_per_trial, "GPU": options.gpus_per_trial, **options.resources}
     slots = [int(available.get(name, 0) // amount) for name, amount in wanted.items() if amount]

@@ -3,7 +3,9 @@ point at commands and files that exist in the repository."""
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
+import os
 import re
 import shlex
 import shutil
@@ -13,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from study import nightly
 
@@ -255,3 +258,46 @@ def test_next_seed_continues_after_the_largest_used_seed(mlflow_server: str) -> 
     for seed in (0, 1, 4):
         tracker.child_run("cfg", seed, {"seed": seed}, {})
     assert nightly.next_seed(mlflow_server, name) == 5
+
+
+def test_cluster_head_installs_the_nightly_timer(tmp_path: Path) -> None:
+    """`ray up` runs cluster/install_nightly.sh on the head: it renders the units for that
+    head (its checkout, venv, user, credentials read at run time) and a nightly config that
+    points at the cluster; both cluster files call it."""
+    for name in ("ray_cluster.yaml", "ray_cluster.onprem.yaml"):
+        head = yaml.safe_load((REPO / name).read_text())["head_setup_commands"]
+        assert any("cluster/install_nightly.sh" in c for c in head), name
+    home = tmp_path / "home"
+    (home / "mlflow").mkdir(parents=True)
+    (home / "hdetach-study").symlink_to(REPO)
+    units = tmp_path / "units"
+    units.mkdir()
+    env = {**os.environ, "HOME": str(home), "HDETACH_UNIT_DIR": str(units)}
+    script = REPO / "cluster" / "install_nightly.sh"
+    bad = subprocess.run(["bash", str(script), "relative/runs"], env=env, capture_output=True)
+    assert bad.returncode == 2 and b"shared storage" in bad.stderr
+    done = subprocess.run(["bash", str(script), "s3://bucket/hd"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+    config = nightly.load_config(home / "hdetach-nightly.yaml")
+    assert config.address == "auto" and config.storage_path == "s3://bucket/hd"
+    assert config.gpus_per_trial == 0.25 and config.max_concurrent is None
+    service = configparser.ConfigParser(strict=False, interpolation=None)
+    service.optionxform = str
+    service.read(units / "hdetach-nightly.service")
+    assert service["Service"]["WorkingDirectory"] == str(home / "hdetach-study")
+    start = service["Service"]["ExecStart"]
+    assert "study/nightly.py --config " + str(home / "hdetach-nightly.yaml") in start
+    for needle in ("MLFLOW_TRACKING_URI", "mlflow_admin_password", "RAY_AUTH_MODE=token"):
+        assert needle in start
+    assert "User" in service["Service"]
+    assert (units / "hdetach-nightly.timer").read_text() == TIMER.read_text()
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", "hdetach-nightly.service"],
+            cwd=units,
+            capture_output=True,
+            text=True,
+        )
+        errors = [line for line in verify.stderr.splitlines() if "hdetach-nightly" in line]
+        assert not [e for e in errors if "Failed to parse" in e or "Unknown" in e], errors
