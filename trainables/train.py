@@ -396,6 +396,7 @@ def load_task_for(cfg: RunConfig) -> TaskData:
         val_size=cfg.val_size,
         shuffle_seed=cfg.shuffle_seed,
         test_size=cfg.test_size,
+        pool=cfg.pixel_pool,
     )
 
 
@@ -478,6 +479,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--one-hot", action="store_true", help="copying: one-hot token input")
     p.add_argument("--data-dir", help="MNIST root (torchvision layout) or an IDX-pair folder")
     p.add_argument("--download", action="store_true", help="download MNIST if missing")
+    p.add_argument("--shuffle-seed", type=int, help="shuffle of an IDX-pair folder (mnist5k)")
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument("--checkpoint", type=Path, help="write a checkpoint here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
@@ -506,6 +508,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "permutation": "permutation",
         "data_dir": "data_dir",
         "device": "device",
+        "shuffle_seed": "shuffle_seed",
     }
     for arg, field_name in names.items():
         value = getattr(args, arg)

@@ -223,6 +223,26 @@ def test_seq_mnist_splits_and_scaling(mnist_root):
     assert torch.equal(task.test.x[..., 0], expected_test)
 
 
+@pytest.mark.parametrize("name", ["seq_mnist", "pmnist"])
+def test_pooled_pixels_average_blocks_one_per_step(mnist_root, name):
+    """The smoke presets' pool=4: 49 steps, each the mean of a 4x4 block, still in [0, 1]."""
+    root, written = mnist_root
+    full = load_mnist("seq_mnist", root, train_size=8, val_size=4)
+    pooled = load_mnist(name, root, train_size=8, val_size=4, pool=4)
+    assert pooled.seq_len == 49 and pooled.train.x.shape == (8, 49, 1)
+    images = full.train.x[..., 0].view(8, 28, 28)
+    block = images[:, 4:8, 12:16].mean(dim=(1, 2))  # block (row 1, column 3)
+    if name == "seq_mnist":
+        assert torch.allclose(pooled.train.x[:, 1 * 7 + 3, 0], block)
+    else:  # the permutation is drawn over the 49 pooled positions, fixed by its own seed
+        values = pooled.train.x[..., 0]
+        assert sorted(values[0].tolist()) == pytest.approx(
+            sorted(torch.nn.functional.avg_pool2d(images[:1, None], 4).flatten().tolist())
+        )
+    with pytest.raises(ValueError, match="pool must divide 28"):
+        load_mnist("seq_mnist", root, train_size=8, val_size=4, pool=3)
+
+
 def test_mnist_size_prefixes_and_validation(mnist_root):
     root, _ = mnist_root
     small = load_mnist("seq_mnist", root, train_size=10, val_size=5, test_size=3)

@@ -159,7 +159,7 @@ def test_mnist_run_reports_test_accuracy_at_best_epoch(tmp_path):
     final = trainer.finish()[0]
     assert 0.0 <= final["test_acc_at_best"] <= 1.0 and final["last_epoch"] == 2
     assert final["best_epoch"] in (1, 2)
-    assert trainer.data.train.x.shape == (40, 784, 1)
+    assert trainer.data.train.x.shape == (40, 49, 1)  # the smoke preset pools 4x4 pixels
 
 
 # -- command line -------------------------------------------------------------------------

@@ -54,6 +54,9 @@ PAIR_LABELS = "labels-idx1-ubyte"
 _IDX_MAGIC = {3: 2051, 1: 2049}  # ubyte IDX: 0x0800 | number of dimensions
 
 
+POOLS = (1, 2, 4, 7, 14, 28)  # divisors of 28: block sizes for --pixel-pool
+
+
 def load_mnist(
     name: str,
     data_dir: str | Path,
@@ -65,12 +68,16 @@ def load_mnist(
     val_size: int = 10_000,
     shuffle_seed: int | None = None,
     test_size: int | None = None,
+    pool: int = 1,
 ) -> TaskData:
     """Load ``"seq_mnist"`` or ``"pmnist"`` from ``data_dir`` (see the module docstring).
 
     ``run_seed`` is needed only for ``permutation="per_seed"``. ``shuffle_seed`` is required
     for an IDX-pair directory and rejected for the torchvision layout, whose split is fixed.
-    ``test_size`` keeps a prefix of the test file for smoke runs (``None``: all of it).
+    ``test_size`` keeps a prefix of the test file for smoke runs (``None``: all of it); an
+    IDX pair has no test split, so there it has no effect.
+    ``pool`` > 1 averages ``pool x pool`` pixel blocks first (smoke runs only: 4 gives 49
+    steps instead of the paper's 784); still one pixel per step, in [0, 1].
     """
     if name not in MNIST_NAMES:
         raise ValueError(f"name must be one of {', '.join(MNIST_NAMES)}, got {name!r}")
@@ -82,9 +89,12 @@ def load_mnist(
     val_size = check_positive("val_size", val_size)
     if test_size is not None:
         test_size = check_positive("test_size", test_size)
+    if pool not in POOLS:
+        raise ValueError(f"pool must divide 28 (one of {', '.join(map(str, POOLS))}), got {pool!r}")
     data_dir = Path(data_dir)
+    n_pixels = (28 // pool) ** 2
 
-    order, perm_meta = _pixel_order(name, permutation, permutation_seed, run_seed)
+    order, perm_meta = _pixel_order(name, permutation, permutation_seed, run_seed, n_pixels)
 
     pair = _find_pair(data_dir)
     if pair is not None:
@@ -92,10 +102,6 @@ def load_mnist(
             raise ValueError(
                 f"shuffle_seed is required for the IDX pair in {data_dir} (its images may be "
                 "sorted by label), got None"
-            )
-        if test_size is not None:
-            raise ValueError(
-                f"test_size must be None for an IDX pair (no test split), got {test_size}"
             )
         shuffle_seed = check_seed("shuffle_seed", shuffle_seed)
         images, labels = _read_pair(*pair)
@@ -105,8 +111,8 @@ def load_mnist(
         )
         train_idx = shuffled[:train_size]
         val_idx = shuffled[train_size : train_size + val_size]
-        train = _split(images[train_idx], labels[train_idx], order)
-        val = _split(images[val_idx], labels[val_idx], order)
+        train = _split(images[train_idx], labels[train_idx], order, pool)
+        val = _split(images[val_idx], labels[val_idx], order, pool)
         test = None
         source_meta = {"source": "idx_pair", "shuffle_seed": shuffle_seed}
     else:
@@ -123,11 +129,11 @@ def load_mnist(
                 f"test_size must be <= {len(test_images)} (the MNIST test file), got {test_size}"
             )
         n_test = len(test_images) if test_size is None else test_size
-        train = _split(train_images[:train_size], train_labels[:train_size], order)
+        train = _split(train_images[:train_size], train_labels[:train_size], order, pool)
         # Validation is the END of the training file, as the reference's
         # SubsetRandomSampler(range(50000, 60000)); smaller sizes keep that property.
-        val = _split(train_images[-val_size:], train_labels[-val_size:], order)
-        test = _split(test_images[:n_test], test_labels[:n_test], order)
+        val = _split(train_images[-val_size:], train_labels[-val_size:], order, pool)
+        test = _split(test_images[:n_test], test_labels[:n_test], order, pool)
         source_meta = {"source": "torchvision", "test_size": n_test}
 
     return TaskData(
@@ -137,7 +143,7 @@ def load_mnist(
         test=test,
         input_size=1,
         num_classes=N_CLASSES,
-        seq_len=N_PIXELS,
+        seq_len=n_pixels,
         loss_every_step=False,
         acc_steps=1,
         sampling="shuffle",
@@ -145,16 +151,17 @@ def load_mnist(
             "data_dir": str(data_dir),
             "train_size": train_size,
             "val_size": val_size,
+            "pool": pool,
             **source_meta,
             **perm_meta,
         },
     )
 
 
-def pixel_permutation(seed: int) -> Tensor:
-    """The pMNIST pixel order for ``seed`` (int64, a permutation of ``range(784)``)."""
+def pixel_permutation(seed: int, n_pixels: int = N_PIXELS) -> Tensor:
+    """The pMNIST pixel order for ``seed`` (int64, a permutation of ``range(n_pixels)``)."""
     seed = check_seed("permutation seed", seed)
-    return torch.from_numpy(np.random.RandomState(seed).permutation(N_PIXELS)).to(torch.int64)
+    return torch.from_numpy(np.random.RandomState(seed).permutation(n_pixels)).to(torch.int64)
 
 
 def read_idx(path: str | Path, ndim: int) -> np.ndarray:
@@ -181,7 +188,7 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
 
 
 def _pixel_order(
-    name: str, permutation: str, permutation_seed: int, run_seed: int | None
+    name: str, permutation: str, permutation_seed: int, run_seed: int | None, n_pixels: int
 ) -> tuple[Tensor | None, dict]:
     if name == "seq_mnist":
         return None, {"permutation": "none"}
@@ -191,19 +198,20 @@ def _pixel_order(
         seed = check_seed("run_seed", run_seed)
     else:
         seed = check_seed("permutation_seed", permutation_seed)
-    order = pixel_permutation(seed)
+    order = pixel_permutation(seed, n_pixels)
     # A short fingerprint lets a reader confirm from the logs alone that runs shared a pixel
     # order.
     digest = hashlib.sha1(order.numpy().tobytes()).hexdigest()[:12]
     return order, {"permutation": permutation, "permutation_seed": seed, "permutation_sha1": digest}
 
 
-def _split(images: Tensor, labels: Tensor, order: Tensor | None) -> Split:
-    x = images.reshape(len(images), N_PIXELS)
+def _split(images: Tensor, labels: Tensor, order: Tensor | None, pool: int = 1) -> Split:
+    x = images.reshape(len(images), N_PIXELS).to(torch.float32).div_(255.0)
+    if pool > 1:
+        x = torch.nn.functional.avg_pool2d(x.view(-1, 1, 28, 28), pool).flatten(1)
     if order is not None:
         x = x[:, order]
-    x = x.to(torch.float32).div_(255.0).unsqueeze(-1)
-    return Split(x=x, y=labels.to(torch.int64))
+    return Split(x=x.unsqueeze(-1).contiguous(), y=labels.to(torch.int64))
 
 
 def _check_sizes(train_size: int, val_size: int, n: int, where: str) -> None:
