@@ -249,7 +249,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     experiment, db = "kill-driver", tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
     args = _study_args(
-        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=6, batches=60
+        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=6, batches=100
     )
     proc = subprocess.Popen(
         args,
@@ -268,21 +268,20 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
             done = [c for c in _children(client, experiment) if c.info.status == "FINISHED"]
             return done if len(done) >= 2 else None
 
-        _wait_for(two_finished, 600, "two finished trials", proc)
-        # Tune snapshots its own state every 2 s here (TUNE_GLOBAL_CHECKPOINT_S, set by
-        # study/run.py for local storage); a trial that ended inside that window would be
+        finished_before = {
+            (c.data.tags["config_id"], int(c.data.tags["seed"]))
+            for c in _wait_for(two_finished, 600, "two finished trials", proc)
+        }
+        # Tune snapshots its own state every 2 s here and copies it to storage every 2 s
+        # (study/run.py, local storage); a trial that ended inside that window would be
         # resumed from its last snapshotted checkpoint instead (same numbers, no duplicates).
-        time.sleep(3)
+        time.sleep(5)
     finally:
         _kill_session(proc.pid)  # the driver and its whole local Ray, without warning
     proc.wait(timeout=60)
     killed_at = time.time()
-    finished_before = {
-        (c.data.tags["config_id"], int(c.data.tags["seed"]))
-        for c in _children(client, experiment)
-        if c.info.status == "FINISHED"
-    }
-    assert len(finished_before) < 6, "the study ended before it could be killed"
+    finished = [c for c in _children(client, experiment) if c.info.status == "FINISHED"]
+    assert len(finished) < 6, "the study ended before it could be killed"
 
     resumed = subprocess.run(
         [*args, "--resume"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900
