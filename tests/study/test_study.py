@@ -91,6 +91,15 @@ def _uninterrupted_val_acc(run) -> list[float]:
     return [r["val_acc"] for r in trainer.history[0]]
 
 
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    """The study driver in its own session, so that it and its local Ray can be killed;
+    its stderr goes to ``cwd/driver.log`` (a pipe nobody reads could block it)."""
+    with open(cwd / "driver.log", "w") as log:
+        return subprocess.Popen(
+            args, cwd=cwd, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log
+        )
+
+
 def _kill_session(leader: int) -> None:
     """SIGKILL every process of the driver's session (driver, its local Ray, workers)."""
     for pid in _pids():
@@ -204,15 +213,7 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     args = _study_args(
         tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=5, batches=50
     )
-    proc = subprocess.Popen(
-        args,
-        cwd=tmp_path,
-        env=ENV,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start(args, tmp_path)
     client = MlflowClient(uri)
     try:
 
@@ -227,8 +228,8 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
         workers = [p for p in _pids() if "ImplicitFunc" in _cmdline(p) and os.getsid(p) == proc.pid]
         assert workers, "no trial worker process found"
         os.kill(workers[0], signal.SIGKILL)  # kill -9 one trial's worker mid-training
-        _, stderr = proc.communicate(timeout=900)
-        assert proc.returncode == 0, stderr[-3000:]
+        proc.wait(timeout=900)
+        assert proc.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         _kill_session(proc.pid)
 
@@ -251,14 +252,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     args = _study_args(
         tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=6, batches=100
     )
-    proc = subprocess.Popen(
-        args,
-        cwd=tmp_path,
-        env=ENV,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start(args, tmp_path)
     client = MlflowClient(uri)
     try:
 
