@@ -116,13 +116,14 @@ def load_mnist(
         test = None
         source_meta = {"source": "idx_pair", "shuffle_seed": shuffle_seed}
     else:
+        # Missing data is the first thing to say (it also tells where files must go).
+        train_images, train_labels = _torchvision_mnist(data_dir, train=True, download=download)
+        test_images, test_labels = _torchvision_mnist(data_dir, train=False, download=download)
         if shuffle_seed is not None:
             raise ValueError(
                 f"shuffle_seed applies only to an IDX-pair directory; the MNIST split under "
                 f"{data_dir} is fixed (first images train, last validate), got {shuffle_seed}"
             )
-        train_images, train_labels = _torchvision_mnist(data_dir, train=True, download=download)
-        test_images, test_labels = _torchvision_mnist(data_dir, train=False, download=download)
         _check_sizes(train_size, val_size, len(train_images), "the MNIST training file")
         if test_size is not None and test_size > len(test_images):
             raise ValueError(
