@@ -64,7 +64,7 @@ class DetachMasks:
         """Fraction of (layer, step[, sample]) h-connections blocked, per member: shape (K,)."""
         if self.h is None:
             raise ValueError("no h-detach masks: nothing was blocked")
-        return self.h.flatten(1).float().mean(1)
+        return self.h.flatten(1).double().mean(1)
 
 
 def _check_probability(name: str, value: float) -> float:
@@ -72,6 +72,29 @@ def _check_probability(name: str, value: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
     return value
+
+
+def _doubled_g(w_ih: Tensor, w_hh: Tensor, bias: Tensor | None):
+    """The weights with the g-gate rows doubled (exact in floating point), so that one sigmoid
+    over all four gates gives ``sigmoid(2a)`` for g, from which ``tanh(a) = 2 sigmoid(2a) - 1``.
+    Returns ``w_ih2 (K, 4H, I)``, ``w_hh2 (K, 4H, H)``, ``b2 (K, 4H, 1)`` or ``None``."""
+    H = w_hh.shape[2]
+    double_g = w_hh.new_ones(4 * H, 1)
+    double_g[2 * H : 3 * H] = 2.0
+    b2 = None if bias is None else bias.unsqueeze(-1) * double_g
+    return w_ih * double_g, w_hh * double_g, b2
+
+
+def _cell(gates, c_prev, c_out, tc_out, h_out, one):
+    """One step after the gate pre-activations: ``gates`` = (i, f, g, o) views of sigmoids of
+    the (g-doubled) pre-activations, turned in place into the gates; writes ``c_t``,
+    ``tanh(c_t)`` and ``h_t`` into the given buffers (``c_out`` may be ``c_prev``)."""
+    i, f, g, o = gates
+    g.add_(g).sub_(one)  # tanh(a) = 2 sigmoid(2a) - 1
+    c = torch.mul(f, c_prev, out=c_out).addcmul_(i, g)
+    tc = torch.add(c, c, out=tc_out).sigmoid_()
+    tc.add_(tc).sub_(one)
+    return c, torch.mul(o, tc, out=h_out)
 
 
 class _LSTMLayer(torch.autograd.Function):
@@ -100,33 +123,24 @@ class _LSTMLayer(torch.autograd.Function):
         K, T, n_in, B = xT.shape
         H = w_hh.shape[2]
         one = xT.new_ones(())  # 0-dim operands: cheaper per call than Python scalars
-        # g-gate rows doubled (exactly) so that one sigmoid serves all four gates.
-        double_g = xT.new_ones(4 * H, 1)
-        double_g[2 * H : 3 * H] = 2.0
+        w_ih2, w_hh2, b2 = _doubled_g(w_ih, w_hh, bias)
         gates = xT.new_empty(K, T, 4 * H, B)
-        w_ih2 = (w_ih * double_g).unsqueeze(1)  # (K, 1, 4H, I)
         if n_in == 1:  # an outer product: the degenerate GEMM is far slower than this
-            torch.mul(w_ih2, xT, out=gates)
+            torch.mul(w_ih2.unsqueeze(1), xT, out=gates)
         else:
-            torch.matmul(w_ih2, xT, out=gates)
-        if bias is not None:
-            gates.add_((bias.unsqueeze(-1) * double_g).view(K, 1, 4 * H, 1))
-        w_hh2 = w_hh * double_g
+            torch.matmul(w_ih2.unsqueeze(1), xT, out=gates)
+        if b2 is not None:
+            gates.add_(b2.unsqueeze(1))
         cells, tanh_c, yT = (xT.new_empty(K, T, H, B) for _ in range(3))
 
         # Per-step views, made once in C++ rather than by slicing in the loop.
         g_all = gates.unbind(1)
-        g_i, g_f, g_g, g_o = (part.unbind(1) for part in gates.split(H, dim=2))
+        g_parts = list(zip(*(part.unbind(1) for part in gates.split(H, dim=2)), strict=True))
         c_s, tc_s, y_s = cells.unbind(1), tanh_c.unbind(1), yT.unbind(1)
         h, c = h0, c0
         for t in range(T):
             g_all[t].baddbmm_(w_hh2, h).sigmoid_()
-            gg = g_g[t]
-            gg.add_(gg).sub_(one)  # tanh(a) = 2 sigmoid(2a) - 1
-            c = torch.mul(g_f[t], c, out=c_s[t]).addcmul_(g_i[t], gg)
-            tc = torch.add(c, c, out=tc_s[t]).sigmoid_()
-            tc.add_(tc).sub_(one)
-            h = torch.mul(g_o[t], tc, out=y_s[t])
+            c, h = _cell(g_parts[t], c, c_s[t], tc_s[t], y_s[t], one)
         ctx.save_for_backward(xT, h0, c0, w_ih, w_hh, gates, cells, tanh_c, yT, h_keep, c_keep)
         ctx.has_bias = bias is not None
         ctx.h_skip = h_skip
@@ -202,14 +216,11 @@ def _lstm_layer_inference(xT, h0, c0, w_ih, w_hh, bias, keep_steps: int):
     K, T, n_in, B = xT.shape
     H = w_hh.shape[2]
     one = xT.new_ones(())
-    double_g = xT.new_ones(4 * H, 1)
-    double_g[2 * H : 3 * H] = 2.0
-    w_ih2, w_hh2 = w_ih * double_g, w_hh * double_g
-    b2 = None if bias is None else (bias.unsqueeze(-1) * double_g)
+    w_ih2, w_hh2, b2 = _doubled_g(w_ih, w_hh, bias)
     yT = xT.new_empty(K, keep_steps, H, B)
     y_s, first_kept = yT.unbind(1), T - keep_steps
     g = xT.new_empty(K, 4 * H, B)
-    g_i, g_f, g_g, g_o = g.split(H, dim=1)
+    parts = g.split(H, dim=1)
     tc, h_buf = xT.new_empty(K, H, B), xT.new_empty(K, H, B)
     h, c = h0, c0.clone(memory_format=torch.contiguous_format)
     for t, x_t in enumerate(xT.unbind(1)):
@@ -220,11 +231,7 @@ def _lstm_layer_inference(xT, h0, c0, w_ih, w_hh, bias, keep_steps: int):
         if b2 is not None:
             g.add_(b2)
         g.baddbmm_(w_hh2, h).sigmoid_()
-        g_g.add_(g_g).sub_(one)
-        c.mul_(g_f).addcmul_(g_i, g_g)
-        torch.add(c, c, out=tc).sigmoid_()
-        tc.add_(tc).sub_(one)
-        h = torch.mul(g_o, tc, out=y_s[t - first_kept] if t >= first_kept else h_buf)
+        c, h = _cell(parts, c, c, tc, y_s[t - first_kept] if t >= first_kept else h_buf, one)
     return yT, h.clone(), c
 
 
@@ -359,9 +366,7 @@ class HDetachLSTM(nn.Module):
                 raise ValueError("from_members needs single LSTMs with identical configuration")
         ref = next(modules[0].parameters())
         stacked = cls(**config, members=len(modules), device=ref.device, dtype=ref.dtype)
-        with torch.no_grad():
-            for name, param in stacked.named_parameters():
-                param.copy_(torch.stack([m.get_parameter(name) for m in modules]))
+        _stack_parameters(stacked, modules)
         return stacked
 
     def member(self, k: int) -> HDetachLSTM:
@@ -370,9 +375,7 @@ class HDetachLSTM(nn.Module):
             raise ValueError(f"member index must be in [0, {self.num_members}), got {k}")
         ref = next(self.parameters())
         single = type(self)(**self._config(), device=ref.device, dtype=ref.dtype)
-        with torch.no_grad():
-            for name, param in single.named_parameters():
-                param.copy_(self.get_parameter(name)[k])
+        _copy_member(single, self, k)
         return single
 
     # -- masks ----------------------------------------------------------------------------
@@ -409,12 +412,13 @@ class HDetachLSTM(nn.Module):
         K, L = self.num_members, self.num_layers
         if mask.dim() == 1:
             mask = mask.view(1, 1, -1)
-        if mask.dim() not in (3, 4) or tuple(mask.shape[1:3]) not in ((L, T), (1, T)):
-            raise ValueError(
-                f"masks.{name} must have shape (K, L, T) or (K, L, T, B) = "
-                f"({K}, {L}, {T}[, {B}]), got {tuple(mask.shape)}"
-            )
-        if mask.shape[0] not in (1, K) or (mask.dim() == 4 and mask.shape[3] not in (1, B)):
+        ok = (
+            mask.dim() in (3, 4)
+            and tuple(mask.shape[1:3]) in ((L, T), (1, T))
+            and mask.shape[0] in (1, K)
+            and (mask.dim() == 3 or mask.shape[3] in (1, B))
+        )
+        if not ok:
             raise ValueError(
                 f"masks.{name} must have shape (K, L, T) or (K, L, T, B) = "
                 f"({K}, {L}, {T}[, {B}]), got {tuple(mask.shape)}"
@@ -437,9 +441,8 @@ class HDetachLSTM(nn.Module):
             raise ValueError(f"output_steps must be >= 1, got {output_steps}")
         want = 3 if self.members is None else 4
         if x.dim() != want or x.shape[-1] != self.input_size:
-            layout = ("B, T" if self.batch_first else "T, B") if want == 3 else None
-            if layout is None:
-                layout = "B, K, T" if self.batch_first else "T, K, B"
+            layout = {3: "T, B", 4: "T, K, B"}[want]
+            layout = ", ".join(reversed(layout.split(", "))) if self.batch_first else layout
             raise ValueError(
                 f"input must have shape ({layout}, {self.input_size}), got {tuple(x.shape)}"
             )
@@ -558,16 +561,26 @@ class MemberLinear(nn.Module):
         stacked = cls(
             len(linears), ref.in_features, ref.out_features, ref.weight.device, ref.weight.dtype
         )
-        with torch.no_grad():
-            stacked.weight.copy_(torch.stack([lin.weight for lin in linears]))
-            stacked.bias.copy_(torch.stack([lin.bias for lin in linears]))
+        _stack_parameters(stacked, linears)
         return stacked
 
     def member(self, k: int) -> nn.Linear:
         lin = nn.Linear(
             self.in_features, self.out_features, device=self.weight.device, dtype=self.weight.dtype
         )
-        with torch.no_grad():
-            lin.weight.copy_(self.weight[k])
-            lin.bias.copy_(self.bias[k])
+        _copy_member(lin, self, k)
         return lin
+
+
+def _stack_parameters(stacked: nn.Module, modules: Sequence[nn.Module]) -> None:
+    """Copy same-named parameters of K single modules into ``stacked``'s ``(K, ...)`` ones."""
+    with torch.no_grad():
+        for name, param in stacked.named_parameters():
+            param.copy_(torch.stack([m.get_parameter(name) for m in modules]))
+
+
+def _copy_member(single: nn.Module, stacked: nn.Module, k: int) -> None:
+    """Copy member ``k`` of ``stacked``'s parameters into ``single``'s same-named ones."""
+    with torch.no_grad():
+        for name, param in single.named_parameters():
+            param.copy_(stacked.get_parameter(name)[k])

@@ -176,7 +176,7 @@ class Trainer:
             norm_sum += norms
             norm_max = torch.maximum(norm_max, norms)
             if masks.h is not None:
-                detached += masks.h.flatten(1).double().mean(1).to(self.device)
+                detached += masks.detached_fraction().to(self.device)
             steps += 1
         seconds = time.perf_counter() - start
         val_loss, val_acc = self.evaluate(data.val)
