@@ -229,8 +229,8 @@ class Trainer:
         """Mean loss and accuracy per member over a whole split.
 
         Accuracy is over the last ``acc_steps`` steps (copying: the 10 recalled symbols;
-        MNIST: the label at the last step). ``steps`` overrides nothing but the loss: with
-        ``steps`` given only the last ``steps`` outputs are computed (transfer copying)."""
+        MNIST: the label at the last step). With ``steps``, only the last ``steps`` outputs
+        are computed and the loss is taken over them (transfer copying at long delays)."""
         data, K = self.data, self.cfg.members
         n = split.x.shape[0]
         chunk = max(1, self.cfg.eval_batch_size // K)
@@ -287,12 +287,11 @@ class Trainer:
             if cfg.task == "copying" and cfg.transfer_delays:
                 from trainables.tasks.copying import transfer_sets
 
-                sets = transfer_sets(
-                    cfg.transfer_delays, cfg.transfer_size, seed=cfg.data_seed, one_hot=cfg.one_hot
-                )
-                for delay, split in sets.items():
-                    split = Split(split.x.to(self.device), split.y.to(self.device))
-                    _, acc = self.evaluate(split, steps=self.data.acc_steps)
+                for delay in cfg.transfer_delays:  # one at a time: T=5000 alone is ~300 MB
+                    (split,) = transfer_sets(
+                        (delay,), cfg.transfer_size, seed=cfg.data_seed, one_hot=cfg.one_hot
+                    ).values()
+                    _, acc = self.evaluate(split.to(self.device), steps=self.data.acc_steps)
                     for k in range(K):
                         finals[k][f"transfer_acc_T{delay}"] = acc[k]
         finally:
@@ -306,7 +305,7 @@ class Trainer:
         reached = [r["epoch"] for r in history if r["val_acc"] >= self.cfg.threshold]
         return {
             "seed": self.cfg.seeds[k],
-            "best_val_acc": max((r["val_acc"] for r in history), default=math.nan),
+            "best_val_acc": self.best_val_acc[k] if self.best_epoch[k] else math.nan,
             "best_epoch": self.best_epoch[k],
             "epochs_to_threshold": reached[0] if reached else math.nan,
             "diverged": float(self.diverged_epoch[k] is not None),
@@ -476,9 +475,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int)
     p.add_argument("--anneal-p", type=int, help="reference code's --anneal-p (0 = off)")
     p.add_argument("--permutation", choices=("fixed", "per_seed"))
-    p.add_argument("--one-hot", action="store_true", help="copying: one-hot token input")
+    p.add_argument(
+        "--one-hot", action="store_true", default=None, help="copying: one-hot token input"
+    )
     p.add_argument("--data-dir", help="MNIST root (torchvision layout) or an IDX-pair folder")
-    p.add_argument("--download", action="store_true", help="download MNIST if missing")
+    p.add_argument(
+        "--download", action="store_true", default=None, help="download MNIST if missing"
+    )
     p.add_argument("--shuffle-seed", type=int, help="shuffle of an IDX-pair folder (mnist5k)")
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument("--checkpoint", type=Path, help="write a checkpoint here after every epoch")
@@ -489,37 +492,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    overrides = {}
-    names = {
-        "p_detach": "p_detach",
-        "c_detach": "c_detach",
-        "damp": "damp",
-        "lr": "lr",
-        "optimizer": "optimizer",
-        "clip_norm": "clip_norm",
-        "epochs": "epochs",
-        "hidden_size": "hidden_size",
-        "num_layers": "num_layers",
-        "seq_len": "seq_len",
-        "batch_size": "batch_size",
-        "train_size": "train_size",
-        "val_size": "val_size",
-        "anneal_p": "anneal_p",
-        "permutation": "permutation",
-        "data_dir": "data_dir",
-        "device": "device",
-        "shuffle_seed": "shuffle_seed",
-    }
-    for arg, field_name in names.items():
-        value = getattr(args, arg)
-        if value is not None:
-            overrides[field_name] = value
+    # Options named exactly as RunConfig fields pass straight through when given.
+    overrides = {
+        name: value
+        for name, value in vars(args).items()
+        if value is not None and name in RunConfig.__dataclass_fields__
+        and name not in ("task", "preset", "seeds")
+    }  # fmt: skip
     if args.no_clip:
         overrides["clip"] = False
-    if args.one_hot:
-        overrides["one_hot"] = True
-    if args.download:
-        overrides["download"] = True
     if args.seeds is not None:
         try:
             overrides["seeds"] = tuple(int(s) for s in args.seeds.split(","))
