@@ -585,10 +585,6 @@ def _time_event(arm: pd.DataFrame, check: Check, ctx: _Context) -> tuple[np.ndar
     return np.where(known, time, np.nan), event & known
 
 
-def _headline(value: float, unit: str) -> float:
-    return float(value) * 100.0 if unit == "%" else float(value)
-
-
 def _finish(
     check: Check,
     verdict: str,
@@ -639,8 +635,7 @@ def _judged(
     effect_numbers = {"effect": _est(effect), **extra}
     if p is not None:
         effect_numbers["p_improve"] = _est(p)
-        effect_numbers["significant"] = bool(p.low > stats.SIGNIFICANT_ABOVE)
-        effect_numbers["meaningful"] = bool(p.high >= stats.MEANINGFUL_AT)
+        effect_numbers["significant"], effect_numbers["meaningful"] = stats.significance(p)
     return _finish(
         check,
         verdict,
@@ -656,6 +651,27 @@ def _fmt_seeds(n: float) -> str:
     return "infinitely many" if math.isinf(n) else f"{int(n)}"
 
 
+def _ours(check: Check, treatment: float, baseline: float) -> dict[str, float]:
+    """Headline figures per arm (in percent for a "%" unit)."""
+    scale = 100.0 if check.unit == "%" else 1.0
+    return {check.treatment: float(treatment) * scale, check.baseline: float(baseline) * scale}
+
+
+def _finite(arm: pd.DataFrame, col: str) -> np.ndarray:
+    v = arm[col].to_numpy(float)
+    return v[~np.isnan(v)]
+
+
+def _summaries(
+    check: Check, vt: np.ndarray, vb: np.ndarray, ctx: _Context
+) -> tuple[stats.Summary, stats.Summary, dict[str, dict[str, Any]]]:
+    """Bootstrap summaries of both arms and their ``arms`` entries."""
+    st = stats.summarize(vt, ctx.rng, n_resamples=ctx.n_resamples)
+    sb = stats.summarize(vb, ctx.rng, n_resamples=ctx.n_resamples)
+    arms = {check.treatment: _summary_dict(st), check.baseline: _summary_dict(sb)}
+    return st, sb, arms
+
+
 def _summary_dict(s: stats.Summary) -> dict[str, Any]:
     return {
         "n": s.n,
@@ -669,9 +685,7 @@ def _summary_dict(s: stats.Summary) -> dict[str, Any]:
 def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
     col = check.metric
     sign = -1.0 if check.lower_is_better else 1.0
-    vt = treat[col].to_numpy(float)
-    vb = base[col].to_numpy(float)
-    vt, vb = vt[~np.isnan(vt)], vb[~np.isnan(vb)]
+    vt, vb = _finite(treat, col), _finite(base, col)
     if vt.size == 0 or vb.size == 0:
         return _finish(check, "no runs yet", f"no finite '{col}' values in one arm")
     pairs = _pairs(treat, base, check)
@@ -680,13 +694,11 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
         ok = ~np.isnan(a) & ~np.isnan(b)
         a, b = a[ok], b[ok]
     paired = pairs is not None and a.size >= 2
-    if paired:
-        cmp = stats.paired_comparison(sign * a, sign * b, ctx.rng, n_resamples=ctx.n_resamples)
-    else:
-        cmp = stats.unpaired_comparison(sign * vt, sign * vb, ctx.rng, n_resamples=ctx.n_resamples)
-    st = stats.summarize(vt, ctx.rng, n_resamples=ctx.n_resamples)
-    sb = stats.summarize(vb, ctx.rng, n_resamples=ctx.n_resamples)
-    arms = {check.treatment: _summary_dict(st), check.baseline: _summary_dict(sb)}
+    if not paired:
+        a, b = vt, vb
+    compare = stats.paired_comparison if paired else stats.unpaired_comparison
+    cmp = compare(sign * a, sign * b, ctx.rng, n_resamples=ctx.n_resamples)
+    st, sb, arms = _summaries(check, vt, vb, ctx)
     seeds = stats.seeds_needed(
         sign * vt, sign * vb, null_difference=_null_difference(check, cmp.difference.value)
     )
@@ -696,13 +708,10 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
         "welch_p": stats.welch_pvalue(vt, vb),
         "mann_whitney_p": stats.mann_whitney_pvalue(vt, vb),
     }
-    ours = {
-        check.treatment: _headline(st.mean.value, check.unit),
-        check.baseline: _headline(sb.mean.value, check.unit),
-    }
+    ours = _ours(check, st.mean.value, sb.mean.value)
     what = "paired" if paired else "unpaired"
     describe = f"{what} mean difference in {col}{' (sign flipped)' if sign < 0 else ''}"
-    n_t, n_b = (a.size, b.size) if paired else (vt.size, vb.size)
+    n_t, n_b = a.size, b.size
     return _judged(
         check, claim, cmp.difference, cmp.p_improve, n_t, n_b, describe, seeds, arms, extra, ours
     )
@@ -720,22 +729,17 @@ def _flags(v: pd.Series, check: Check) -> np.ndarray:
 
 def _eval_rate(check, claim, treat, base, ctx) -> CheckVerdict:
     ft, fb = _flags(treat[check.metric], check), _flags(base[check.metric], check)
-    good_t = ~ft if check.lower_is_better else ft
-    good_b = ~fb if check.lower_is_better else fb
+    good_t, good_b = ft ^ check.lower_is_better, fb ^ check.lower_is_better
     effect = stats.rate_difference(good_t, good_b)
     pairs = _pairs(treat, base, check)
-    if pairs is not None:
-        pt = _flags(pairs[f"{check.metric}_t"], check)
-        pb = _flags(pairs[f"{check.metric}_b"], check)
-        if check.lower_is_better:
-            pt, pb = ~pt, ~pb
-        cmp = stats.paired_comparison(
-            pt.astype(float), pb.astype(float), ctx.rng, n_resamples=ctx.n_resamples
-        )
+    if pairs is None:
+        pt, pb = good_t, good_b
+        compare = stats.unpaired_comparison
     else:
-        cmp = stats.unpaired_comparison(
-            good_t.astype(float), good_b.astype(float), ctx.rng, n_resamples=ctx.n_resamples
-        )
+        pt = _flags(pairs[f"{check.metric}_t"], check) ^ check.lower_is_better
+        pb = _flags(pairs[f"{check.metric}_b"], check) ^ check.lower_is_better
+        compare = stats.paired_comparison
+    cmp = compare(pt.astype(float), pb.astype(float), ctx.rng, n_resamples=ctx.n_resamples)
     rt, rb = stats.rate(ft), stats.rate(fb)
     arms = {
         check.treatment: {"n": int(ft.size), "rate": _est(rt)},
@@ -750,10 +754,7 @@ def _eval_rate(check, claim, treat, base, ctx) -> CheckVerdict:
         good_b.astype(float),
         null_difference=_null_difference(check, effect.value),
     )
-    ours = {
-        check.treatment: _headline(rt.value, check.unit),
-        check.baseline: _headline(rb.value, check.unit),
-    }
+    ours = _ours(check, rt.value, rb.value)
     label = (
         f"{check.metric} >= {check.success_at:g}"
         if check.success_at is not None
@@ -776,11 +777,7 @@ def _km_dict(time: np.ndarray, event: np.ndarray, horizon: int) -> dict[str, Any
     return {
         "n": n,
         "median_epochs": _est(med),
-        "reached_by_horizon": {
-            "value": float(km.reached[-1]),
-            "low": float(km.low[-1]),
-            "high": float(km.high[-1]),
-        },
+        "reached_by_horizon": _est(stats.Estimate(km.reached[-1], km.low[-1], km.high[-1])),
         "reached_rate": _est(stats.wilson_interval(int(event.sum()), n)),
         "km_reached": km.reached.tolist(),
     }
@@ -809,27 +806,12 @@ def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
         pairs = pairs[ok]
         paired = len(pairs) >= 2
     if paired:
-        cmp = stats.time_to_threshold_comparison(
-            pairs["_t_t"].to_numpy(float),
-            pairs["_e_t"].to_numpy(bool),
-            pairs["_t_b"].to_numpy(float),
-            pairs["_e_b"].to_numpy(bool),
-            ctx.rng,
-            horizon=horizon,
-            paired=True,
-            n_resamples=ctx.n_resamples,
-        )
+        data = [pairs[c].to_numpy() for c in ("_t_t", "_e_t", "_t_b", "_e_b")]
     else:
-        cmp = stats.time_to_threshold_comparison(
-            tt[okt],
-            et[okt],
-            tb[okb],
-            eb[okb],
-            ctx.rng,
-            horizon=horizon,
-            paired=False,
-            n_resamples=ctx.n_resamples,
-        )
+        data = [tt[okt], et[okt], tb[okb], eb[okb]]
+    cmp = stats.time_to_threshold_comparison(
+        *data, ctx.rng, horizon=horizon, paired=paired, n_resamples=ctx.n_resamples
+    )
     seeds = stats.seeds_needed(
         -tt[okt], -tb[okb], null_difference=_null_difference(check, cmp.epochs_saved.value)
     )
@@ -860,7 +842,7 @@ def _eval_lr(check, claim, treat, base, ctx) -> CheckVerdict:
     higher = not check.lower_is_better
     lt, vt = treat["lr"].to_numpy(float), treat[col].to_numpy(float)
     lb, vb = base["lr"].to_numpy(float), base[col].to_numpy(float)
-    common = np.intersect1d(np.unique(lt[~np.isnan(vt)]), np.unique(lb[~np.isnan(vb)]))
+    common = np.intersect1d(lt[~np.isnan(vt)], lb[~np.isnan(vb)])
     if common.size < 2:
         return _finish(check, "no runs yet", f"needs >= 2 common learning rates, has {common.size}")
     rt = stats.lr_robustness(lt, vt, ctx.rng, higher_is_better=higher, n_resamples=ctx.n_resamples)
@@ -886,29 +868,19 @@ def _eval_lr(check, claim, treat, base, ctx) -> CheckVerdict:
     )
     n_t = int(min(np.sum(np.isclose(lt, x)) for x in common))
     n_b = int(min(np.sum(np.isclose(lb, x)) for x in common))
-    ours = {
-        check.treatment: _headline(rt.worst.value, check.unit),
-        check.baseline: _headline(rb.worst.value, check.unit),
-    }
+    ours = _ours(check, rt.worst.value, rb.worst.value)
     describe = f"worst-case mean {col} over {common.size} learning rates, difference"
     extra = {"common_lrs": common.tolist()}
     return _judged(check, claim, effect, None, n_t, n_b, describe, seeds, arms, extra, ours)
 
 
 def _eval_std(check, claim, treat, base, ctx) -> CheckVerdict:
-    vt = treat[check.metric].to_numpy(float)
-    vb = base[check.metric].to_numpy(float)
-    vt, vb = vt[~np.isnan(vt)], vb[~np.isnan(vb)]
+    vt, vb = _finite(treat, check.metric), _finite(base, check.metric)
     if vt.size == 0 or vb.size == 0:
         return _finish(check, "no runs yet", f"no finite '{check.metric}' values in one arm")
     effect = stats.std_difference(vt, vb, ctx.rng, n_resamples=ctx.n_resamples)
-    st = stats.summarize(vt, ctx.rng, n_resamples=ctx.n_resamples)
-    sb = stats.summarize(vb, ctx.rng, n_resamples=ctx.n_resamples)
-    arms = {check.treatment: _summary_dict(st), check.baseline: _summary_dict(sb)}
-    ours = {
-        check.treatment: _headline(st.std.value, check.unit),
-        check.baseline: _headline(sb.std.value, check.unit),
-    }
+    st, sb, arms = _summaries(check, vt, vb, ctx)
+    ours = _ours(check, st.std.value, sb.std.value)
     describe = f"std of {check.metric} over seeds, baseline minus treatment"
     return _judged(check, claim, effect, None, vt.size, vb.size, describe, None, arms, {}, ours)
 

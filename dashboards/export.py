@@ -205,10 +205,6 @@ class ExportResult:
     #: Values that could not be read as their column's type (left null), one line each.
     problems: list[str] = field(default_factory=list)
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.runs_new or self.runs_changed or self.runs_removed)
-
     def describe(self) -> str:
         return (
             f"exported {self.experiment!r}: {self.runs_total} runs ({self.runs_new} new, "
@@ -454,11 +450,7 @@ def _parse(kind: str, text: str | None) -> Any:
 def _derived_arm(row: Mapping[str, Any]) -> str | None:
     def positive(key: str) -> bool:
         value = row.get(key)
-        return (
-            value is not None
-            and not (isinstance(value, float) and math.isnan(value))
-            and (value > 0)
-        )
+        return value is not None and value > 0  # NaN > 0 is False
 
     if row.get("p_detach") is None and row.get("c_detach") is None:
         return None
@@ -565,8 +557,8 @@ def _rest_store(client: MlflowClient):
     return None
 
 
-def _bulk(store, run_ids: Sequence[str], key: str) -> Iterator[tuple[str, int, float, int]]:
-    """(run_id, step, value, timestamp) of `key` for up to 100 runs, in one request."""
+def _bulk(store, run_ids: Sequence[str], key: str) -> Iterator[tuple[str, str, int, float, int]]:
+    """(run_id, key, step, value, timestamp) of `key` for up to 100 runs, in one request."""
     if hasattr(store, "_call_endpoint"):
         from mlflow.protos.service_pb2 import GetMetricHistoryBulkInterval
         from mlflow.utils.proto_json_utils import message_to_json
@@ -576,7 +568,7 @@ def _bulk(store, run_ids: Sequence[str], key: str) -> Iterator[tuple[str, int, f
         )
         response = store._call_endpoint(GetMetricHistoryBulkInterval, message_to_json(request))
         for m in response.metrics:
-            yield m.run_id, m.step, m.value, m.timestamp
+            yield m.run_id, key, m.step, m.value, m.timestamp
         return
     found = store.get_metric_history_bulk_interval(
         run_ids=list(run_ids),
@@ -586,45 +578,33 @@ def _bulk(store, run_ids: Sequence[str], key: str) -> Iterator[tuple[str, int, f
         end_step=None,
     )
     for m in found:
-        yield m.run_id, m.step, m.value, m.timestamp
+        yield m.run_id, key, m.step, m.value, m.timestamp
 
 
 def _fetch_histories(
     client: MlflowClient, run_ids: Sequence[str], epochs_logged: Mapping[str, int]
 ) -> tuple[pd.DataFrame, int]:
     """The history rows of `run_ids` and the number of MLflow requests made for them."""
-    run_id_col: list[str] = []
-    keys: list[str] = []
-    steps: list[int] = []
-    values: list[float] = []
-    stamps: list[int] = []
+    points: list[tuple[str, str, int, float, int]] = []  # (run_id, key, step, value, ts)
     requests = 0
     store = _rest_store(client)
     # The bulk call samples beyond 2,500 points per run: such long runs go one by one.
     bulk_ids = [r for r in run_ids if store is not None and epochs_logged[r] < _BULK_MAX_RESULTS]
-    single_ids = [r for r in run_ids if r not in set(bulk_ids)]
+    in_bulk = set(bulk_ids)
+    single_ids = [r for r in run_ids if r not in in_bulk]
     for start in range(0, len(bulk_ids), _BULK_RUNS):
         chunk = bulk_ids[start : start + _BULK_RUNS]
         for key in HISTORY_KEYS:
             requests += 1
-            for run_id, step, value, stamp in _bulk(store, chunk, key):
-                run_id_col.append(run_id)
-                keys.append(key)
-                steps.append(step)
-                values.append(value)
-                stamps.append(stamp)
+            points.extend(_bulk(store, chunk, key))
     for run_id in single_ids:
         for key in HISTORY_KEYS:
             requests += 1
-            for m in client.get_metric_history(run_id, key):
-                run_id_col.append(run_id)
-                keys.append(key)
-                steps.append(m.step)
-                values.append(m.value)
-                stamps.append(m.timestamp)
-    long = pd.DataFrame(
-        {"run_id": run_id_col, "key": keys, "epoch": steps, "value": values, "ts": stamps}
-    )
+            points.extend(
+                (run_id, key, m.step, m.value, m.timestamp)
+                for m in client.get_metric_history(run_id, key)
+            )
+    long = pd.DataFrame(points, columns=["run_id", "key", "epoch", "value", "ts"])
     return _wide_history(long), requests
 
 
@@ -882,13 +862,9 @@ def _apply(
     carried_runs: list[pd.DataFrame] = []
     carried_history: list[pd.DataFrame] = []
     for batch in [] if replace_all else sorted(touched):
-        meta = batches[batch]
-        old_runs = pq.read_table(_batch_file(root, "runs", experiment, meta["task"], batch))
-        old_runs = old_runs.to_pandas()
-        carried = old_runs[~old_runs["run_id"].isin(gone)].assign(task=meta["task"])
+        old_runs, old_history = _read_batch(root, experiment, batch, batches[batch]["task"])
+        carried = old_runs[~old_runs["run_id"].isin(gone)]
         carried_runs.append(carried)
-        old_history = pq.read_table(_batch_file(root, "history", experiment, meta["task"], batch))
-        old_history = old_history.to_pandas()
         keep_ids = set(carried["run_id"]) | reuse
         carried_history.append(old_history[old_history["run_id"].isin(keep_ids)])
     all_runs = pd.concat([*carried_runs, new_runs], ignore_index=True, sort=False)
@@ -897,24 +873,18 @@ def _apply(
     all_history = pd.concat([*carried_history, new_history], ignore_index=True, sort=False)
     if "task" in all_history.columns:
         all_history = all_history.drop(columns=["task"])
-    task_of_run = dict(zip(all_runs["run_id"], all_runs["task"].astype(str), strict=True))
+    tasks = set(all_runs["task"].astype(str))
 
     # Compaction: small batches of a touched task are folded into this write.
-    tasks = set(task_of_run.values())
     small = [
         b
         for b, meta in batches.items()
         if b not in touched and meta["task"] in tasks and meta["runs"] < max_runs_per_file // 4
     ]
     if len(small) >= 8:
-        for batch in small:
-            meta = batches[batch]
-            old_runs = pq.read_table(_batch_file(root, "runs", experiment, meta["task"], batch))
-            old_hist = pq.read_table(_batch_file(root, "history", experiment, meta["task"], batch))
-            extra = old_runs.to_pandas().assign(task=meta["task"])
-            all_runs = pd.concat([all_runs, extra], ignore_index=True, sort=False)
-            all_history = pd.concat([all_history, old_hist.to_pandas()], ignore_index=True)
-            task_of_run.update({r: meta["task"] for r in extra["run_id"]})
+        extra = [_read_batch(root, experiment, b, batches[b]["task"]) for b in small]
+        all_runs = pd.concat([all_runs, *(r for r, _ in extra)], ignore_index=True, sort=False)
+        all_history = pd.concat([all_history, *(h for _, h in extra)], ignore_index=True)
         touched |= set(small)
 
     history_by_run = (
@@ -922,7 +892,7 @@ def _apply(
     )
     written = 0
     new_batches: dict[str, dict] = {}
-    for task in sorted(tasks | {batches[b]["task"] for b in small}):
+    for task in sorted(tasks):
         task_runs = all_runs[all_runs["task"].astype(str) == task]
         order = [c for c in ("config_id", "seed", "run_id") if c in task_runs.columns]
         task_runs = task_runs.sort_values(order, kind="stable", na_position="last")
@@ -959,6 +929,15 @@ def _apply(
     manifest["exported_at"] = _now_ms()
     _write_manifest(root, manifest)  # the commit point
     return written, _delete_orphans(root, manifest)
+
+
+def _read_batch(
+    root: Path, experiment: str, batch: str, task: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs (with their ``task`` column) and the history rows of one batch."""
+    runs = pq.read_table(_batch_file(root, "runs", experiment, task, batch)).to_pandas()
+    history = pq.read_table(_batch_file(root, "history", experiment, task, batch)).to_pandas()
+    return runs.assign(task=task), history
 
 
 def _delete_orphans(root: Path, manifest: Mapping[str, Any]) -> int:
@@ -1000,8 +979,7 @@ def _partitioning() -> ds.Partitioning:
 
 def _read_table(root: Path, table: str, files: list[Path], fixed: Mapping[str, pa.DataType]):
     if not files:
-        frame = _empty_frame({"experiment": pa.string(), "task": pa.string(), **fixed})
-        return frame
+        return _empty_frame({"experiment": pa.string(), "task": pa.string(), **fixed})
     schemas = [pq.read_schema(f) for f in files]
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     for name in PARTITION_COLUMNS:
@@ -1031,7 +1009,7 @@ def _load_files(
             )
     runs = _read_table(root, "runs", run_files, RUN_COLUMNS)
     history = _read_table(root, "history", history_files, HISTORY_COLUMNS)
-    return runs.reset_index(drop=True), history.reset_index(drop=True)
+    return runs, history
 
 
 def _now_ms() -> int:

@@ -31,6 +31,7 @@ import re
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,37 +76,14 @@ class _Group:
 
 
 # --------------------------------------------------------------------------------------------
-# Selecting runs (same semantics as dashboards.claims: lists mean "any of", numbers isclose)
-
-
-def _match(column: pd.Series, want: Any) -> np.ndarray:
-    items = list(want) if isinstance(want, list | tuple) else [want]
-    hit = np.zeros(len(column), dtype=bool)
-    numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
-    for item in items:
-        if numeric and isinstance(item, int | float) and not isinstance(item, bool):
-            values = column.to_numpy(dtype=float, na_value=np.nan)
-            hit |= np.isclose(values, float(item), rtol=1e-9, atol=1e-12)
-        else:
-            hit |= (column == item).to_numpy(dtype=bool, na_value=False)
-    return hit
+# Selecting runs (dashboards.claims's own selection: lists mean "any of", numbers isclose)
 
 
 def _select(runs: pd.DataFrame, group: _Group) -> pd.DataFrame:
-    if runs.empty or not {"task", "arm"} <= set(runs.columns):
-        return runs.iloc[:0]
-    mask = np.array((runs["task"] == group.task).to_numpy(dtype=bool, na_value=False))
-    mask &= (runs["arm"] == group.arm).to_numpy(dtype=bool, na_value=False)
-    for col, want in group.filters:
-        if col not in runs.columns:
-            return runs.iloc[:0]
-        mask &= _match(runs[col], want)
-    chosen = runs[mask]
-    if group.best_lr and "lr" in chosen.columns and "best_val_acc" in chosen.columns:
-        means = chosen.groupby("lr")["best_val_acc"].mean().dropna()
-        if not means.empty:
-            chosen = chosen[np.isclose(chosen["lr"].to_numpy(float), means.idxmax())]
-    return chosen
+    chosen, _ = claims_mod._select(runs, {"task": group.task, "arm": group.arm})
+    filters = {k: list(v) if isinstance(v, tuple) else v for k, v in group.filters}
+    chosen, _ = claims_mod._select(chosen, filters)
+    return claims_mod._best_lr(chosen) if group.best_lr else chosen
 
 
 def _freeze(filters: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -127,8 +105,11 @@ def _describe_filters(filters: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _claim_groups(claim: claims_mod.Claim) -> tuple[list[tuple[_Group, _Group]], dict]:
-    """(treatment group, baseline group) per run-based check, and the filters all share."""
+def _claim_groups(
+    claim: claims_mod.Claim,
+) -> tuple[list[tuple[claims_mod.Check, _Group, _Group]], dict]:
+    """(check, treatment group, baseline group) per run-based check, and the filters all
+    share."""
     run_checks = [c for c in claim.checks if c.statistic != "benchmark"]
     if not run_checks:
         return [], {}
@@ -162,7 +143,7 @@ def _claim_groups(claim: claims_mod.Claim) -> tuple[list[tuple[_Group, _Group]],
                     best_lr=check.select_lr == "best",
                 )
             )
-        pairs.append((made[0], made[1]))
+        pairs.append((check, made[0], made[1]))
     return pairs, common
 
 
@@ -372,7 +353,7 @@ def configuration_table(
                 "arm": str(first.get("arm", "")),
                 "p_detach": _float(first.get("p_detach")),
                 "lr": _float(first.get("lr")),
-                "clip": None if _missing(first.get("clip")) else bool(first.get("clip")),
+                "clip": None if pd.isna(first.get("clip")) else bool(first.get("clip")),
                 "seq_len": _float(first.get("seq_len")),
                 "n": int(len(frame)),
                 "best_val_acc": s_best,
@@ -414,21 +395,15 @@ def _p_vs_baseline(frame, base, rng, n_resamples) -> tuple[stats.Estimate | None
     return cmp.p_improve, False
 
 
-def _missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
 def _float(value: Any) -> float:
     try:
-        return math.nan if _missing(value) else float(value)
+        return math.nan if pd.isna(value) else float(value)
     except (TypeError, ValueError):
         return math.nan
 
 
 def _hashable(value: Any) -> Any:
-    if _missing(value):
+    if pd.isna(value):
         return None
     if isinstance(value, float | np.floating):
         return round(float(value), 12)
@@ -615,10 +590,10 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=k, replace=False))
 
 
-def _unique_groups(pairs: Sequence[tuple[_Group, _Group]]) -> list[_Group]:
+def _unique_groups(pairs: Sequence[tuple[claims_mod.Check, _Group, _Group]]) -> list[_Group]:
     seen: dict[tuple, _Group] = {}
     # Baselines first: the reference panel reads first.
-    for group in [b for _, b in pairs] + [t for t, _ in pairs]:
+    for group in [b for _, _, b in pairs] + [t for _, t, _ in pairs]:
         seen.setdefault((group.arm, group.task, group.filters, group.best_lr), group)
     return list(seen.values())
 
@@ -680,9 +655,7 @@ def _claim_figures(
 
     # 2. Final metrics: strip + box per arm.
     metric_panels, percent, log, seen = [], [], [], set()
-    for check, (treat, base) in zip(
-        [c for c in claim.checks if c.statistic != "benchmark"], pairs, strict=True
-    ):
+    for check, treat, base in pairs:
         if check.metric in claims_mod.BOOLEAN_METRICS or check.statistic == "time_to_threshold":
             continue
         if check.metric not in runs.columns:
@@ -737,9 +710,7 @@ def _claim_figures(
 
     # 4. Kaplan-Meier success curves at each time check's threshold.
     km_panels: dict[tuple, tuple[str, dict]] = {}
-    for check, (treat, base) in zip(
-        [c for c in claim.checks if c.statistic != "benchmark"], pairs, strict=True
-    ):
+    for check, treat, base in pairs:
         if check.statistic != "time_to_threshold" or check.threshold is None:
             continue
         own = {k: v for k, v in check.filters.items() if k not in common}
@@ -1237,9 +1208,7 @@ def _page(
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     tasks = sorted(runs["task"].dropna().unique().tolist()) if "task" in runs else []
     n_configs = len(config_rows)
-    counts = {}
-    for v in verdicts:
-        counts[v.verdict] = counts.get(v.verdict, 0) + 1
+    counts = Counter(v.verdict for v in verdicts)
     tally = ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
     head = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -144,21 +144,19 @@ def _bootstrap(
     data: tuple[np.ndarray, ...],
     statistic: Callable[..., np.ndarray],
     rng: np.random.Generator,
-    *,
     paired: bool,
     n_resamples: int,
     confidence_level: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> list[Estimate]:
     """Point value and percentile bootstrap CI of a vectorised ``statistic(*data, axis)``.
 
-    Returns three arrays with the statistic's output shape; the bounds are NaN when a sample
-    has fewer than two values.
+    Returns one ``Estimate`` per element of the statistic's (scalar or 1-D) output; the bounds
+    are NaN when a sample has fewer than two values.
     """
     _check_confidence(confidence_level)
-    point = np.asarray(statistic(*data, axis=-1), dtype=float)
+    point = np.ravel(np.asarray(statistic(*data, axis=-1), dtype=float))
     if min(len(d) for d in data) < 2:
-        nan = np.full_like(point, np.nan)
-        return point, nan, nan.copy()
+        return [Estimate(float(v), math.nan, math.nan) for v in point]
     res = sps.bootstrap(
         data,
         statistic,
@@ -170,15 +168,16 @@ def _bootstrap(
         method="percentile",
         **{_RNG_KEYWORD: rng},
     )
-    low = np.asarray(res.confidence_interval.low, dtype=float)
-    high = np.asarray(res.confidence_interval.high, dtype=float)
     # Widen to contain the estimate: rounding noise (constant samples) or a skewed bootstrap
     # distribution must not leave a point estimate outside its own interval.
-    return point, np.minimum(low, point), np.maximum(high, point)
+    low = np.minimum(np.ravel(res.confidence_interval.low), point)
+    high = np.maximum(np.ravel(res.confidence_interval.high), point)
+    return [Estimate(*map(float, t)) for t in zip(point, low, high, strict=True)]
 
 
-def _estimate(point: np.ndarray, low: np.ndarray, high: np.ndarray, i: int = 0) -> Estimate:
-    return Estimate(float(np.ravel(point)[i]), float(np.ravel(low)[i]), float(np.ravel(high)[i]))
+def _quantile_ci(samples: np.ndarray, confidence_level: float) -> np.ndarray:
+    """Two-sided percentile interval (low, high) of bootstrap ``samples``."""
+    return np.quantile(samples, [(1 - confidence_level) / 2, (1 + confidence_level) / 2])
 
 
 def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -214,15 +213,7 @@ def summarize(
     if x.size == 0:
         nan = Estimate(math.nan, math.nan, math.nan)
         return Summary(0, nan, nan, nan, nan)
-    point, low, high = _bootstrap(
-        (x,),
-        _summary_statistic,
-        rng,
-        paired=False,
-        n_resamples=n_resamples,
-        confidence_level=confidence_level,
-    )
-    est = [_estimate(point, low, high, i) for i in range(4)]
+    est = _bootstrap((x,), _summary_statistic, rng, False, n_resamples, confidence_level)
     return Summary(int(x.size), *est)
 
 
@@ -241,15 +232,7 @@ def bootstrap_ci(
         statistic: e.g. ``np.mean`` or :func:`iqm`; must accept ``axis``.
     """
     x = _as_1d(values, "values")
-    point, low, high = _bootstrap(
-        (x,),
-        statistic,
-        rng,
-        paired=False,
-        n_resamples=n_resamples,
-        confidence_level=confidence_level,
-    )
-    return _estimate(point, low, high)
+    return _bootstrap((x,), statistic, rng, False, n_resamples, confidence_level)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,17 +275,27 @@ def _unpaired_statistic(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndar
     return np.stack([prob_improvement_unpaired(a, b, axis=axis), diff])
 
 
-def _comparison(point, low, high, n_a: int, n_b: int, paired: bool) -> Comparison:
-    p = _estimate(point, low, high, 0)
-    return Comparison(
-        n_a=n_a,
-        n_b=n_b,
-        paired=paired,
-        p_improve=p,
-        significant=bool(p.low > SIGNIFICANT_ABOVE),
-        meaningful=bool(p.high >= MEANINGFUL_AT),
-        difference=_estimate(point, low, high, 1),
-    )
+def significance(p: Estimate) -> tuple[bool, bool]:
+    """(significant, meaningful) for a P(A>B) estimate, as in :class:`Comparison`."""
+    return bool(p.low > SIGNIFICANT_ABOVE), bool(p.high >= MEANINGFUL_AT)
+
+
+def _check_paired(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal lengths, got {a.size} and {b.size}")
+
+
+def _compare(
+    a: np.ndarray,
+    b: np.ndarray,
+    rng: np.random.Generator,
+    paired: bool,
+    n_resamples: int,
+    confidence_level: float,
+) -> Comparison:
+    statistic = _paired_statistic if paired else _unpaired_statistic
+    p, diff = _bootstrap((a, b), statistic, rng, paired, n_resamples, confidence_level)
+    return Comparison(a.size, b.size, paired, p, *significance(p), diff)
 
 
 def paired_comparison(
@@ -322,17 +315,8 @@ def paired_comparison(
     """
     a = _as_1d(a, "a")
     b = _as_1d(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples need equal lengths, got {a.size} and {b.size}")
-    point, low, high = _bootstrap(
-        (a, b),
-        _paired_statistic,
-        rng,
-        paired=True,
-        n_resamples=n_resamples,
-        confidence_level=confidence_level,
-    )
-    return _comparison(point, low, high, a.size, b.size, paired=True)
+    _check_paired(a, b)
+    return _compare(a, b, rng, True, n_resamples, confidence_level)
 
 
 def unpaired_comparison(
@@ -350,17 +334,7 @@ def unpaired_comparison(
     Args:
         a: ``n_a`` values; b: ``n_b`` values. No NaNs.
     """
-    a = _as_1d(a, "a")
-    b = _as_1d(b, "b")
-    point, low, high = _bootstrap(
-        (a, b),
-        _unpaired_statistic,
-        rng,
-        paired=False,
-        n_resamples=n_resamples,
-        confidence_level=confidence_level,
-    )
-    return _comparison(point, low, high, a.size, b.size, paired=False)
+    return _compare(_as_1d(a, "a"), _as_1d(b, "b"), rng, False, n_resamples, confidence_level)
 
 
 def std_difference(
@@ -384,15 +358,7 @@ def std_difference(
     def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.std(y, axis=axis, ddof=1) - np.std(x, axis=axis, ddof=1)
 
-    point, low, high = _bootstrap(
-        (a, b),
-        stat,
-        rng,
-        paired=False,
-        n_resamples=n_resamples,
-        confidence_level=confidence_level,
-    )
-    return _estimate(point, low, high)
+    return _bootstrap((a, b), stat, rng, False, n_resamples, confidence_level)[0]
 
 
 def welch_pvalue(a: np.ndarray, b: np.ndarray) -> float:
@@ -564,8 +530,8 @@ def _km_counts(
     )
 
 
-def _km_survival(time: np.ndarray, event: np.ndarray, n_epochs: int) -> np.ndarray:
-    reached, at_risk, _ = _km_counts(time, event, n_epochs)
+def _km_survival(reached: np.ndarray, at_risk: np.ndarray) -> np.ndarray:
+    """S(e) at epochs 1..E from the counts of :func:`_km_counts`."""
     with np.errstate(divide="ignore", invalid="ignore"):
         hazard = np.where(at_risk > 0, reached / at_risk, 0.0)
     return np.cumprod(1.0 - hazard, axis=-1)
@@ -597,9 +563,8 @@ def kaplan_meier(
     if n_epochs < 1:
         raise ValueError(f"n_epochs must be >= 1, got {n_epochs}")
     reached, at_risk, n = _km_counts(time, event, n_epochs)
+    surv = _km_survival(reached, at_risk)
     with np.errstate(divide="ignore", invalid="ignore"):
-        hazard = np.where(at_risk > 0, reached / at_risk, 0.0)
-        surv = np.cumprod(1.0 - hazard, axis=-1)
         term = np.where(
             (at_risk > reached) & (at_risk > 0), reached / (at_risk * (at_risk - reached)), 0.0
         )
@@ -658,7 +623,7 @@ def restricted_mean_epochs(time: np.ndarray, event: np.ndarray, horizon: int) ->
     Returns:
         shape ``...``.
     """
-    surv = _km_survival(time, event, horizon)
+    surv = _km_survival(*_km_counts(time, event, horizon)[:2])
     return 1.0 + surv[..., :-1].sum(axis=-1)
 
 
@@ -682,6 +647,13 @@ def _faster_score(code_a: np.ndarray, code_b: np.ndarray) -> np.ndarray:
     return a_wins + 0.5 * (1.0 - a_wins - b_wins)
 
 
+def _p_faster(code_a: np.ndarray, code_b: np.ndarray, paired: bool) -> np.ndarray:
+    """Mean Gehan score over the last axis: seed i against seed i, or every pair of runs."""
+    if paired:
+        return _faster_score(code_a, code_b).mean(axis=-1)
+    return _faster_score(code_a[..., :, None], code_b[..., None, :]).mean(axis=(-2, -1))
+
+
 def prob_faster(
     time_a: np.ndarray,
     event_a: np.ndarray,
@@ -702,10 +674,8 @@ def prob_faster(
     ca = _encode(time_a, event_a)
     cb = _encode(time_b, event_b)
     if paired:
-        if ca.shape != cb.shape:
-            raise ValueError(f"paired samples need equal lengths, got {ca.size} and {cb.size}")
-        return float(np.mean(_faster_score(ca, cb)))
-    return float(np.mean(_faster_score(ca[:, None], cb[None, :])))
+        _check_paired(ca, cb)
+    return float(_p_faster(ca, cb, paired))
 
 
 def time_to_threshold_comparison(
@@ -732,63 +702,42 @@ def time_to_threshold_comparison(
     """
     ca = _encode(_as_1d(time_a, "time_a"), event_a)
     cb = _encode(_as_1d(time_b, "time_b"), event_b)
-    if paired and ca.shape != cb.shape:
-        raise ValueError(f"paired samples need equal lengths, got {ca.size} and {cb.size}")
+    if paired:
+        _check_paired(ca, cb)
 
     def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         x = np.moveaxis(x, axis, -1)
         y = np.moveaxis(y, axis, -1)
-        if paired:
-            p = _faster_score(x, y).mean(axis=-1)
-        else:
-            p = _faster_score(x[..., :, None], y[..., None, :]).mean(axis=(-2, -1))
         tx, ex = _decode(x)
         ty, ey = _decode(y)
         saved = restricted_mean_epochs(ty, ey, horizon) - restricted_mean_epochs(tx, ex, horizon)
-        return np.stack([p, saved])
+        return np.stack([_p_faster(x, y, paired), saved])
 
-    point, low, high = _bootstrap(
-        (ca, cb),
-        stat,
-        rng,
-        paired=paired,
-        n_resamples=n_resamples,
-        confidence_level=confidence_level,
-    )
-    p = _estimate(point, low, high, 0)
-    return TimeComparison(
-        n_a=ca.size,
-        n_b=cb.size,
-        paired=paired,
-        p_faster=p,
-        significant=bool(p.low > SIGNIFICANT_ABOVE),
-        meaningful=bool(p.high >= MEANINGFUL_AT),
-        epochs_saved=_estimate(point, low, high, 1),
-    )
+    p, saved = _bootstrap((ca, cb), stat, rng, paired, n_resamples, confidence_level)
+    return TimeComparison(ca.size, cb.size, paired, p, *significance(p), saved)
 
 
 # --------------------------------------------------------------------------------------------
 # Learning-rate robustness
 
 
-def _per_lr_boot_means(
-    lr: np.ndarray, values: np.ndarray, lrs: np.ndarray, rng: np.random.Generator, n: int
-) -> np.ndarray:
-    """Bootstrap means per learning rate, seeds resampled within each rate: ``n x len(lrs)``."""
-    out = np.empty((n, lrs.size))
-    for j, value in enumerate(lrs):  # a handful of learning rates, not runs
-        v = values[lr == value]
-        out[:, j] = v[rng.integers(0, v.size, size=(n, v.size))].mean(axis=-1)
-    return out
-
-
-def _lr_table(lr: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _lr_groups(lr: np.ndarray, values: np.ndarray) -> dict[float, np.ndarray]:
+    """The finite values of each learning rate, by increasing learning rate."""
     lr = _as_1d(lr, "lr")
     values = _as_1d(values, "values")
     if lr.shape != values.shape:
         raise ValueError(f"lr and values need equal lengths, got {lr.size} and {values.size}")
     keep = ~np.isnan(values) & ~np.isnan(lr)
-    return lr[keep], values[keep], np.unique(lr[keep])
+    lr, values = lr[keep], values[keep]
+    return {x: values[lr == x] for x in np.unique(lr)}
+
+
+def _boot_means(groups: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
+    """Bootstrap means per group (seeds resampled within each): ``n x len(groups)``."""
+    out = np.empty((n, len(groups)))
+    for j, v in enumerate(groups):  # a handful of learning rates, not runs
+        out[:, j] = v[rng.integers(0, v.size, size=(n, v.size))].mean(axis=-1)
+    return out
 
 
 def lr_robustness(
@@ -808,20 +757,21 @@ def lr_robustness(
         lr: ``num_runs`` learning rate of each run; values: ``num_runs`` metric values.
     """
     _check_confidence(confidence_level)
-    lr, values, lrs = _lr_table(lr, values)
+    by_lr = _lr_groups(lr, values)
+    lrs = np.array(list(by_lr), dtype=float)
     if lrs.size == 0:
         nan = Estimate(math.nan, math.nan, math.nan)
         return LrRobustness(lrs, np.empty(0), math.nan, nan, nan)
-    means = np.array([values[lr == v].mean() for v in lrs])
+    groups = list(by_lr.values())
+    means = np.array([v.mean() for v in groups])
     pick = np.argmin if higher_is_better else np.argmax
     worst_idx = int(pick(means))
-    boot = _per_lr_boot_means(lr, values, lrs, rng, n_resamples)
+    boot = _boot_means(groups, rng, n_resamples)
     boot_worst = boot.min(axis=1) if higher_is_better else boot.max(axis=1)
     boot_spread = boot.max(axis=1) - boot.min(axis=1)
-    q = [(1 - confidence_level) / 2, (1 + confidence_level) / 2]
-    few = min(np.sum(lr == v) for v in lrs) < 2
-    wl, wh = (math.nan, math.nan) if few else np.quantile(boot_worst, q)
-    sl, sh = (math.nan, math.nan) if few else np.quantile(boot_spread, q)
+    few = min(v.size for v in groups) < 2
+    wl, wh = (math.nan, math.nan) if few else _quantile_ci(boot_worst, confidence_level)
+    sl, sh = (math.nan, math.nan) if few else _quantile_ci(boot_spread, confidence_level)
     return LrRobustness(
         lrs=lrs,
         means=means,
@@ -850,24 +800,24 @@ def lr_worst_case_difference(
         lr_a, values_a: ``n_a`` runs of arm A; lr_b, values_b: ``n_b`` runs of arm B.
     """
     _check_confidence(confidence_level)
-    lr_a, values_a, lrs_a = _lr_table(lr_a, values_a)
-    lr_b, values_b, lrs_b = _lr_table(lr_b, values_b)
-    lrs = np.intersect1d(lrs_a, lrs_b)
-    if lrs.size == 0:
+    by_lr_a = _lr_groups(lr_a, values_a)
+    by_lr_b = _lr_groups(lr_b, values_b)
+    common = [x for x in by_lr_a if x in by_lr_b]
+    if not common:
         return Estimate(math.nan, math.nan, math.nan)
+    groups_a = [by_lr_a[x] for x in common]
+    groups_b = [by_lr_b[x] for x in common]
     sign = 1.0 if higher_is_better else -1.0
 
-    def worst(lr: np.ndarray, v: np.ndarray) -> float:
-        return float(min(sign * v[lr == x].mean() for x in lrs))
+    def worst(groups: list[np.ndarray]) -> float:
+        return float(min(sign * v.mean() for v in groups))
 
-    value = worst(lr_a, values_a) - worst(lr_b, values_b)
-    counts = [np.sum(lr_a == x) for x in lrs] + [np.sum(lr_b == x) for x in lrs]
-    if min(counts) < 2:
+    value = worst(groups_a) - worst(groups_b)
+    if min(v.size for v in groups_a + groups_b) < 2:
         return Estimate(value, math.nan, math.nan)
-    boot_a = (sign * _per_lr_boot_means(lr_a, values_a, lrs, rng, n_resamples)).min(axis=1)
-    boot_b = (sign * _per_lr_boot_means(lr_b, values_b, lrs, rng, n_resamples)).min(axis=1)
-    q = [(1 - confidence_level) / 2, (1 + confidence_level) / 2]
-    low, high = np.quantile(boot_a - boot_b, q)
+    boot_a = (sign * _boot_means(groups_a, rng, n_resamples)).min(axis=1)
+    boot_b = (sign * _boot_means(groups_b, rng, n_resamples)).min(axis=1)
+    low, high = _quantile_ci(boot_a - boot_b, confidence_level)
     return Estimate(value, float(min(low, value)), float(max(high, value)))
 
 

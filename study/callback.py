@@ -47,6 +47,7 @@ class MlflowStudyCallback(tune.Callback):
         self.seeds_per_trial = seeds_per_trial
         self.objective = objective
         self._children: dict[tuple[str, int], str] = {}
+        self._blocks: dict[tuple[str, tuple[int, ...]], list[str]] = {}  # ensured run ids
         self.seconds = 0.0  # time spent in MLflow calls from Tune's event loop
 
     # -- pickling: Tune stores the callback with the experiment and uses that copy on
@@ -55,7 +56,7 @@ class MlflowStudyCallback(tune.Callback):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["tracker"] = (self.tracker.uri, self.tracker.experiment_name)
-        state["_children"] = {}
+        state["_children"], state["_blocks"] = {}, {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -80,7 +81,14 @@ class MlflowStudyCallback(tune.Callback):
         }
 
     def ensure_runs(self, config: dict) -> list[str]:
-        """Parent and child run ids for a trial's block (created when missing)."""
+        """Child run ids for a trial's block; the parent and children are created when
+        missing (once per block and driver: every result of the trial comes through here)."""
+        block = (config["config_id"], tuple(config["seeds"]))
+        if block not in self._blocks:
+            self._blocks[block] = self._create_runs(config)
+        return self._blocks[block]
+
+    def _create_runs(self, config: dict) -> list[str]:
         cid = config["config_id"]
         tags = self._tags(config)
         if config["arm"] == "h-detach":
@@ -152,14 +160,14 @@ class MlflowStudyCallback(tune.Callback):
     def _complete(self, trial) -> None:
         config, result = trial.config, trial.last_result or {}
         run_ids = self.ensure_runs(config)
-        finals = result.get("finals")
-        for k, run_id in enumerate(run_ids):
-            if finals is not None:
-                final = {key: v for key, v in finals[k].items() if key != "seed"}
-                final["censored"] = 0.0
-            else:  # stopped early by a scheduler: censored, scored on the epochs it ran
-                final = self._finals_from_history(run_id)
-                final["censored"] = 1.0
+        # Without finals the trial was stopped early by a scheduler: censored, and scored on
+        # the epochs it ran (the running summary reported with its last epoch).
+        finals, censored = result.get("finals"), 0.0
+        if finals is None:
+            finals, censored = result.get("summary") or [{} for _ in run_ids], 1.0
+        for run_id, member in zip(run_ids, finals, strict=True):
+            final = {key: v for key, v in member.items() if key != "seed"}
+            final["censored"] = censored
             where = {"node_id": result.get("node_id", ""), "tune_trial_id": trial.trial_id}
             self.tracker.finish(run_id, final, "FINISHED", tags=where)
         self.maybe_finish_parent(config)
@@ -183,20 +191,6 @@ class MlflowStudyCallback(tune.Callback):
             self.seconds += time.perf_counter() - start
 
     # -- aggregates -----------------------------------------------------------------------
-
-    def _finals_from_history(self, run_id: str) -> dict[str, float]:
-        acc = self.tracker.metric_history(run_id, "val_acc")
-        grad = self.tracker.metric_history(run_id, "grad_norm_max")
-        reached = [step for step, v in acc if v >= self.base.threshold]
-        best = max(acc, key=lambda sv: sv[1]) if acc else (0, math.nan)
-        return {
-            "best_val_acc": best[1],
-            "best_epoch": float(best[0]),
-            "epochs_to_threshold": float(reached[0]) if reached else math.nan,
-            "diverged": 0.0,
-            "last_epoch": float(acc[-1][0]) if acc else 0.0,
-            "max_grad_norm": max((v for _, v in grad), default=math.nan),
-        }
 
     def maybe_finish_parent(self, config: dict) -> None:
         """Once every seed of the configuration is done: aggregate curves and summary."""

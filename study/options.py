@@ -103,8 +103,13 @@ class StudyOptions:
         return str(Path(self.storage_path).expanduser().resolve())
 
     @property
+    def tune_root(self) -> str:
+        """Tune's storage path for this study; each batch (run name) is one experiment in it."""
+        return f"{self.storage_dir.rstrip('/')}/{self.experiment_name}"
+
+    @property
     def experiment_dir(self) -> str:
-        return f"{self.storage_dir.rstrip('/')}/{self.experiment_name}/{self.run_name}"
+        return f"{self.tune_root}/{self.run_name}"
 
     @property
     def optuna_storage_path(self) -> str:
@@ -186,7 +191,7 @@ class StudyOptions:
                 _check_fixed_config(c)
         elif self.configs:
             fail("configs", "...", "are only used with search 'fixed'")
-        if self.address not in (None, "", "local") and not isinstance(self.address, str):
+        if self.address is not None and not isinstance(self.address, str):
             fail("address", self.address, "must be 'auto', host:port or ray://host:port")
         if not isinstance(self.run_name, str) or not self.run_name or "/" in self.run_name:
             fail("run_name", self.run_name, "must be a non-empty name without '/'")

@@ -67,7 +67,8 @@ def preflight(options: StudyOptions) -> None:
     exists = Tuner.can_restore(options.experiment_dir)
     if options.resume and not exists:
         raise StudyError(f"--resume: no study to resume at {options.experiment_dir}")
-    if not options.resume and _dir_has_content(options.experiment_dir):
+    remote = "://" in options.experiment_dir
+    if not options.resume and (exists or (not remote and _non_empty(Path(options.experiment_dir)))):
         raise StudyError(
             f"a study already exists at {options.experiment_dir}: pass --resume to continue "
             "it, or --run-name / --experiment for a new one"
@@ -78,12 +79,8 @@ def preflight(options: StudyOptions) -> None:
         load_task_for(options.run_config())
 
 
-def _dir_has_content(path: str) -> bool:
-    if "://" in path:
-        from ray.tune import Tuner
-
-        return Tuner.can_restore(path)
-    return Path(path).is_dir() and any(Path(path).iterdir())
+def _non_empty(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
 
 
 def _init_ray(options: StudyOptions) -> None:
@@ -233,7 +230,6 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
         seeds_per_trial=options.seeds_per_trial,
         objective=options.objective,
     )
-    tune_root = f"{options.storage_dir.rstrip('/')}/{options.experiment_name}"
     if options.resume:
         tuner = tune.Tuner.restore(options.experiment_dir, trainable, resume_errored=True)
     else:
@@ -265,7 +261,7 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
             ),
             run_config=tune.RunConfig(
                 name=options.run_name,
-                storage_path=tune_root,
+                storage_path=options.tune_root,
                 callbacks=[callback, JsonLoggerCallback()],
                 progress_reporter=_reporter(options),
                 verbose=options.verbose,
@@ -310,7 +306,7 @@ def _trial_name(trial) -> str:
 
 
 def _save_options(options: StudyOptions) -> None:
-    """The study's options beside the Tune experiment (for people and for --resume)."""
+    """The study's options beside the Tune experiment, for people reading it later."""
     if "://" in options.experiment_dir:
         return
     path = Path(options.experiment_dir)

@@ -116,9 +116,12 @@ class PairedSeedSearcher(Searcher):
             return
         cid, block = self.trials.pop(trial_id)
         result = result or {}
-        if result.get("finals"):
-            values = [f.get("best_val_acc", math.nan) for f in result["finals"]]
-        else:  # stopped early by a scheduler (censored): its last validation accuracy
+        # finals at the end; for a block stopped early by a scheduler (censored), its running
+        # summary (best over the epochs it ran), or failing that its last validation accuracy.
+        scored = result.get("finals") or result.get("summary")
+        if scored:
+            values = [f.get("best_val_acc", math.nan) for f in scored]
+        else:
             members = result.get("members") or []
             values = [math.nan if m is None else m.get("val_acc", math.nan) for m in members]
         if error or len(values) != len(self.seed_blocks[block]):
@@ -180,7 +183,3 @@ class PairedSeedSearcher(Searcher):
             if optuna_id not in c["reported"]:
                 self.searcher.on_trial_complete(optuna_id, {OBJECTIVE: c["objective"]})
                 c["reported"].append(optuna_id)
-
-    def config_table(self) -> dict[str, dict[str, Any]]:
-        """Every configuration with its parameters (for the driver's bookkeeping)."""
-        return {cid: dict(c) for cid, c in self.configs.items()}

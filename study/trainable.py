@@ -41,7 +41,7 @@ def run_config_for(config: dict) -> RunConfig:
     return RunConfig.from_dict(base).validate()
 
 
-def summary(records: list[dict | None], kind: str = "mean-se") -> dict:
+def summary(records: list[dict | None], kind: str) -> dict:
     """Flat columns over the block's live members (for the table and schedulers)."""
     live = [r for r in records if r is not None and not r.get("diverged")]
     acc = [r["val_acc"] for r in live]
@@ -58,10 +58,6 @@ def summary(records: list[dict | None], kind: str = "mean-se") -> dict:
     }
 
 
-def trainer_objective(trainer: Trainer) -> str:
-    return getattr(trainer, "objective_kind", "mean-se")
-
-
 def train_block(config: dict) -> None:
     """Train one seed block; resumable from Tune's epoch checkpoints."""
     keep_freed_memory()
@@ -69,7 +65,7 @@ def train_block(config: dict) -> None:
     torch.set_num_threads(cpus)
     cfg = run_config_for(config)
     trainer = Trainer(cfg)
-    trainer.objective_kind = config.get("objective", "mean-se")
+    kind = config.get("objective", "mean-se")
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -77,21 +73,24 @@ def train_block(config: dict) -> None:
 
     if trainer.done:  # restarted after its last epoch: only the finals are missing
         last = [h[-1] if h else None for h in trainer.history]
-        _report(trainer, last, finals=trainer.finish())
+        _report(trainer, last, kind, finals=trainer.finish())
         return
     while not trainer.done:
         records = trainer.train_epoch()
-        finals = trainer.finish() if trainer.done else None
-        _report(trainer, records, finals)
+        _report(trainer, records, kind, trainer.finish() if trainer.done else None)
 
 
-def _report(trainer: Trainer, records: list[dict | None], finals: list[dict] | None) -> None:
+def _report(trainer: Trainer, records: list, kind: str, finals: list[dict] | None) -> None:
+    """One epoch to Tune. ``summary``: each member's final metrics on the epochs so far (what
+    a run stopped early by a scheduler is scored on); ``finals``: the same from the
+    best-validation weights with test/transfer accuracies, at the last epoch only."""
     metrics = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "epoch": trainer.epoch,
         "epochs": trainer.cfg.epochs,
         "members": records,
-        **summary(records, trainer_objective(trainer)),
+        "summary": [trainer.summary(k) for k in range(trainer.cfg.members)],
+        **summary(records, kind),
     }
     if finals is not None:
         metrics["finals"] = finals

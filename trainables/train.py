@@ -272,7 +272,7 @@ class Trainer:
     def finish(self) -> list[dict]:
         """Final metrics per member, from its best-validation weights."""
         cfg, K = self.cfg, self.cfg.members
-        finals = [self._summary(k) for k in range(K)]
+        finals = [self.summary(k) for k in range(K)]
         if not any(f["last_epoch"] > 0 for f in finals):
             return finals
         current = [p.detach().clone() for p in self.params]
@@ -300,7 +300,9 @@ class Trainer:
                     p.copy_(saved)
         return finals
 
-    def _summary(self, k: int) -> dict:
+    def summary(self, k: int) -> dict:
+        """Member ``k``'s final metrics on the epochs so far (without test or transfer
+        accuracies, which ``finish`` adds from the best-validation weights)."""
         history = self.history[k]
         reached = [r["epoch"] for r in history if r["val_acc"] >= self.cfg.threshold]
         return {
