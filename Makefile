@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) study/run.py --task copying --preset smoke --search grid \
 		--p-values 0.25,0.5 --lr-values 0.01 --clip-values true --trials 2 --seeds 3 \
 		--experiment $(DEMO_EXPERIMENT)
-	$(PY) study/report.py --experiment $(DEMO_EXPERIMENT)
+	$(VENV)/bin/hdetach-study report --experiment $(DEMO_EXPERIMENT)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

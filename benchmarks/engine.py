@@ -26,11 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainables.engine import HDetachLSTM, MemberLinear  # noqa: E402
-from trainables.oracle import oracle_lstm  # noqa: E402
-from trainables.runtime import keep_freed_memory  # noqa: E402
+from trainables.engine import HDetachLSTM, MemberLinear
+from trainables.oracle import oracle_lstm
+from trainables.runtime import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -224,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + line)
     if args.json:
         payload = {"machine": machine, "rows": rows, "summary": summary}
-        # Claim C9's figure, in the form `study/report.py --benchmarks` reads: backward time at
+        # Claim C9's figure, in the form `hdetach-study report --benchmarks` reads: backward time at
         # p=0.5 over p=0 (pixel MNIST, the paper's long sequences, when it was measured).
         by = {(r["shape"], r["case"]): r["median_s"] for r in rows}
         for name in ("mnist", "copying"):

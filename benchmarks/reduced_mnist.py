@@ -13,19 +13,16 @@ on the same data and batches.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainables.config import RunConfig  # noqa: E402
-from trainables.oracle import oracle_lstm  # noqa: E402
-from trainables.runtime import keep_freed_memory  # noqa: E402
-from trainables.train import Trainer, load_task_for  # noqa: E402
+from trainables.config import RunConfig
+from trainables.oracle import oracle_lstm
+from trainables.runtime import keep_freed_memory
+from trainables.train import Trainer, load_task_for
 
 
 def oracle_epoch_seconds(trainer: Trainer) -> float:

@@ -15,7 +15,6 @@ import argparse
 import json
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dashboards import export, report  # noqa: E402
-from study.schema import EPOCH_METRICS  # noqa: E402
+from dashboards import export, report
+from trainables.contract import EPOCH_METRICS
 
 EXPERIMENT = "bench-synthetic"
 TRANSFER_DELAYS = (200, 400, 500, 1000, 2000, 5000)

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from study.options import StudyOptions  # noqa: E402
-from study.run import run_study  # noqa: E402
+from study.options import StudyOptions
+from study.run import run_study
 
 
 def main(argv: list[str] | None = None) -> int:

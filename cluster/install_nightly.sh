@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs the nightly study on the Ray head as a systemd timer (run by `ray up` from
-# head_setup_commands). The night runs study/nightly.py against this cluster (--address auto),
+# head_setup_commands). The night runs `hdetach-study nightly` against this cluster (--address auto),
 # with Tune storage on the shared STORAGE_PATH, logging to the head's MLflow, whose address is
 # read from ~/mlflow/tracking_uri when the night starts.
 #
 #   bash cluster/install_nightly.sh STORAGE_PATH [off]
 #
 # With HDETACH_UNIT_DIR set, the units are only written there (nothing is installed): that is
-# how tests/study/test_nightly_schedule.py checks them.
+# how tests/dashboards/test_nightly_schedule.py checks them.
 #
-# The batches are in ~/hdetach-nightly.yaml, made once from study/nightly.yaml: edit it to set
+# The batches are in ~/hdetach-nightly.yaml, made once from dashboards/nightly.yaml: edit it to set
 # the tasks, configurations and seeds per night. Every night starts GPU workers: pass `off`
 # (or later `sudo systemctl disable --now hdetach-nightly.timer`) to install without enabling.
 set -euo pipefail
@@ -34,7 +34,7 @@ if [ ! -f "$config" ]; then  # the repository's example, pointed at this cluster
     -e 's|^gpus_per_trial: .*|gpus_per_trial: 0.25|' \
     -e 's|^seeds_per_trial: .*|seeds_per_trial: 5|' \
     -e 's|^max_concurrent: .*|max_concurrent: null|' \
-    -e '/^tracking_uri:/d' "$repo/study/nightly.yaml" > "$config"
+    -e '/^tracking_uri:/d' "$repo/dashboards/nightly.yaml" > "$config"
 fi
 
 unit_dir=${HDETACH_UNIT_DIR:-}
@@ -45,7 +45,7 @@ fi
 # The service of deploy/, with this head's paths, user and credentials (MLflow's address and
 # password, Ray's token) read when the night starts, never written into the unit.
 sed -e "s|^WorkingDirectory=.*|WorkingDirectory=$repo|" \
-  -e "s|^ExecStart=.*|ExecStart=/bin/bash -c 'export MLFLOW_TRACKING_URI=\"\$\$(cat $HOME/mlflow/tracking_uri)\" MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=\"\$\$(cat $HOME/.hdetach-study/mlflow_admin_password)\" RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.hdetach-study/ray_auth_token; exec $venv/bin/python study/nightly.py --config $config'|" \
+  -e "s|^ExecStart=.*|ExecStart=/bin/bash -c 'export MLFLOW_TRACKING_URI=\"\$\$(cat $HOME/mlflow/tracking_uri)\" MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=\"\$\$(cat $HOME/.hdetach-study/mlflow_admin_password)\" RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.hdetach-study/ray_auth_token; exec $venv/bin/hdetach-study nightly --config $config'|" \
   -e "s|^\[Service\]|[Service]\nUser=$(id -un)|" \
   "$repo/deploy/hdetach-nightly.service" > "$unit_dir/hdetach-nightly.service"
 cp "$repo/deploy/hdetach-nightly.timer" "$unit_dir/"

@@ -19,7 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dashboards import stats
+from dashboards.stats import Estimate
+from dashboards.survival import KaplanMeier
+from dashboards.tuning import ExpectedMax
 
 #: One colour per arm, the same in every figure (colour-blind safe, Okabe-Ito).
 ARM_COLOURS = {
@@ -140,7 +142,7 @@ def distributions(
 
 
 def intervals(
-    rows: Sequence[tuple[str, stats.Estimate]],
+    rows: Sequence[tuple[str, Estimate]],
     *,
     xlabel: str = "P(treatment better than baseline)",
     xlim: tuple[float, float] = (-0.02, 1.02),
@@ -171,7 +173,7 @@ def intervals(
 
 
 def success_curves(
-    panels: Sequence[tuple[str, Sequence[tuple[str, str, stats.KaplanMeier]]]],
+    panels: Sequence[tuple[str, Sequence[tuple[str, str, KaplanMeier]]]],
 ) -> Figure:
     """Kaplan-Meier fraction of runs that reached the threshold by each epoch, with band.
 
@@ -196,7 +198,7 @@ def success_curves(
 
 
 def expected_max(
-    panels: Sequence[tuple[str, Sequence[tuple[str, str, stats.ExpectedMax]]]],
+    panels: Sequence[tuple[str, Sequence[tuple[str, str, ExpectedMax]]]],
 ) -> Figure:
     """Expected best validation accuracy among n trials (Dodge et al. 2019), mean +- std.
 

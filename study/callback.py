@@ -21,13 +21,11 @@ from typing import Any
 import numpy as np
 from ray import tune
 
-from study.schema import EPOCH_METRICS
 from study.searcher import config_id, objective_value
 from study.tracking import StudyTracker
 from trainables.config import RunConfig
+from trainables.contract import BASELINE_TAG, EPOCH_METRICS, TERMINAL_STATUSES, VANILLA
 from trainables.seeds import stream_seeds
-
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 class MlflowStudyCallback(tune.Callback):
@@ -65,7 +63,7 @@ class MlflowStudyCallback(tune.Callback):
         self.__dict__.update(state)
 
     def setup(self, **info):
-        if self.tracker._experiment_id is None:
+        if not self.tracker.started:
             self.tracker.start()
 
     # -- runs -----------------------------------------------------------------------------
@@ -91,8 +89,8 @@ class MlflowStudyCallback(tune.Callback):
     def _create_runs(self, config: dict) -> list[str]:
         cid = config["config_id"]
         tags = self._tags(config)
-        if config["arm"] == "h-detach":
-            tags["baseline_config_id"] = _baseline_id(config)
+        if config["arm"] != VANILLA:
+            tags[BASELINE_TAG] = config_id(VANILLA, 0.0, float(config["lr"]), bool(config["clip"]))
         # Params name the configuration (immutable in MLflow); what changes from batch to
         # batch (the seeds of a nightly run, how they are packed) goes in tags.
         parent_params = {
@@ -196,7 +194,7 @@ class MlflowStudyCallback(tune.Callback):
         """Once every seed of the configuration is done: aggregate curves and summary."""
         cid = config["config_id"]
         children = self.tracker.find_runs("child", config_id=cid)
-        done = [c for c in children if c.status in TERMINAL]  # every batch of seeds so far
+        done = [c for c in children if c.status in TERMINAL_STATUSES]  # every batch of seeds so far
         if sum(c.seed in self.seeds for c in done) < len(self.seeds):
             return
         curves: dict[int, list[float]] = {}
@@ -234,7 +232,3 @@ class MlflowStudyCallback(tune.Callback):
 def _nanmean(values: list[float]) -> float:
     arr = np.asarray(values, dtype=float)
     return float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan
-
-
-def _baseline_id(config: dict) -> str:
-    return config_id("vanilla", 0.0, float(config["lr"]), bool(config["clip"]))

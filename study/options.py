@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trainables.config import PRESETS, TASKS, ConfigError, RunConfig
+from trainables.config import PRESETS, ConfigError, OneLineParser, RunConfig
+from trainables.contract import TASKS
 
 SEARCHES = ("tpe", "grid", "fixed")
 OBJECTIVES = ("mean-se", "mean", "iqm", "worst")
@@ -236,15 +240,8 @@ def _check_fixed_config(config) -> None:
 # -- command line and YAML ------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """A bad value is one line on stderr and exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python study/run.py",
         description="Run an h-detach robustness study: Optuna (through Ray Tune) searches "
         "p_detach, lr and clipping; every configuration runs on the same seeds next to its "
@@ -376,12 +373,45 @@ def options_from_args(argv: list[str] | None = None) -> StudyOptions:
     if args.set:
         cli["set"] = {**values.get("set", {}), **_parse_set(args.set)}
     values.update(cli)
+    return options_from_mapping(values)
+
+
+def options_from_mapping(values: Mapping[str, Any]) -> StudyOptions:
+    """Validated options from option names and values (a YAML file merged with the command
+    line, or a nightly batch): the one place study options are checked."""
+    known = {f.name for f in dataclasses.fields(StudyOptions)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise OptionsError(f"unknown option {unknown[0]!r}")
+    values = dict(values)
     if "tracking_uri" not in values and os.environ.get("MLFLOW_TRACKING_URI"):
         values["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]  # MLflow's own variable
     if "task" not in values:
-        raise OptionsError("--task is required (copying, seq_mnist or pmnist)")
+        raise OptionsError(f"--task is required ({', '.join(TASKS)})")
     try:
         options = StudyOptions(**values)
     except TypeError as err:  # a YAML value of the wrong kind
         raise OptionsError(f"bad option: {err}") from None
     return options.validate()
+
+
+def main() -> int:
+    """``python -m study.options``: validate a JSON list of option mappings read from stdin
+    and print, per mapping, ``{"experiment": ..., "seeds": [...]}`` or ``{"error": ...}``.
+
+    How a program that does not import the study (the nightly) checks study options with the
+    study's own code."""
+    out = []
+    for values in json.load(sys.stdin):
+        try:
+            options = options_from_mapping(values)
+        except OptionsError as err:
+            out.append({"error": str(err)})
+        else:
+            out.append({"experiment": options.experiment_name, "seeds": options.seed_values})
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,20 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# No hidden network traffic: Ray's usage stats and MLflow's telemetry stay off.
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table honours our columns
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# Per-epoch checkpoints make Tune snapshot often; that is intended, not worth a warning.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from study.options import OptionsError, StudyOptions, options_from_args  # noqa: E402
-from study.tracking import StudyTracker, TrackingError, check_tracking_uri  # noqa: E402
+from study.options import OptionsError, StudyOptions, options_from_args
+from trainables.tracking_uri import TrackingError, check_tracking_uri
 
 __all__ = ["StudyOptions", "StudyResult", "main", "run_study"]
 
@@ -52,6 +40,24 @@ class StudyResult:
 
 
 CLUSTER_MAX_CONCURRENT = 64
+
+#: Set (unless the user set them) before Ray is imported, by the entry points only.
+RUNTIME_ENVIRONMENT = {
+    # No hidden network traffic: Ray's usage stats and MLflow's telemetry stay off.
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # MLflow is the record
+    "RAY_AIR_NEW_OUTPUT": "0",  # the classic table honours our columns
+    "RAY_DEDUP_LOGS": "0",
+    # Per-epoch checkpoints make Tune snapshot often; that is intended, not worth a warning.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+def set_runtime_environment() -> None:
+    """The study's process settings (:data:`RUNTIME_ENVIRONMENT`); the user's values win."""
+    for key, value in RUNTIME_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
 
 
 class StudyError(ValueError):
@@ -194,12 +200,14 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     """Run (or resume) a study. Problems the user can fix raise ``OptionsError``,
     ``StudyError``, ``TrackingError`` or ``ValueError`` before anything starts
     (``checked=True``: the caller already ran ``preflight``)."""
+    set_runtime_environment()
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     from study.callback import MlflowStudyCallback
     from study.summary import ranked_summary
+    from study.tracking import StudyTracker
     from study.trainable import train_block
 
     if not checked:
@@ -316,6 +324,7 @@ def _save_options(options: StudyOptions) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     prog = "python study/run.py"
+    set_runtime_environment()
     try:
         options = options_from_args(argv)
         preflight(options)

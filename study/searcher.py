@@ -21,13 +21,15 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
+from trainables.contract import H_DETACH, VANILLA, arm_of
+
 OBJECTIVE = "objective"
 
 
 def config_id(arm: str, p_detach: float, lr: float, clip: bool) -> str:
     """Readable and unique, e.g. ``hd_p0.25_lr1.000e-03_clip`` (lr to 4 significant digits,
     the precision the searcher keeps, see ``normalise_lr``)."""
-    short = {"h-detach": "hd", "vanilla": "vanilla"}.get(arm, arm)
+    short = {H_DETACH: "hd", VANILLA: "vanilla"}.get(arm, arm)
     return f"{short}_p{p_detach:g}_lr{lr:.3e}_{'clip' if clip else 'noclip'}"
 
 
@@ -149,12 +151,12 @@ class PairedSeedSearcher(Searcher):
 
     def _add(self, params: dict, optuna_id: str | None) -> None:
         p, lr, clip = float(params["p_detach"]), normalise_lr(params["lr"]), bool(params["clip"])
-        arm = "h-detach" if p > 0 else "vanilla"
+        arm = arm_of(p)
         cid = config_id(arm, p, lr, clip)
-        if arm == "h-detach":
-            base = config_id("vanilla", 0.0, lr, clip)
+        if arm != VANILLA:
+            base = config_id(VANILLA, 0.0, lr, clip)
             if base not in self.configs:  # the paired baseline, once per (lr, clip)
-                self._register(base, "vanilla", 0.0, lr, clip, None)
+                self._register(base, VANILLA, 0.0, lr, clip, None)
         if cid in self.configs:  # asked again: Optuna hears the known result when it exists
             self.configs[cid]["optuna_ids"].append(optuna_id)
             self._maybe_report(cid)

@@ -7,15 +7,15 @@ import math
 
 import numpy as np
 
-from dashboards.stats import prob_improvement_paired
 from study.tracking import StudyTracker
+from trainables.contract import BASELINE_TAG, CHILD, PARENT, prob_better
 
 
 def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
     """Rows (one per configuration, best first) and the table as text."""
-    parents = {p.config_id: p for p in tracker.find_runs("parent")}
+    parents = {p.config_id: p for p in tracker.find_runs(PARENT)}
     best: dict[str, dict[int, float]] = {}
-    for child in tracker.find_runs("child"):
+    for child in tracker.find_runs(CHILD):
         value = child.metrics.get("best_val_acc", math.nan)
         best.setdefault(child.config_id, {})[child.seed] = value
     rows = []
@@ -33,7 +33,7 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
             "mean_best_val_acc": float(np.nanmean(values))
             if np.isfinite(values).any()
             else math.nan,
-            "baseline": parent.tags.get("baseline_config_id"),
+            "baseline": parent.tags.get(BASELINE_TAG),
         }
         base = best.get(row["baseline"] or "", {})
         common = sorted(set(seeds) & set(base))
@@ -42,7 +42,7 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
             b = np.array([base[s] for s in common], dtype=float)
             ok = np.isfinite(a) & np.isfinite(b)
             row["baseline_mean"] = float(b[ok].mean()) if ok.any() else math.nan
-            row["p_better"] = float(prob_improvement_paired(a[ok], b[ok])) if ok.any() else math.nan
+            row["p_better"] = float(prob_better(a[ok], b[ok])) if ok.any() else math.nan
             row["pairs"] = int(ok.sum())
         rows.append(row)
     rows.sort(key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)

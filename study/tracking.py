@@ -17,22 +17,14 @@ run's final `diverged` metric says so too.
 
 from __future__ import annotations
 
-import http.client
 import math
 import operator
-import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
-from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 from mlflow.tracking import MlflowClient
-from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import (
     MAX_ENTITIES_PER_BATCH,
@@ -40,96 +32,20 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-RUN_KIND_TAG = "run_kind"
-CONFIG_ID_TAG = "config_id"
-SEED_TAG = "seed"
-EPOCH_METRIC = "epoch"
-PARENT_EPOCH_KEYS = ("val_acc_mean", "val_acc_min", "val_acc_max", "seeds")
-RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+from trainables.contract import (
+    CHILD,
+    CONFIG_ID_TAG,
+    EPOCH_MARKER,
+    PARENT,
+    PARENT_EPOCH_METRICS,
+    RUN_KIND_TAG,
+    SEED_TAG,
+    TERMINAL_STATUSES,
+)
+from trainables.tracking_uri import TrackingError, check_tracking_uri
 
 _RESERVED_TAGS = frozenset({RUN_KIND_TAG, CONFIG_ID_TAG, SEED_TAG, MLFLOW_PARENT_RUN_ID})
 _PAGE_SIZE = 1000
-
-
-class TrackingError(ValueError):
-    """A tracking setting the user can fix (bad URI, unreachable server, deleted experiment)."""
-
-
-def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Raise TrackingError unless `uri` is a usable MLflow tracking URI; create nothing.
-
-    Accepted: `sqlite:///path` (its directory must exist and be writable), `http(s)://host:port`
-    (GET `<uri>/health` must answer 200 within `timeout_s`), and `file:` or plain paths only
-    when MLflow's own switch `MLFLOW_ALLOW_FILE_STORE=true` is set.
-    """
-    if not isinstance(uri, str) or not uri.strip():
-        raise TrackingError(f"tracking URI must be a non-empty string, got {uri!r}")
-    if timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    scheme = urlparse(uri).scheme.lower()
-    if scheme in ("http", "https"):
-        _check_server(uri, timeout_s)
-    elif scheme == "sqlite":
-        _check_sqlite(uri)
-    elif scheme in ("file", ""):
-        _check_file_store(uri)
-    else:
-        raise TrackingError(
-            f"unsupported tracking URI {uri!r}: use sqlite:///path/to/mlflow.db "
-            "or http(s)://host:port"
-        )
-
-
-def _check_server(uri: str, timeout_s: float) -> None:
-    if not urlparse(uri).hostname:
-        raise TrackingError(f"tracking URI {uri!r} has no host")
-    health = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(health, timeout=timeout_s) as response:
-            status = response.status
-    except urllib.error.HTTPError as err:
-        status = err.code
-    except (OSError, http.client.HTTPException) as err:
-        reason = getattr(err, "reason", err)
-        raise TrackingError(
-            f"MLflow server {uri} is unreachable (GET {health}: {reason})"
-        ) from None
-    if status != 200:
-        raise TrackingError(f"MLflow server {uri} is not healthy (GET {health}: HTTP {status})")
-
-
-def _check_sqlite(uri: str) -> None:
-    # SQLAlchemy form: sqlite:///relative.db, sqlite:////absolute.db; sqlite:// is in-memory.
-    rest = uri[len("sqlite://") :].split("?", 1)[0]
-    if not rest.startswith("/") or rest in ("/", "/:memory:"):
-        raise TrackingError(
-            f"tracking URI {uri!r} is not a sqlite database file: use sqlite:///path/to/mlflow.db"
-        )
-    _check_writable(Path(rest[1:]), uri, want_dir=False)
-
-
-def _check_file_store(uri: str) -> None:
-    if not MLFLOW_ALLOW_FILE_STORE.get():
-        raise TrackingError(
-            f"tracking URI {uri!r} is a file store, which MLflow 3 disables: use "
-            "sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true to allow it"
-        )
-    _check_writable(Path(local_file_uri_to_path(uri)), uri, want_dir=True)
-
-
-def _check_writable(path: Path, uri: str, *, want_dir: bool) -> None:
-    path = path.absolute()
-    if path.exists():
-        if path.is_dir() != want_dir:
-            kind = "a directory" if want_dir else "a database file"
-            raise TrackingError(f"tracking URI {uri!r}: {path} exists but is not {kind}")
-        if not os.access(path, os.W_OK):
-            raise TrackingError(f"tracking URI {uri!r}: {path} is not writable")
-        return
-    if not path.parent.is_dir():
-        raise TrackingError(f"tracking URI {uri!r}: directory {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise TrackingError(f"tracking URI {uri!r}: directory {path.parent} is not writable")
 
 
 @dataclass(frozen=True)
@@ -180,6 +96,11 @@ class StudyTracker:
         return self._mlflow
 
     @property
+    def started(self) -> bool:
+        """Whether `start()` has run (it is called once per process)."""
+        return self._experiment_id is not None
+
+    @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             raise RuntimeError("StudyTracker.start() has not been called")
@@ -207,7 +128,7 @@ class StudyTracker:
                 if key not in experiment.tags:
                     client.set_experiment_tag(self._experiment_id, key, value)
         for run in self.find_runs(run_kind=None):
-            if run.run_kind == "parent":
+            if run.run_kind == PARENT:
                 self._parents.setdefault(run.config_id, run.run_id)
             else:
                 self._children.setdefault((run.config_id, run.seed), run.run_id)
@@ -222,9 +143,9 @@ class StudyTracker:
         """Run id of the configuration's parent run, created (with `params`) if missing."""
         _check_config_id(config_id)
         run_id = self._parents.get(config_id)
-        run_tags = {CONFIG_ID_TAG: config_id, RUN_KIND_TAG: "parent"}
+        run_tags = {CONFIG_ID_TAG: config_id, RUN_KIND_TAG: PARENT}
         if run_id is None:
-            run_id = self._create("parent", config_id, params, tags, run_tags)
+            run_id = self._create(PARENT, config_id, params, tags, run_tags)
             self._parents[config_id] = run_id
         else:
             self._reconcile(run_id, params, tags)
@@ -250,11 +171,11 @@ class StudyTracker:
         if run_id is None:
             run_tags = {
                 CONFIG_ID_TAG: config_id,
-                RUN_KIND_TAG: "child",
+                RUN_KIND_TAG: CHILD,
                 SEED_TAG: str(seed),
                 MLFLOW_PARENT_RUN_ID: parent_id,
             }
-            run_id = self._create("child", f"{config_id}-s{seed}", params, tags, run_tags)
+            run_id = self._create(CHILD, f"{config_id}-s{seed}", params, tags, run_tags)
             self._children[(config_id, seed)] = run_id
         else:
             self._reconcile(run_id, params, tags)
@@ -281,9 +202,9 @@ class StudyTracker:
         now = _now_ms()
         per_epoch = []
         for epoch, row in new:
-            metrics = [Metric(EPOCH_METRIC, float(epoch), now, epoch)]
+            metrics = [Metric(EPOCH_MARKER, float(epoch), now, epoch)]
             for key, value in row.items():
-                if key == EPOCH_METRIC:
+                if key == EPOCH_MARKER:
                     continue
                 value = _as_float(key, value, run_id)
                 if math.isfinite(value):
@@ -311,13 +232,13 @@ class StudyTracker:
         `seeds` (how many seeds the aggregate covers).
         """
         self.last_epoch(run_id)
-        if self._kinds.get(run_id) != "parent":
+        if self._kinds.get(run_id) != PARENT:
             raise ValueError(f"run {run_id} is not a parent run of this study")
         for row in epochs:
-            missing = [key for key in PARENT_EPOCH_KEYS if key not in row]
+            missing = [key for key in PARENT_EPOCH_METRICS if key not in row]
             if missing:
                 raise ValueError(
-                    f"parent epoch {row.get(EPOCH_METRIC)!r} of run {run_id} lacks {missing}"
+                    f"parent epoch {row.get(EPOCH_MARKER)!r} of run {run_id} lacks {missing}"
                 )
         return self.log_epochs(run_id, epochs)
 
@@ -333,12 +254,12 @@ class StudyTracker:
         Only what differs from MLflow is written, so finishing twice is a no-op; finishing a
         FAILED run again as FINISHED (after a resume) updates it.
         """
-        if status not in RUN_STATUSES:
-            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"status must be one of {TERMINAL_STATUSES}, got {status!r}")
         tags = {k: str(v) for k, v in (tags or {}).items()}
         _check_not_reserved(tags)
-        if EPOCH_METRIC in final_metrics:
-            raise ValueError(f"{EPOCH_METRIC!r} is bookkeeping, not a final metric")
+        if EPOCH_MARKER in final_metrics:
+            raise ValueError(f"{EPOCH_MARKER!r} is bookkeeping, not a final metric")
         run = self._client.get_run(run_id)
         now = _now_ms()
         metrics = []
@@ -352,10 +273,10 @@ class StudyTracker:
             self._client.set_terminated(run_id, status=status)
 
     def find_runs(
-        self, run_kind: str | None = "child", config_id: str | None = None
+        self, run_kind: str | None = CHILD, config_id: str | None = None
     ) -> list[TrackedRun]:
         """Runs of the study's experiment, oldest first: children, parents (or both for None)."""
-        if run_kind not in ("child", "parent", None):
+        if run_kind not in (CHILD, PARENT, None):
             raise ValueError(f"run_kind must be 'child', 'parent' or None, got {run_kind!r}")
         filter_string = f"tags.{RUN_KIND_TAG} = '{run_kind}'" if run_kind else ""
         found, token = [], None
@@ -472,10 +393,10 @@ def _new_epochs(
     previous = None
     new = []
     for row in epochs:
-        epoch = _as_int(row.get(EPOCH_METRIC))
+        epoch = _as_int(row.get(EPOCH_MARKER))
         if epoch is None or epoch < 1:
             raise ValueError(
-                f"'epoch' must be an int >= 1, got {row.get(EPOCH_METRIC)!r} (run {run_id})"
+                f"'epoch' must be an int >= 1, got {row.get(EPOCH_MARKER)!r} (run {run_id})"
             )
         if previous is not None and epoch != previous + 1:
             raise ValueError(f"epochs must be consecutive, got {epoch} after {previous}")
@@ -526,14 +447,14 @@ def _as_float(key: str, value: object, run_id: str) -> float:
 
 
 def _last_epoch(run: Run) -> int:
-    value = run.data.metrics.get(EPOCH_METRIC)
+    value = run.data.metrics.get(EPOCH_MARKER)
     return int(value) if value is not None and math.isfinite(value) else 0
 
 
 def _tracked(run: Run) -> TrackedRun | None:
     tags = run.data.tags
     kind = tags.get(RUN_KIND_TAG)
-    if kind not in ("parent", "child") or CONFIG_ID_TAG not in tags:
+    if kind not in (PARENT, CHILD) or CONFIG_ID_TAG not in tags:
         return None
     seed = tags.get(SEED_TAG)
     return TrackedRun(

@@ -1,7 +1,7 @@
 """The whole path, as a user runs it: a small real study -> export -> report -> a browser.
 
 ``python study/run.py`` on the embedded local Ray with a local MLflow store, then
-``python study/report.py`` on its experiment, then the HTML opened in real headless Chromium:
+``hdetach-study report`` on its experiment, then the HTML opened in real headless Chromium:
 no console errors, every figure rendered, the verdict table present.
 """
 
@@ -38,7 +38,7 @@ def test_study_export_report_in_a_browser(tmp_path: Path, chromium: DevTools):
     assert (tmp_path / "mlflow.db").exists()  # the embedded default store
 
     out = tmp_path / "reports" / "e2e" / "first"
-    report = [sys.executable, str(ROOT / "study" / "report.py"), "--experiment", "e2e"]
+    report = [str(Path(sys.executable).with_name("hdetach-study")), "report", "--experiment", "e2e"]
     made = subprocess.run(
         [*report, "--out", str(out)], cwd=tmp_path, env=ENV, capture_output=True, text=True
     )

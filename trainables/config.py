@@ -19,17 +19,27 @@ in 0-based epochs ``e > epochs - anneal_p`` (i.e. the last ``anneal_p - 1`` epoc
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
 
-TASKS = ("copying", "seq_mnist", "pmnist")
+from trainables.contract import PIXEL_POOLS, TASKS, arm_of
+
 PRESETS = ("paper", "smoke")
 OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop")
 
 
 class ConfigError(ValueError):
     """A configuration value the user can fix; the message names the value."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for every command of the project: a bad value is one line on stderr and
+    exit code 2 (argparse alone prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 @dataclass(frozen=True)
@@ -114,11 +124,7 @@ class RunConfig:
     @property
     def arm(self) -> str:
         """The comparison arm this configuration belongs to."""
-        if self.c_detach > 0:
-            return "c-detach"
-        if self.damp > 0:
-            return "damp"
-        return "h-detach" if self.p_detach > 0 else "vanilla"
+        return arm_of(self.p_detach, self.c_detach, self.damp)
 
     def validate(self) -> RunConfig:
         def fail(name: str, value, why: str):
@@ -165,8 +171,12 @@ class RunConfig:
             _check_int("shuffle_seed", self.shuffle_seed, minimum=0)
         if self.test_size is not None:
             _check_int("test_size", self.test_size, minimum=1)
-        if self.pixel_pool not in (1, 2, 4, 7, 14, 28):
-            fail("pixel_pool", self.pixel_pool, "must divide 28 (1, 2, 4, 7, 14 or 28)")
+        if self.pixel_pool not in PIXEL_POOLS:
+            fail(
+                "pixel_pool",
+                self.pixel_pool,
+                f"must divide 28 ({', '.join(map(str, PIXEL_POOLS))})",
+            )
         for delay in self.transfer_delays:
             _check_int("transfer delay", delay, minimum=1)
         if self.batch_size > self.train_size:
@@ -257,4 +267,12 @@ def preset_table() -> dict[str, dict[str, dict]]:
     }
 
 
-__all__ = ["ConfigError", "OPTIMIZERS", "PRESETS", "RunConfig", "TASKS", "preset_table"]
+__all__ = [
+    "ConfigError",
+    "OPTIMIZERS",
+    "OneLineParser",
+    "PRESETS",
+    "RunConfig",
+    "TASKS",
+    "preset_table",
+]

@@ -34,7 +34,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from trainables.config import OPTIMIZERS, PRESETS, TASKS, ConfigError, RunConfig, preset_table
+from trainables.config import (
+    OPTIMIZERS,
+    PRESETS,
+    ConfigError,
+    OneLineParser,
+    RunConfig,
+    preset_table,
+)
+from trainables.contract import TASKS, epochs_to_threshold, transfer_metric
 from trainables.engine import HDetachLSTM, MemberLinear
 from trainables.runtime import keep_freed_memory
 from trainables.seeds import stream_generator, stream_seeds
@@ -293,7 +301,7 @@ class Trainer:
                     ).values()
                     _, acc = self.evaluate(split.to(self.device), steps=self.data.acc_steps)
                     for k in range(K):
-                        finals[k][f"transfer_acc_T{delay}"] = acc[k]
+                        finals[k][transfer_metric(delay)] = acc[k]
         finally:
             with torch.no_grad():
                 for p, saved in zip(self.params, current, strict=True):
@@ -304,12 +312,13 @@ class Trainer:
         """Member ``k``'s final metrics on the epochs so far (without test or transfer
         accuracies, which ``finish`` adds from the best-validation weights)."""
         history = self.history[k]
-        reached = [r["epoch"] for r in history if r["val_acc"] >= self.cfg.threshold]
         return {
             "seed": self.cfg.seeds[k],
             "best_val_acc": self.best_val_acc[k] if self.best_epoch[k] else math.nan,
             "best_epoch": self.best_epoch[k],
-            "epochs_to_threshold": reached[0] if reached else math.nan,
+            "epochs_to_threshold": epochs_to_threshold(
+                [r["val_acc"] for r in history], self.cfg.threshold
+            ),
             "diverged": float(self.diverged_epoch[k] is not None),
             "diverged_epoch": self.diverged_epoch[k] or math.nan,
             "last_epoch": len(history),
@@ -436,13 +445,6 @@ def format_epoch(records: list[dict | None], seeds: tuple[int, ...]) -> str:
 # -- command line -------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad value is one line on stderr and exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
     presets = preset_table()
     epilog = "presets (task: preset -> epochs, hidden, lr, batch):\n" + "\n".join(
@@ -451,7 +453,7 @@ def _parser() -> argparse.ArgumentParser:
         for task, p in presets.items()
         for name, v in p.items()
     )
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m trainables.train",
         description="Train one configuration of the h-detach study on K seeds.",
         epilog=epilog,

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from dashboards import claims as cl
+from dashboards import verdicts as vd
 
 # ---------------------------------------------------------------------------- synthetic studies
 
@@ -84,8 +85,8 @@ def one_check_claim(**check) -> cl.Claim:
     return cl.parse_claims(doc)[0]
 
 
-def evaluate(claim: cl.Claim, runs: pd.DataFrame, history=None, benchmarks=None) -> cl.Verdict:
-    (verdict,) = cl.evaluate_claims([claim], runs, history, 0, benchmarks, n_resamples=1000)
+def evaluate(claim: cl.Claim, runs: pd.DataFrame, history=None, benchmarks=None) -> vd.Verdict:
+    (verdict,) = vd.evaluate_claims([claim], runs, history, 0, benchmarks, n_resamples=1000)
     return verdict
 
 
@@ -178,14 +179,14 @@ def test_clear_win_is_supported(rng):
     v = evaluate(one_check_claim(paper={"vanilla": 82, "h-detach": 100}, unit="%"), runs)
     assert v.verdict == "supported", v.reason
     (check,) = v.checks
-    assert check.effect["paired"] is True and check.effect["n_pairs"] == 10
-    assert check.effect["effect"]["low"] > 0.1
-    assert check.effect["p_improve"]["value"] == 1.0 and check.effect["significant"]
-    assert check.arms["h-detach"]["n"] == 10
-    assert check.ours["h-detach"] == pytest.approx(97, abs=1)  # in % beside the paper's 100
+    assert check.paired is True and check.details["n_pairs"] == 10
+    assert check.effect.low > 0.1
+    assert check.p_improve.value == 1.0 and check.significant
+    assert check.treatment.n == 10
+    assert check.treatment.headline.value == pytest.approx(97, abs=1)  # in % beside the paper's 100
     assert check.paper["h-detach"] == 100
     assert v.seeds_needed is None
-    json.dumps(v.to_dict())  # plain data all the way down
+    json.dumps(vd.verdict_json(v))  # plain data all the way down
 
 
 def test_clear_loss_is_contradicted(rng):
@@ -197,7 +198,7 @@ def test_clear_loss_is_contradicted(rng):
     )
     v = evaluate(one_check_claim(), runs)
     assert v.verdict == "contradicted", v.reason
-    assert v.checks[0].effect["effect"]["high"] < 0
+    assert v.checks[0].effect.high < 0
 
 
 def test_coin_flip_with_few_seeds_is_inconclusive_with_seeds_needed():
@@ -232,12 +233,12 @@ def test_missing_task_and_missing_arm_give_no_runs_yet(rng):
     v = evaluate(one_check_claim(), runs)
     assert v.verdict == "no runs yet" and "vanilla" in v.reason
     claims = cl.load_claims()
-    verdicts = {x.claim_id: x for x in cl.evaluate_claims(claims, runs, None, 0)}
+    verdicts = {x.claim_id: x for x in vd.evaluate_claims(claims, runs, None, 0)}
     for cid in ("C4", "C5", "C8", "C10"):
         assert verdicts[cid].verdict == "no runs yet", cid
     assert "captioning" in verdicts["C8"].checks[0].reason
     assert verdicts["C9"].verdict == "no data"
-    empty = cl.evaluate_claims(claims, pd.DataFrame(), None, 0)
+    empty = vd.evaluate_claims(claims, pd.DataFrame(), None, 0)
     assert {x.verdict for x in empty} == {"no runs yet", "no data"}
 
 
@@ -284,11 +285,11 @@ def test_epochs_to_threshold_claim_keeps_censored_runs(rng):
     assert v.verdict == "supported", v.reason
     check = v.checks[0]
     assert check.statistic == "time_to_threshold"
-    assert check.arms["vanilla"]["n"] == 10  # the three that never reached are still there
-    assert check.arms["vanilla"]["reached_rate"]["value"] == pytest.approx(0.7)
-    assert check.arms["h-detach"]["median_epochs"]["value"] < 90
-    assert check.effect["effect"]["low"] > 40  # epochs saved
-    assert check.effect["p_improve"]["value"] == 1.0
+    assert check.baseline.n == 10  # the three that never reached are still there
+    assert check.baseline.reached.value == pytest.approx(0.7)
+    assert check.treatment.headline.value < 90
+    assert check.effect.low > 40  # epochs saved
+    assert check.p_improve.value == 1.0
 
 
 def test_epochs_to_threshold_recomputed_from_history_at_the_claims_threshold(rng):
@@ -309,12 +310,16 @@ def test_epochs_to_threshold_recomputed_from_history_at_the_claims_threshold(rng
     v = evaluate(next(c for c in cl.load_claims() if c.id == "C1"), runs, history=history)
     assert v.verdict == "supported", v.reason
     check = v.checks[0]
-    assert check.arms["h-detach"]["median_epochs"]["value"] == 80  # first epoch with 0.99+
-    assert check.arms["vanilla"]["median_epochs"]["value"] == 159
+    assert check.treatment.headline.value == 80  # first epoch with 0.99+
+    assert check.baseline.headline.value == 159
     # History alone is enough: runs without the per-run epoch columns give the same answer.
     bare = runs.drop(columns=["epochs_to_threshold", "last_epoch", "threshold"])
     again = evaluate(next(c for c in cl.load_claims() if c.id == "C1"), bare, history=history)
-    assert again.checks[0].arms == check.arms
+
+    def arm_numbers(cv):
+        return [(a.n, a.headline, a.reached, a.km.reached.tolist()) for a in cv.arms]
+
+    assert arm_numbers(again.checks[0]) == arm_numbers(check)
 
 
 def test_unpaired_fallback_when_seeds_do_not_match(rng):
@@ -332,7 +337,7 @@ def test_unpaired_fallback_when_seeds_do_not_match(rng):
     )
     v = evaluate(one_check_claim(), runs)
     assert v.verdict == "supported"
-    assert v.checks[0].effect["paired"] is False
+    assert v.checks[0].paired is False
     assert "unpaired" in v.checks[0].reason
 
 
@@ -374,9 +379,9 @@ def test_divergence_without_clipping(rng):
     by_name = {c.name: c for c in v.checks}
     div = by_name["copying T=100, p=0.25: fewer runs diverge"]
     assert div.verdict == "supported", div.reason
-    assert div.arms["vanilla"]["rate"]["value"] == pytest.approx(8 / 12)
+    assert div.baseline.rate.value == pytest.approx(8 / 12)
     grad = by_name["copying T=100, p=0.25: fewer runs with max grad norm above 100"]
-    assert grad.verdict == "supported" and grad.arms["vanilla"]["max"] == math.inf
+    assert grad.verdict == "supported" and grad.baseline.grad_norms.max == math.inf
     assert by_name["sequential MNIST, p=0.25: fewer runs diverge"].verdict == "no runs yet"
     assert v.verdict == "inconclusive" and "without data" in v.reason
 
@@ -412,10 +417,10 @@ def test_not_worse_and_lr_robustness_on_sequential_mnist(rng):
     verdicts = [c.verdict for c in v.checks]
     assert verdicts == ["supported", "supported", "supported"], [c.reason for c in v.checks]
     lr_check = v.checks[2]
-    assert lr_check.arms["vanilla"]["worst_lr"] == 1e-4
-    assert lr_check.effect["effect"]["value"] == pytest.approx(0.085, abs=0.005)
+    assert lr_check.baseline.lr.worst_lr == 1e-4
+    assert lr_check.effect.value == pytest.approx(0.085, abs=0.005)
     # test accuracy: each arm at its best lr (both 1e-3 here), equal within the 0.2-point margin
-    assert v.checks[0].effect["effect"]["low"] > -0.002
+    assert v.checks[0].effect.low > -0.002
 
 
 def test_min_effect_contradicts_a_real_but_tiny_gain(rng):
@@ -458,7 +463,7 @@ def test_transfer_table_claim(rng):
     }
     assert v.verdict == "inconclusive"  # T=400 ... T=5000 have no runs yet
     t1000 = next(c for c in v.checks if c.name == "T=1000, p=0.25")
-    assert t1000.ours["h-detach"] == pytest.approx(63, abs=2)
+    assert t1000.treatment.headline.value == pytest.approx(63, abs=2)
     assert t1000.paper == {"vanilla": 28.82, "h-detach": 63.19}
 
 
@@ -470,6 +475,6 @@ def test_verdicts_are_reproducible_for_a_seed(rng):
         ]
     )
     claim = one_check_claim()
-    a = cl.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0].to_dict()
-    b = cl.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0].to_dict()
+    a = vd.verdict_json(vd.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0])
+    b = vd.verdict_json(vd.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0])
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import math
+import os
 import threading
 import uuid
 from collections import Counter
@@ -15,13 +16,13 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dashboards import export
-from study.schema import EPOCH_METRICS
+from dashboards import dataset, export
 from study.tracking import StudyTracker
+from trainables.contract import EPOCH_METRICS
 
 CONFIGS = {"cfg-van": 0.0, "cfg-hd": 0.25}
 SEEDS = (0, 1, 2)
@@ -257,31 +258,46 @@ def test_interrupted_export_leaves_previous_dataset(
     tracker.log_epochs(grown, epochs(5, 6, 2))
 
     # 1. The process dies half-way through writing a data file.
-    real_write = pq.write_table
+    real_write = ds.write_dataset
 
     def dies_mid_file(table, where, **kwargs):
         real_write(table.slice(0, max(1, table.num_rows // 2)), where, **kwargs)
-        with open(where, "r+b") as handle:
-            handle.truncate(100)  # a torn file, no footer
+        for path in Path(where).rglob("*.parquet"):
+            with open(path, "r+b") as handle:
+                handle.truncate(100)  # a torn file, no footer
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(pq, "write_table", dies_mid_file)
+    monkeypatch.setattr(ds, "write_dataset", dies_mid_file)
     with pytest.raises(KeyboardInterrupt):
         export.export(sqlite_uri, name, out)
-    monkeypatch.setattr(pq, "write_table", real_write)
+    monkeypatch.setattr(ds, "write_dataset", real_write)
     after_runs, after_history = export.load(out, name)
     pd.testing.assert_frame_equal(after_runs, before_runs)
     pd.testing.assert_frame_equal(after_history, before_history)
 
-    # 2. It dies after the data files, before the manifest (the commit point).
-    def dies_before_commit(root, manifest):
+    # 2. It dies after the data files, before the rename into place (the commit point).
+    def dies_before_commit(staging, final, old):
         raise KeyboardInterrupt("killed before commit")
 
-    monkeypatch.setattr(export, "_write_manifest", dies_before_commit)
+    monkeypatch.setattr(dataset, "_commit", dies_before_commit)
     with pytest.raises(KeyboardInterrupt):
         export.export(sqlite_uri, name, out)
     monkeypatch.undo()
     assert len(list(out.rglob("*.parquet"))) > 2  # new, uncommitted files lie around
+    after_runs, after_history = export.load(out, name)
+    pd.testing.assert_frame_equal(after_runs, before_runs)
+    pd.testing.assert_frame_equal(after_history, before_history)
+
+    # 3. It dies between moving the old dataset aside and moving the new one in: readers find
+    # the old one put back.
+    def dies_between_renames(staging, final, old):
+        os.rename(final, old)
+        raise KeyboardInterrupt("killed mid-swap")
+
+    monkeypatch.setattr(dataset, "_commit", dies_between_renames)
+    with pytest.raises(KeyboardInterrupt):
+        export.export(sqlite_uri, name, out)
+    monkeypatch.undo()
     after_runs, after_history = export.load(out, name)
     pd.testing.assert_frame_equal(after_runs, before_runs)
     pd.testing.assert_frame_equal(after_history, before_history)
@@ -315,10 +331,10 @@ def test_write_frames_round_trip_with_hive_partitions(tmp_path: Path) -> None:
         {"run_id": ["a", "a", "b", "c"], "epoch": [1, 2, 1, 1], "val_acc": [0.1, 0.2, 0.3, 0.4]}
     )
     odd = "study/one = 1%"  # names travel URI-encoded in the directory names
-    export.write_frames(tmp_path, odd, runs, history, max_runs_per_file=1)
+    export.write_frames(tmp_path, odd, runs, history, max_rows_per_file=1)
     export.write_frames(tmp_path, "other", runs.iloc[:1], history.iloc[:2])
     assert export.experiments(tmp_path) == sorted([odd, "other"])
-    assert (tmp_path / "runs" / "experiment=study%2Fone%20%3D%201%25" / "task=pmnist").is_dir()
+    assert (tmp_path / "experiment=study%2Fone%20%3D%201%25" / "runs" / "task=pmnist").is_dir()
 
     got, hist = export.load(tmp_path, odd)
     assert sorted(got["run_id"]) == ["a", "b", "c"] and set(got["experiment"]) == {odd}

@@ -12,7 +12,7 @@ from scipy import stats as sps
 from statsmodels.stats.power import TTestIndPower
 from statsmodels.stats.proportion import proportion_confint
 
-from dashboards import stats
+from dashboards import stats, survival, tuning
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_probability_of_improvement_identical_is_exactly_half(rng):
     a = rng.normal(size=15)
     assert stats.prob_improvement_paired(a, a) == 0.5
     assert stats.prob_improvement_unpaired(a, a) == 0.5
-    cmp = stats.paired_comparison(a, a.copy(), rng)
+    cmp = stats.compare(a, a.copy(), rng, paired=True)
     assert cmp.p_improve == (0.5, 0.5, 0.5)
     assert not cmp.significant and not cmp.meaningful
     assert cmp.difference == (0.0, 0.0, 0.0)
@@ -87,11 +87,11 @@ def test_probability_of_improvement_identical_is_exactly_half(rng):
 def test_probability_of_improvement_dominating_is_one(rng):
     b = rng.normal(size=12)
     a = b + 0.01
-    cmp = stats.paired_comparison(a, b, rng)
+    cmp = stats.compare(a, b, rng, paired=True)
     assert cmp.p_improve.value == 1.0
     assert cmp.significant and cmp.meaningful
     assert cmp.difference.value == pytest.approx(0.01)
-    un = stats.unpaired_comparison(b + 100.0, b[:5], rng)
+    un = stats.compare(b + 100.0, b[:5], rng, paired=False)
     assert un.p_improve.value == 1.0 and not un.paired
 
 
@@ -110,14 +110,14 @@ def test_unpaired_probability_equals_mann_whitney_u(rng):
 
 def test_paired_comparison_rejects_mismatched_lengths(rng):
     with pytest.raises(ValueError, match="equal lengths"):
-        stats.paired_comparison(np.ones(3), np.ones(4), rng)
+        stats.compare(np.ones(3), np.ones(4), rng, paired=True)
 
 
 def test_paired_comparison_flags(rng):
     b = rng.normal(size=30)
-    clear = stats.paired_comparison(b + rng.normal(1.0, 0.3, size=30), b, rng)
+    clear = stats.compare(b + rng.normal(1.0, 0.3, size=30), b, rng, paired=True)
     assert clear.significant and clear.meaningful and clear.difference.low > 0
-    noise = stats.paired_comparison(b + rng.normal(0.0, 1.0, size=30), b, rng)
+    noise = stats.compare(b + rng.normal(0.0, 1.0, size=30), b, rng, paired=True)
     assert noise.p_improve.low < 0.5 < noise.p_improve.high
     assert not noise.significant
 
@@ -169,9 +169,9 @@ def test_rate_difference_sign_and_interval():
 
 def test_grad_norm_summary():
     g = stats.grad_norm_summary(np.array([0.5, 2.0, 300.0, np.inf]), bound=100.0)
-    assert g["median"] == pytest.approx(2.0)
-    assert g["max"] == math.inf
-    assert g["fraction_above"].value == 0.5
+    assert g.median == pytest.approx(2.0)
+    assert g.max == math.inf
+    assert g.fraction_above.value == 0.5
 
 
 # ---------------------------------------------------------------------------- censored epochs
@@ -182,13 +182,13 @@ EVENT = np.array([True, True, True, False, False, False])
 
 
 def test_kaplan_meier_hand_example():
-    km = stats.kaplan_meier(TIME, EVENT, n_epochs=5)
+    km = survival.kaplan_meier(TIME, EVENT, n_epochs=5)
     # S(1) = 1; S(2) = 1 - 1/6; S(3) = 5/6 * (1 - 2/4) (the run censored at 2 left the risk set)
     expected_s = np.array([1.0, 5 / 6, 5 / 12, 5 / 12, 5 / 12])
     np.testing.assert_allclose(km.reached, 1.0 - expected_s)
     np.testing.assert_array_equal(km.epochs, [1, 2, 3, 4, 5])
     assert np.all(km.low <= km.reached) and np.all(km.reached <= km.high)
-    med = stats.median_epochs(km)
+    med = survival.median_epochs(km)
     assert med.value == 3.0
     assert med.low <= 3.0 and med.high == math.inf  # the band never gets past 1/2 surely
 
@@ -197,7 +197,7 @@ def test_kaplan_meier_matches_scipy_ecdf_and_its_log_log_band():
     rng = np.random.default_rng(3)
     time = rng.integers(1, 30, size=40).astype(float)
     event = rng.random(40) < 0.6
-    km = stats.kaplan_meier(time, event, n_epochs=30)
+    km = survival.kaplan_meier(time, event, n_epochs=30)
     res = sps.ecdf(sps.CensoredData(uncensored=time[event], right=time[~event]))
     grid = np.arange(1, 31)
     np.testing.assert_allclose(km.reached, 1.0 - res.sf.evaluate(grid), atol=1e-12)
@@ -215,43 +215,43 @@ def test_kaplan_meier_is_vectorised_over_configurations():
     rng = np.random.default_rng(5)
     time = rng.integers(1, 50, size=(7, 20)).astype(float)
     event = rng.random((7, 20)) < 0.5
-    batch = stats.kaplan_meier(time, event, n_epochs=50)
+    batch = survival.kaplan_meier(time, event, n_epochs=50)
     assert batch.reached.shape == (7, 50)
     for i in range(7):
-        one = stats.kaplan_meier(time[i], event[i], n_epochs=50)
+        one = survival.kaplan_meier(time[i], event[i], n_epochs=50)
         np.testing.assert_allclose(batch.reached[i], one.reached)
         np.testing.assert_allclose(batch.low[i], one.low)
-    med = stats.median_epochs(batch)
+    med = survival.median_epochs(batch)
     assert med.value.shape == (7,)
 
 
 def test_censored_runs_are_kept_not_dropped():
-    time, event = stats.censored_epochs(np.array([10.0, np.nan, np.nan]), np.array([50, 50, 20]))
+    time, event = survival.censored_epochs(np.array([10.0, np.nan, np.nan]), np.array([50, 50, 20]))
     np.testing.assert_array_equal(time, [10, 50, 20])
     np.testing.assert_array_equal(event, [True, False, False])
-    km = stats.kaplan_meier(time, event, n_epochs=50)
+    km = survival.kaplan_meier(time, event, n_epochs=50)
     assert km.reached[-1] == pytest.approx(1 / 3)  # dropping them would say 100%
-    assert stats.median_epochs(km).value == math.inf
+    assert survival.median_epochs(km).value == math.inf
 
 
 def test_restricted_mean_epochs_hand_value():
     # sum_{e=0}^{4} S(e) = 1 + 1 + 5/6 + 5/12 + 5/12
-    assert stats.restricted_mean_epochs(TIME, EVENT, horizon=5) == pytest.approx(11 / 3)
-    all_at_1 = stats.restricted_mean_epochs(np.ones(4), np.ones(4, bool), horizon=10)
+    assert survival.restricted_mean_epochs(TIME, EVENT, horizon=5) == pytest.approx(11 / 3)
+    all_at_1 = survival.restricted_mean_epochs(np.ones(4), np.ones(4, bool), horizon=10)
     assert all_at_1 == pytest.approx(1.0)
-    never = stats.restricted_mean_epochs(np.full(4, 10.0), np.zeros(4, bool), horizon=10)
+    never = survival.restricted_mean_epochs(np.full(4, 10.0), np.zeros(4, bool), horizon=10)
     assert never == pytest.approx(10.0)
 
 
 def test_prob_faster_respects_censoring():
     # A reached at 5; B censored at 10 never reached by 10 -> A certainly faster.
-    assert stats.prob_faster([5], [True], [10], [False], paired=True) == 1.0
+    assert survival.prob_faster([5], [True], [10], [False], paired=True) == 1.0
     # B censored at 3 could still reach at 4 or 20: undecided.
-    assert stats.prob_faster([5], [True], [3], [False], paired=True) == 0.5
-    assert stats.prob_faster([5], [True], [5], [True], paired=True) == 0.5
-    assert stats.prob_faster([9], [True], [4], [True], paired=True) == 0.0
-    assert stats.prob_faster(TIME, EVENT, TIME, EVENT, paired=True) == 0.5
-    assert stats.prob_faster(TIME, EVENT, TIME, EVENT, paired=False) == 0.5
+    assert survival.prob_faster([5], [True], [3], [False], paired=True) == 0.5
+    assert survival.prob_faster([5], [True], [5], [True], paired=True) == 0.5
+    assert survival.prob_faster([9], [True], [4], [True], paired=True) == 0.0
+    assert survival.prob_faster(TIME, EVENT, TIME, EVENT, paired=True) == 0.5
+    assert survival.prob_faster(TIME, EVENT, TIME, EVENT, paired=False) == 0.5
 
 
 def test_time_to_threshold_comparison_finds_the_faster_arm(rng):
@@ -262,10 +262,10 @@ def test_time_to_threshold_comparison_finds_the_faster_arm(rng):
     ta = tb - 60
     ta[:3] = rng.integers(60, 100, size=3)
     ea = np.ones(12, bool)
-    cmp = stats.time_to_threshold_comparison(ta, ea, tb, eb, rng, horizon=200, paired=True)
+    cmp = survival.time_to_threshold_comparison(ta, ea, tb, eb, rng, horizon=200, paired=True)
     assert cmp.p_faster.value == 1.0 and cmp.significant
     assert cmp.epochs_saved.low > 30
-    same = stats.time_to_threshold_comparison(tb, eb, tb, eb, rng, horizon=200, paired=True)
+    same = survival.time_to_threshold_comparison(tb, eb, tb, eb, rng, horizon=200, paired=True)
     assert same.p_faster == (0.5, 0.5, 0.5) and same.epochs_saved.value == 0.0
 
 
@@ -275,12 +275,12 @@ def test_time_to_threshold_comparison_finds_the_faster_arm(rng):
 def test_lr_robustness_worst_mean_and_spread(rng):
     lr = np.repeat([1e-3, 5e-4, 1e-4], 4)
     values = np.array([0.9, 0.92, 0.94, 0.96, 0.8, 0.8, 0.8, 0.8, 0.5, 0.6, 0.7, 0.6])
-    r = stats.lr_robustness(lr, values, rng)
+    r = tuning.lr_robustness(lr, values, rng)
     assert r.worst_lr == 1e-4
     assert r.worst.value == pytest.approx(0.6)
     assert r.spread.value == pytest.approx(0.93 - 0.6)
     assert r.worst.low <= 0.6 <= r.worst.high
-    low_better = stats.lr_robustness(lr, values, rng, higher_is_better=False)
+    low_better = tuning.lr_robustness(lr, values, rng, higher_is_better=False)
     assert low_better.worst_lr == 1e-3 and low_better.worst.value == pytest.approx(0.93)
 
 
@@ -288,7 +288,7 @@ def test_lr_worst_case_difference(rng):
     lr = np.repeat([1e-3, 1e-4], 6)
     robust = np.r_[np.full(6, 0.95), np.full(6, 0.9)] + rng.normal(0, 0.005, 12)
     fragile = np.r_[np.full(6, 0.97), np.full(6, 0.5)] + rng.normal(0, 0.005, 12)
-    d = stats.lr_worst_case_difference(lr, robust, lr, fragile, rng)
+    d = tuning.lr_worst_case_difference(lr, robust, lr, fragile, rng)
     assert d.value == pytest.approx(0.4, abs=0.02)
     assert d.low > 0.3
 
@@ -298,7 +298,7 @@ def test_lr_worst_case_difference(rng):
 
 def test_expected_max_endpoints_and_hand_case():
     v = np.array([3.0, 1.0, 2.0])
-    em = stats.expected_max(v)
+    em = tuning.expected_max(v)
     np.testing.assert_array_equal(em.n_trials, [1, 2, 3])
     # n=2 subsets: {1,2}->2, {1,3}->3, {2,3}->3
     np.testing.assert_allclose(em.mean, [2.0, 8 / 3, 3.0])
@@ -308,7 +308,7 @@ def test_expected_max_endpoints_and_hand_case():
 
 def test_expected_max_equals_brute_force_over_subsets():
     v = np.random.default_rng(11).random(7)
-    em = stats.expected_max(v)
+    em = tuning.expected_max(v)
     for n in range(1, 8):
         maxima = [max(c) for c in itertools.combinations(v, n)]
         assert em.mean[n - 1] == pytest.approx(np.mean(maxima))

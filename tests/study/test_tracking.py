@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.tracking import StudyTracker, TrackingError, check_tracking_uri
-from trainables.metrics import EPOCH_METRICS
+from trainables.contract import EPOCH_METRICS
 
 METRICS = EPOCH_METRICS
 

@@ -16,7 +16,7 @@ import torch
 
 from tests.trainables.idx_files import write_mnist_raw
 from trainables.config import ConfigError, RunConfig
-from trainables.metrics import EPOCH_METRICS
+from trainables.contract import EPOCH_METRICS
 from trainables.seeds import stream_seed
 from trainables.train import Trainer
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from trainables.contract import TASKS
+
 from .base import DataNotFoundError, Split, TaskData
 from .copying import generate_copying, load_copying, transfer_sets
 from .mnist import load_mnist
@@ -24,8 +26,6 @@ __all__ = [
     "load_task",
     "transfer_sets",
 ]
-
-TASKS = ("copying", "seq_mnist", "pmnist")
 
 
 def load_task(name: str, **options: object) -> TaskData:

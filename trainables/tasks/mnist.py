@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trainables.contract import PIXEL_POOLS as POOLS
+
 from .base import DataNotFoundError, Split, TaskData, check_positive, check_seed
 
 __all__ = ["DataNotFoundError", "load_mnist", "pixel_permutation", "read_idx"]
@@ -52,9 +54,6 @@ RAW_FILES = (
 PAIR_IMAGES = "images-idx3-ubyte"
 PAIR_LABELS = "labels-idx1-ubyte"
 _IDX_MAGIC = {3: 2051, 1: 2049}  # ubyte IDX: 0x0800 | number of dimensions
-
-
-POOLS = (1, 2, 4, 7, 14, 28)  # divisors of 28: block sizes for --pixel-pool
 
 
 def load_mnist(

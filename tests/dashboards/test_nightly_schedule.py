@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study import nightly
+from dashboards import nightly
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -25,7 +25,7 @@ PLACEHOLDER = "/opt/hdetach-study"
 SERVICE = DEPLOY / "hdetach-nightly.service"
 TIMER = DEPLOY / "hdetach-nightly.timer"
 CRONTAB = DEPLOY / "crontab"
-EXAMPLE = REPO / "study" / "nightly.yaml"
+EXAMPLE = REPO / "dashboards" / "nightly.yaml"
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -58,10 +58,12 @@ def repo_path(path: str) -> Path:
 
 
 def check_nightly_command(words: list[str]) -> None:
-    """`<python> study/nightly.py --config study/nightly.yaml` with files that exist."""
-    assert words[0].endswith("/.venv/bin/python") or words[0] == ".venv/bin/python", words
-    script = words[1]
-    assert script == "study/nightly.py" and repo_path(script).is_file()
+    """`<venv>/bin/hdetach-study nightly --config dashboards/nightly.yaml`, the entry point
+    declared by the project, with a config file that exists."""
+    assert words[0].endswith("/.venv/bin/hdetach-study") or words[0] == ".venv/bin/hdetach-study"
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^hdetach-study = "study.cli:main"$', pyproject, re.MULTILINE)
+    assert words[1] == "nightly"
     config = words[words.index("--config") + 1]
     assert repo_path(config).is_file(), config
     nightly.load_config(repo_path(config))
@@ -76,7 +78,7 @@ def test_service_unit() -> None:
     assert workdir == PLACEHOLDER
     (exec_start,) = service["ExecStart"]
     words = shlex.split(exec_start)
-    assert words[0] == f"{PLACEHOLDER}/.venv/bin/python"
+    assert words[0] == f"{PLACEHOLDER}/.venv/bin/hdetach-study"
     check_nightly_command(words)
     assert unit["Unit"]["Description"]
 
@@ -135,11 +137,11 @@ def test_crontab_line() -> None:
     for text, (low, high) in zip(times, _CRON_RANGES, strict=True):
         assert valid_cron_field(text, low, high), (text, low, high)
     assert not valid_cron_field("61", 0, 59) and not valid_cron_field("*/0", 0, 59)
-    # cd <checkout> && ... && [flock ... ] .venv/bin/python study/nightly.py --config ...
+    # cd <checkout> && ... && [flock ... ] .venv/bin/hdetach-study nightly --config ...
     steps = [shlex.split(step) for step in command.split("&&")]
     assert steps[0][0] == "cd" and steps[0][1] == PLACEHOLDER
     run = steps[-1]
-    start = next(i for i, w in enumerate(run) if w.endswith(".venv/bin/python"))
+    start = next(i for i, w in enumerate(run) if w.endswith(".venv/bin/hdetach-study"))
     if start:
         assert run[0] == "flock", run
     words = [w for w in run[start:] if w not in (">>", "2>&1")]
@@ -153,7 +155,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # can check that ExecStart is executable.
     for path in (SERVICE, TIMER):
         text = path.read_text(encoding="utf-8")
-        text = text.replace(f"{PLACEHOLDER}/.venv/bin/python", sys.executable)
+        entry = Path(sys.executable).with_name("hdetach-study")
+        text = text.replace(f"{PLACEHOLDER}/.venv/bin/hdetach-study", str(entry))
         (tmp_path / path.name).write_text(text.replace(PLACEHOLDER, str(REPO)))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", SERVICE.name, TIMER.name],
@@ -175,13 +178,12 @@ def test_example_config_validates() -> None:
     assert config.batches and all(b.seeds >= 1 for b in config.batches)
     assert {b.task for b in config.batches} <= {"copying", "seq_mnist", "pmnist"}
     for batch in config.batches:
-        if batch.search == "fixed":
-            assert batch.configs and all(
-                set(c) == {"p_detach", "lr", "clip"} for c in batch.configs
-            )
+        if batch.options["search"] == "fixed":
+            configs = batch.options["configs"]
+            assert configs and all(set(c) == {"p_detach", "lr", "clip"} for c in configs)
             # Every h-detach configuration has its paired vanilla baseline in the batch.
-            baselines = {(c["lr"], c["clip"]) for c in batch.configs if c["p_detach"] == 0}
-            assert all((c["lr"], c["clip"]) in baselines for c in batch.configs)
+            baselines = {(c["lr"], c["clip"]) for c in configs if c["p_detach"] == 0}
+            assert all((c["lr"], c["clip"]) in baselines for c in configs)
 
 
 def fixed(config: str) -> str:
@@ -190,17 +192,24 @@ def fixed(config: str) -> str:
 
 BAD = [
     ("batches: []\n", "batches: must be a non-empty list"),
-    ("experiment: x\nbatches: [{task: cifar}]\n", "batches[0].task: must be one of"),
+    ("experiment: x\nbatches: [{task: cifar}]\n", "batches[0]: unknown task 'cifar'"),
     (
         fixed("{p_detach: 1.5, lr: 0.1, clip: true}"),
-        "batches[0].configs[0].p_detach: must be in [0, 1], got 1.5",
+        "batches[0]: p_detach must be in [0, 1], got 1.5",
     ),
-    (fixed("{p_detach: 0, lr: 0, clip: true}"), "batches[0].configs[0].lr: must be a number > 0"),
-    (fixed("{p_detach: 0, lr: 0.1, clip: 1}"), "batches[0].configs[0].clip: must be true or"),
-    (fixed("{p_detach: 0, lr: 0.1}"), "batches[0].configs[0]: needs clip"),
-    ("experiment: x\nbatches: [{task: copying}]\n", "batches[0].configs: search 'fixed' needs"),
-    ("experiment: x\nseeds: 0\nbatches: [{task: copying, search: tpe}]\n", "seeds: must be"),
-    ("experiment: x\nbatch: []\n", "batch: unknown key"),
+    (fixed("{p_detach: 0, lr: 0, clip: true}"), "batches[0]: lr must be > 0, got 0"),
+    (fixed("{p_detach: 0, lr: 0.1, clip: 1}"), "batches[0]: clip must be true or false, got 1"),
+    (fixed("{p_detach: 0, lr: 0.1, colour: red}"), "batches[0]: a fixed config has keys"),
+    ("experiment: x\nbatches: [{task: copying}]\n", "batches[0]: search 'fixed' needs configs"),
+    (
+        "experiment: x\nseeds: 0\nbatches: [{task: copying, search: tpe}]\n",
+        "batches[0]: seeds must be an integer >= 1, got 0",
+    ),
+    ("experiment: x\nbatch: []\n", "batches: must be a non-empty list"),
+    (
+        "experiment: x\nbatchez: 1\nbatches: [{task: copying, search: tpe}]\n",
+        "unknown option 'batchez'",
+    ),
     ("batches: [{task: copying, search: tpe}]\n", "batches[0].experiment: must be non-empty"),
     ("experiment: [unclosed\n", "is not valid YAML"),
 ]
@@ -239,7 +248,7 @@ def test_batch_options_fit_the_study_api() -> None:
     fields = {f.name for f in dataclasses.fields(run.StudyOptions)}
     config = nightly.load_config(EXAMPLE)
     for batch in config.batches:
-        options = nightly.batch_options(batch, config, 7, "nightly-test")
+        options = nightly.batch_options(batch, 7, "nightly-test")
         assert set(options) <= fields, sorted(set(options) - fields)
         assert options["seed_offset"] == 7 and options["resume"] is False
         study_options = run.StudyOptions(**options).validate()  # the study's own checks
@@ -280,14 +289,16 @@ def test_cluster_head_installs_the_nightly_timer(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
     config = nightly.load_config(home / "hdetach-nightly.yaml")
-    assert config.address == "auto" and config.storage_path == "s3://bucket/hd"
-    assert config.gpus_per_trial == 0.25 and config.max_concurrent is None
+    for batch in config.batches:
+        options = batch.options
+        assert options["address"] == "auto" and options["storage_path"] == "s3://bucket/hd"
+        assert options["gpus_per_trial"] == 0.25 and options["max_concurrent"] is None
     service = configparser.ConfigParser(strict=False, interpolation=None)
     service.optionxform = str
     service.read(units / "hdetach-nightly.service")
     assert service["Service"]["WorkingDirectory"] == str(home / "hdetach-study")
     start = service["Service"]["ExecStart"]
-    assert "study/nightly.py --config " + str(home / "hdetach-nightly.yaml") in start
+    assert "hdetach-study nightly --config " + str(home / "hdetach-nightly.yaml") in start
     for needle in ("MLFLOW_TRACKING_URI", "mlflow_admin_password", "RAY_AUTH_MODE=token"):
         assert needle in start
     assert "User" in service["Service"]

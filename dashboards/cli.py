@@ -1,8 +1,10 @@
-"""Write the study report: export the experiment from MLflow, judge the claims, write HTML.
+"""The report command: export the experiment from MLflow, judge the claims, write HTML.
 
-    python study/report.py --experiment NAME [--experiment NAME2 ...] [--tracking-uri URI]
+    hdetach-study report --experiment NAME [--experiment NAME2 ...] [--tracking-uri URI]
         [--out DIR] [--data-dir DIR] [--since PREVIOUS_REPORT_DIR|latest]
         [--benchmarks benchmark.json]
+
+(also ``python -m dashboards.cli ...``).
 
 Steps: export the experiment's child runs incrementally into a Parquet dataset
 (``<out parent>/data`` unless ``--data-dir``), load it, write ``index.html`` and
@@ -31,12 +33,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dashboards import claims as claims_mod  # noqa: E402
-from dashboards import export, report  # noqa: E402
-from dashboards.stats import N_RESAMPLES  # noqa: E402
-from study.tracking import RUN_KIND_TAG, TrackingError, check_tracking_uri  # noqa: E402
+from dashboards import claims as claims_mod
+from dashboards import export, report
+from dashboards.stats import N_RESAMPLES
+from trainables.contract import REPORT, RUN_KIND_TAG
+from trainables.tracking_uri import TrackingError, check_tracking_uri
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_REPORTS_DIR = Path("reports")
@@ -54,7 +55,7 @@ def experiment_slug(name: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="study/report.py",
+        prog="hdetach-study report",
         description="Export a study from MLflow and write its HTML report with claim verdicts.",
     )
     parser.add_argument(
@@ -185,7 +186,7 @@ def _log_report_run(
 
     stamp = out.name
     tags = {
-        RUN_KIND_TAG: "report",
+        RUN_KIND_TAG: REPORT,
         "report.dir": str(out.resolve()),
         "report.experiments": ", ".join(names),
     }

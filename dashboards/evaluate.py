@@ -1,0 +1,321 @@
+"""The evaluators behind :func:`dashboards.verdicts.evaluate_claims`: one per statistic of a
+check (mean, rate, time to threshold, worst learning rate, spread over seeds, benchmark).
+
+Each selects the two arms' runs, computes the estimates with :mod:`dashboards.stats`,
+:mod:`dashboards.survival` and :mod:`dashboards.tuning`, and hands them to
+:func:`dashboards.verdicts.judged`, which applies the decision rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dashboards import runs as runs_mod
+from dashboards import stats, survival, tuning
+from dashboards.claims import Check, Claim
+from dashboards.stats import Estimate
+from dashboards.verdicts import ArmResult, CheckVerdict, empty, judged, null_difference
+
+
+class Context:
+    """What every check of one evaluation shares: the history index and the random stream."""
+
+    def __init__(
+        self, history: pd.DataFrame | None, rng: np.random.Generator, n_resamples: int | None
+    ):
+        self.history = history
+        self.index = runs_mod.HistoryIndex(history)
+        self.rng = rng
+        self.n_resamples = n_resamples or stats.N_RESAMPLES
+
+
+def _scale(check: Check) -> float:
+    return 100.0 if check.percent else 1.0
+
+
+def _scaled(e: Estimate, scale: float) -> Estimate:
+    return Estimate(e.value * scale, e.low * scale, e.high * scale)
+
+
+def _finite(arm: pd.DataFrame, col: str) -> np.ndarray:
+    v = arm[col].to_numpy(float)
+    return v[~np.isnan(v)]
+
+
+def _summary_arm(name: str, values: np.ndarray, check: Check, ctx: Context, pick: str):
+    s = stats.summarize(values, ctx.rng, n_resamples=ctx.n_resamples)
+    return ArmResult(name, s.n, _scaled(getattr(s, pick), _scale(check)), summary=s)
+
+
+def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
+    col = check.metric
+    sign = -1.0 if check.lower_is_better else 1.0
+    vt, vb = _finite(treat, col), _finite(base, col)
+    if vt.size == 0 or vb.size == 0:
+        return empty(check, "no runs yet", f"no finite '{col}' values in one arm")
+    a, b, paired = runs_mod.paired_values(treat, base, col, across_lr=check.select_lr == "best")
+    cmp = stats.compare(sign * a, sign * b, ctx.rng, paired=paired, n_resamples=ctx.n_resamples)
+    at = _summary_arm(check.treatment, vt, check, ctx, "mean")
+    ab = _summary_arm(check.baseline, vb, check, ctx, "mean")
+    # The arms' sizes are the runs compared: the pairs when paired.
+    at, ab = replace(at, n=a.size), replace(ab, n=b.size)
+    seeds = stats.seeds_needed(
+        sign * vt, sign * vb, null_difference=null_difference(check, cmp.difference.value)
+    )
+    details = {
+        "n_pairs": int(a.size) if paired else 0,
+        "welch_p": stats.welch_pvalue(vt, vb),
+        "mann_whitney_p": stats.mann_whitney_pvalue(vt, vb),
+    }
+    what = "paired" if paired else "unpaired"
+    describe = f"{what} mean difference in {col}{' (sign flipped)' if sign < 0 else ''}"
+    return judged(
+        check, claim, cmp.difference, cmp.p_improve, (at, ab), describe,
+        paired=paired, seeds=seeds, details=details,
+    )  # fmt: skip
+
+
+def _flags(v: pd.Series, check: Check) -> np.ndarray:
+    """The per-run 0/1 outcome a rate check counts (before orienting lower-is-better)."""
+    if check.success_at is not None:
+        return (v.to_numpy(float, na_value=np.nan) >= check.success_at).astype(bool)
+    if check.exceeds is not None:
+        # NaN/inf norms are overflows: count them as above the bound.
+        return ~(v.to_numpy(float, na_value=np.nan) <= check.exceeds)
+    return v.astype("boolean").fillna(False).to_numpy(dtype=bool)
+
+
+def _eval_rate(check, claim, treat, base, ctx) -> CheckVerdict:
+    ft, fb = _flags(treat[check.metric], check), _flags(base[check.metric], check)
+    good_t, good_b = ft ^ check.lower_is_better, fb ^ check.lower_is_better
+    effect = stats.rate_difference(good_t, good_b)
+    pairs = runs_mod.pair(treat, base)
+    pt, pb = good_t, good_b
+    if pairs is not None:
+        pt = _flags(pairs[f"{check.metric}_t"], check) ^ check.lower_is_better
+        pb = _flags(pairs[f"{check.metric}_b"], check) ^ check.lower_is_better
+    cmp = stats.compare(
+        pt.astype(float), pb.astype(float), ctx.rng,
+        paired=pairs is not None, n_resamples=ctx.n_resamples,
+    )  # fmt: skip
+    arms = []
+    for name, flags, arm in ((check.treatment, ft, treat), (check.baseline, fb, base)):
+        r = stats.rate(flags)
+        grad = None
+        if check.metric == "max_grad_norm" and check.exceeds is not None:
+            grad = stats.grad_norm_summary(arm["max_grad_norm"].to_numpy(float), check.exceeds)
+        arms.append(ArmResult(name, flags.size, _scaled(r, _scale(check)), rate=r, grad_norms=grad))
+    seeds = stats.seeds_needed(
+        good_t.astype(float), good_b.astype(float),
+        null_difference=null_difference(check, effect.value),
+    )  # fmt: skip
+    if check.success_at is not None:
+        label = f"{check.metric} >= {check.success_at:g}"
+    elif check.exceeds is not None:
+        label = f"{check.metric} > {check.exceeds:g}"
+    else:
+        label = check.metric
+    flip = "1 - " if check.lower_is_better else ""
+    describe = f"difference in rate of {flip}[{label}]"
+    return judged(
+        check, claim, effect, cmp.p_improve, tuple(arms), describe,
+        paired=pairs is not None, seeds=seeds,
+    )  # fmt: skip
+
+
+def _time_event(arm: pd.DataFrame, check: Check, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """(time, event) per run at the check's threshold; NaN time for runs we cannot judge.
+
+    With a threshold, the history (where it covers the run) gives the first epoch reaching it;
+    otherwise the runs' own column counts only if it was computed at that same threshold.
+    """
+    n = len(arm)
+    nan = np.full(n, np.nan)
+    last = arm["last_epoch"].to_numpy(float) if "last_epoch" in arm.columns else nan
+    ett = arm["epochs_to_threshold"].to_numpy(float) if "epochs_to_threshold" in arm else nan
+    if check.threshold is None:
+        if "epochs_to_threshold" not in arm.columns:  # nothing says when anything was reached
+            return nan, np.zeros(n, dtype=bool)
+        return survival.censored_epochs(ett, last)
+    known = np.zeros(n, dtype=bool)
+    if "threshold" in arm.columns and "epochs_to_threshold" in arm.columns:
+        known = np.isclose(arm["threshold"].to_numpy(float), check.threshold)
+    ett = np.where(known, ett, np.nan)
+    if "run_id" in arm.columns:
+        first, last_h = ctx.index.reach(arm["run_id"].tolist(), check.threshold)
+        from_history = ~np.isnan(last_h)
+        ett = np.where(from_history, first, ett)
+        last = np.where(from_history & np.isnan(last), last_h, last)
+        known |= from_history
+    time, event = survival.censored_epochs(ett, last)
+    return np.where(known, time, np.nan), event & known
+
+
+def _time_arm(name: str, time: np.ndarray, event: np.ndarray, horizon: int) -> ArmResult:
+    km = survival.kaplan_meier(time, event, horizon)
+    n = int(np.sum(~np.isnan(time)))
+    reached = stats.wilson_interval(int(event.sum()), n)
+    return ArmResult(name, n, survival.median_epochs(km), km=km, reached=reached)
+
+
+def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
+    if "epochs_to_threshold" not in treat.columns and ctx.history is None:
+        return empty(check, "no runs yet", "no epochs_to_threshold column and no history")
+    tt, et = _time_event(treat, check, ctx)
+    tb, eb = _time_event(base, check, ctx)
+    okt, okb = ~np.isnan(tt), ~np.isnan(tb)
+    if not okt.any() or not okb.any():
+        thr = "" if check.threshold is None else f" at threshold {check.threshold:g}"
+        return empty(check, "no runs yet", f"no runs with epochs-to-threshold{thr} in one arm")
+    # The planned epochs set the horizon, so a run censored early is not mistaken for the end.
+    observed = np.r_[tt[okt], tb[okb]]
+    if "epochs" in treat.columns and "epochs" in base.columns:
+        observed = np.r_[observed, treat["epochs"].to_numpy(float), base["epochs"].to_numpy(float)]
+    horizon = max(int(np.nanmax(observed)), 1)
+    arms = (
+        _time_arm(check.treatment, tt[okt], et[okt], horizon),
+        _time_arm(check.baseline, tb[okb], eb[okb], horizon),
+    )
+    pairs = runs_mod.pair(treat.assign(_t=tt, _e=et), base.assign(_t=tb, _e=eb))
+    paired = False
+    if pairs is not None:
+        pairs = pairs[pairs["_t_t"].notna() & pairs["_t_b"].notna()]
+        paired = len(pairs) >= 2
+    if paired:
+        data = [pairs[c].to_numpy() for c in ("_t_t", "_e_t", "_t_b", "_e_b")]
+    else:
+        data = [tt[okt], et[okt], tb[okb], eb[okb]]
+    cmp = survival.time_to_threshold_comparison(
+        *data, ctx.rng, horizon=horizon, paired=paired, n_resamples=ctx.n_resamples
+    )
+    arms = (replace(arms[0], n=cmp.n_a), replace(arms[1], n=cmp.n_b))
+    seeds = stats.seeds_needed(
+        -tt[okt], -tb[okb], null_difference=null_difference(check, cmp.epochs_saved.value)
+    )
+    describe = f"epochs saved (restricted mean to {horizon} epochs)"
+    return judged(
+        check, claim, cmp.epochs_saved, cmp.p_faster, arms, describe,
+        paired=paired, seeds=seeds, details={"horizon": horizon},
+    )  # fmt: skip
+
+
+def _eval_lr(check, claim, treat, base, ctx) -> CheckVerdict:
+    col = check.metric
+    higher = not check.lower_is_better
+    lt, vt = treat["lr"].to_numpy(float), treat[col].to_numpy(float)
+    lb, vb = base["lr"].to_numpy(float), base[col].to_numpy(float)
+    common = np.intersect1d(lt[~np.isnan(vt)], lb[~np.isnan(vb)])
+    if common.size < 2:
+        return empty(check, "no runs yet", f"needs >= 2 common learning rates, has {common.size}")
+    kw = {"higher_is_better": higher, "n_resamples": ctx.n_resamples}
+    rt = tuning.lr_robustness(lt, vt, ctx.rng, **kw)
+    rb = tuning.lr_robustness(lb, vb, ctx.rng, **kw)
+    effect = tuning.lr_worst_case_difference(lt, vt, lb, vb, ctx.rng, **kw)
+    sign = 1.0 if higher else -1.0
+    seeds = stats.seeds_needed(
+        sign * vt[np.isclose(lt, rt.worst_lr)],
+        sign * vb[np.isclose(lb, rb.worst_lr)],
+        null_difference=null_difference(check, effect.value),
+    )
+    arms = tuple(
+        ArmResult(name, int(min(np.sum(np.isclose(lr, x)) for x in common)),
+                  _scaled(r.worst, _scale(check)), lr=r)
+        for name, r, lr in ((check.treatment, rt, lt), (check.baseline, rb, lb))
+    )  # fmt: skip
+    describe = f"worst-case mean {col} over {common.size} learning rates, difference"
+    return judged(
+        check, claim, effect, None, arms, describe,
+        seeds=seeds, details={"common_lrs": common.tolist()},
+    )  # fmt: skip
+
+
+def _eval_std(check, claim, treat, base, ctx) -> CheckVerdict:
+    vt, vb = _finite(treat, check.metric), _finite(base, check.metric)
+    if vt.size == 0 or vb.size == 0:
+        return empty(check, "no runs yet", f"no finite '{check.metric}' values in one arm")
+    effect = stats.std_difference(vt, vb, ctx.rng, n_resamples=ctx.n_resamples)
+    arms = (
+        _summary_arm(check.treatment, vt, check, ctx, "std"),
+        _summary_arm(check.baseline, vb, check, ctx, "std"),
+    )
+    describe = f"std of {check.metric} over seeds, baseline minus treatment"
+    return judged(check, claim, effect, None, arms, describe)
+
+
+_EVALUATORS = {
+    "mean": _eval_mean,
+    "rate": _eval_rate,
+    "time_to_threshold": _eval_time,
+    "lr_worst_case": _eval_lr,
+    "seed_std": _eval_std,
+}
+
+
+def _benchmark_figure(raw: Any) -> Estimate | None:
+    if isinstance(raw, Estimate):
+        return raw
+    if isinstance(raw, Mapping) and "value" in raw:
+        v = float(raw["value"])
+        return Estimate(v, float(raw.get("low", v)), float(raw.get("high", v)))
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return Estimate(float(raw), float(raw), float(raw))
+    return None
+
+
+def _eval_benchmark(check: Check, benchmarks: Mapping[str, Any] | None) -> CheckVerdict:
+    fig = _benchmark_figure((benchmarks or {}).get(check.metric))
+    if fig is None:
+        return empty(check, "no data", f"no benchmark figure '{check.metric}' given")
+    below = check.comparison == "below"
+    if (fig.high < check.value) if below else (fig.low > check.value):
+        verdict = "supported"
+    elif (fig.low >= check.value) if below else (fig.high <= check.value):
+        verdict = "contradicted"
+    else:
+        verdict = "inconclusive"
+    side = "below" if below else "above"
+    ci = f"{fig.value:+.4g} [{fig.low:+.4g}, {fig.high:+.4g}]"
+    reason = f"{check.metric} = {ci}, claimed {side} {check.value:g}: {verdict}."
+    return CheckVerdict(check, verdict, reason, figure=fig)
+
+
+def select_arm(
+    runs: pd.DataFrame, check: Check, arm: str, extra: Mapping[str, Any]
+) -> tuple[pd.DataFrame, str | None]:
+    """The runs of one arm of a check (task, filters, the arm's own filters, best lr), and why
+    there are none."""
+    if "task" not in runs.columns or "arm" not in runs.columns:
+        return runs.iloc[:0], "the runs table has no task/arm columns"
+    chosen = runs[(runs["task"] == check.task) & (runs["arm"] == arm)]
+    chosen, missing = runs_mod.select(chosen, {**check.filters, **extra})
+    if missing is None and chosen.empty:
+        missing = f"no {arm} runs of '{check.task}' match {check.filters | dict(extra)}"
+    if missing is None and check.select_lr == "best":
+        chosen, missing = runs_mod.best_lr(chosen)
+    return chosen, missing
+
+
+def evaluate_check(
+    check: Check, claim: Claim, runs: pd.DataFrame, ctx: Context, benchmarks
+) -> CheckVerdict:
+    """The verdict on one check of ``claim``."""
+    if check.statistic == "benchmark":
+        return _eval_benchmark(check, benchmarks)
+    if "task" in runs.columns and not (runs["task"] == check.task).any():
+        return empty(check, "no runs yet", f"no runs of task '{check.task}'")
+    if check.metric not in runs.columns and not (
+        check.statistic == "time_to_threshold" and ctx.history is not None
+    ):
+        return empty(check, "no runs yet", f"no '{check.metric}' column in the runs")
+    if check.statistic == "lr_worst_case" and "lr" not in runs.columns:
+        return empty(check, "no runs yet", "no 'lr' column in the runs")
+    treat, why_t = select_arm(runs, check, check.treatment, check.treatment_filters)
+    base, why_b = select_arm(runs, check, check.baseline, check.baseline_filters)
+    if why_t or why_b:
+        return empty(check, "no runs yet", why_t or why_b)
+    return _EVALUATORS[check.statistic](check, claim, treat, base, ctx)

@@ -1,0 +1,189 @@
+"""Tuning: how a metric depends on the learning rate, and what a search budget buys.
+
+Learning-rate robustness compares arms at their worst learning rate (the paper's Fig 6
+question); the expected best value among n trials is Dodge et al.'s (2019) tuning-budget
+curve. Pure functions on numpy arrays, bootstrap intervals as in :mod:`dashboards.stats`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import gammaln
+
+from dashboards.stats import (
+    CONFIDENCE,
+    N_RESAMPLES,
+    NAN,
+    Estimate,
+    as_1d,
+    check_confidence,
+    quantile_ci,
+)
+
+
+class LrRobustness(NamedTuple):
+    """Mean metric per learning rate and its worst case and spread over learning rates."""
+
+    lrs: np.ndarray
+    means: np.ndarray
+    worst_lr: float
+    worst: Estimate
+    spread: Estimate
+
+
+class ExpectedMax(NamedTuple):
+    """Expected best value among n trials, n = 1..N, and the std of that best value."""
+
+    n_trials: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# Learning-rate robustness
+
+
+def _lr_groups(lr: np.ndarray, values: np.ndarray) -> dict[float, np.ndarray]:
+    """The finite values of each learning rate, by increasing learning rate."""
+    lr = as_1d(lr, "lr")
+    values = as_1d(values, "values")
+    if lr.shape != values.shape:
+        raise ValueError(f"lr and values need equal lengths, got {lr.size} and {values.size}")
+    keep = ~np.isnan(values) & ~np.isnan(lr)
+    lr, values = lr[keep], values[keep]
+    return {x: values[lr == x] for x in np.unique(lr)}
+
+
+def _boot_means(groups: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
+    """Bootstrap means per group (seeds resampled within each): ``n x len(groups)``."""
+    out = np.empty((n, len(groups)))
+    for j, v in enumerate(groups):  # a handful of learning rates, not runs
+        out[:, j] = v[rng.integers(0, v.size, size=(n, v.size))].mean(axis=-1)
+    return out
+
+
+def lr_robustness(
+    lr: np.ndarray,
+    values: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    higher_is_better: bool = True,
+    n_resamples: int = N_RESAMPLES,
+    confidence_level: float = CONFIDENCE,
+) -> LrRobustness:
+    """Worst mean over learning rates and the spread (max mean - min mean), bootstrap CIs.
+
+    Seeds are resampled within each learning rate.
+
+    Args:
+        lr: ``num_runs`` learning rate of each run; values: ``num_runs`` metric values.
+    """
+    check_confidence(confidence_level)
+    by_lr = _lr_groups(lr, values)
+    lrs = np.array(list(by_lr), dtype=float)
+    if lrs.size == 0:
+        return LrRobustness(lrs, np.empty(0), math.nan, NAN, NAN)
+    groups = list(by_lr.values())
+    means = np.array([v.mean() for v in groups])
+    pick = np.argmin if higher_is_better else np.argmax
+    worst_idx = int(pick(means))
+    boot = _boot_means(groups, rng, n_resamples)
+    boot_worst = boot.min(axis=1) if higher_is_better else boot.max(axis=1)
+    boot_spread = boot.max(axis=1) - boot.min(axis=1)
+    few = min(v.size for v in groups) < 2
+    wl, wh = (math.nan, math.nan) if few else quantile_ci(boot_worst, confidence_level)
+    sl, sh = (math.nan, math.nan) if few else quantile_ci(boot_spread, confidence_level)
+    return LrRobustness(
+        lrs=lrs,
+        means=means,
+        worst_lr=float(lrs[worst_idx]),
+        worst=Estimate(float(means[worst_idx]), float(wl), float(wh)),
+        spread=Estimate(float(means.max() - means.min()), float(sl), float(sh)),
+    )
+
+
+def lr_worst_case_difference(
+    lr_a: np.ndarray,
+    values_a: np.ndarray,
+    lr_b: np.ndarray,
+    values_b: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    higher_is_better: bool = True,
+    n_resamples: int = N_RESAMPLES,
+    confidence_level: float = CONFIDENCE,
+) -> Estimate:
+    """Worst-case mean of A minus that of B over their common learning rates, bootstrap CI.
+
+    Oriented so that a positive value means A's worst case is better.
+
+    Args:
+        lr_a, values_a: ``n_a`` runs of arm A; lr_b, values_b: ``n_b`` runs of arm B.
+    """
+    check_confidence(confidence_level)
+    by_lr_a = _lr_groups(lr_a, values_a)
+    by_lr_b = _lr_groups(lr_b, values_b)
+    common = [x for x in by_lr_a if x in by_lr_b]
+    if not common:
+        return NAN
+    groups_a = [by_lr_a[x] for x in common]
+    groups_b = [by_lr_b[x] for x in common]
+    sign = 1.0 if higher_is_better else -1.0
+
+    def worst(groups: list[np.ndarray]) -> float:
+        return float(min(sign * v.mean() for v in groups))
+
+    value = worst(groups_a) - worst(groups_b)
+    if min(v.size for v in groups_a + groups_b) < 2:
+        return Estimate(value, math.nan, math.nan)
+    boot_a = (sign * _boot_means(groups_a, rng, n_resamples)).min(axis=1)
+    boot_b = (sign * _boot_means(groups_b, rng, n_resamples)).min(axis=1)
+    low, high = quantile_ci(boot_a - boot_b, confidence_level)
+    return Estimate(value, float(min(low, value)), float(max(high, value)))
+
+
+# --------------------------------------------------------------------------------------------
+# Expected best validation accuracy over n trials (Dodge et al. 2019)
+
+
+def expected_max(values: np.ndarray) -> ExpectedMax:
+    """Expected best value among n trials, n = 1..N, from N observed trial values.
+
+    Unbiased order-statistic estimator (n trials drawn *without* replacement from the N
+    observed, so it is the U-statistic of max over n-subsets): with v_(1) <= ... <= v_(N)
+    sorted,
+
+        E[max_n] = sum_{i=n}^{N} v_(i) * C(i-1, n-1) / C(N, n),
+
+    since v_(i) is the maximum of exactly C(i-1, n-1) of the C(N, n) subsets. At n = 1 it is
+    the mean, at n = N the maximum. ``std`` is sqrt(E[max_n^2] - E[max_n]^2) under the same
+    weights (the spread of the best-of-n value; 0 at n = N). Dodge et al.'s original plug-in
+    formula samples with replacement and is biased upwards for n close to N.
+
+    Args:
+        values: ``num_trials`` best validation values; NaNs are dropped.
+
+    Returns:
+        arrays of length N (empty when no values).
+    """
+    v = np.sort(as_1d(values, "values"))
+    v = v[~np.isnan(v)]
+    big_n = v.size
+    n = np.arange(1, big_n + 1)[:, None]
+    i = np.arange(1, big_n + 1)[None, :]
+    with np.errstate(invalid="ignore"):
+        log_w = (
+            gammaln(i)
+            - gammaln(n)
+            - gammaln(np.maximum(i - n, 0) + 1)
+            - (gammaln(big_n + 1) - gammaln(n + 1) - gammaln(big_n - n + 1))
+        )
+    w = np.where(i >= n, np.exp(log_w), 0.0)
+    w /= w.sum(axis=1, keepdims=True) if big_n else 1.0  # exact up to rounding; renormalise
+    mean = w @ v
+    second = w @ (v * v)
+    std = np.sqrt(np.maximum(second - mean * mean, 0.0))
+    return ExpectedMax(n_trials=n.ravel(), mean=mean, std=std)

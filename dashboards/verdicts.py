@@ -1,0 +1,339 @@
+"""Verdicts on the paper's claims: typed results holding every estimate, and the decision rule.
+
+:func:`evaluate_claims` judges each :class:`~dashboards.claims.Claim` on a study's ``runs``
+(and ``history``, for epochs-to-threshold at a claim's own threshold); the per-statistic
+evaluators live in :mod:`dashboards.evaluate`. Results are dataclasses holding
+:class:`~dashboards.stats.Estimate` values; :func:`verdict_json` turns one into plain JSON
+(``summary.json``) and nothing else serialises them.
+
+Decision rule
+-------------
+Every check turns into an *effect* oriented so that positive means "treatment better" (for
+lower-is-better metrics such as epochs, divergence or grad norm the sign is flipped), with a
+95% CI, and, where defined, P(treatment better than baseline) with a 95% bootstrap CI:
+
+* mean: mean (paired) difference, percentile bootstrap; P(A>B) with ties 1/2.
+* rate: difference of rates, Newcombe interval; P(A>B) on the 0/1 outcomes.
+* time_to_threshold: epochs saved = restricted mean epochs-to-threshold (Kaplan-Meier,
+  censored runs kept) of baseline minus treatment; P(treatment faster), Gehan scoring.
+* lr_worst_case: worst mean over learning rates, treatment minus baseline (no P).
+* seed_std: std over seeds, baseline minus treatment (no P).
+
+A check is
+
+* **better** (``min_effect`` m >= 0): *supported* when the effect CI lies above 0 or P(A>B)
+  is significant (lower bound > 0.5); *contradicted* when the effect CI lies below m, or
+  P(A>B)'s upper bound is below 0.5; if both the sign evidence and the support hold, the
+  evidence conflicts and the check is *inconclusive*.
+* **worse**: the same with the effect negated and P replaced by 1 - P.
+* **not_worse** (margin d): *supported* when the effect CI lies above -d, *contradicted* when
+  it lies below -d.
+* **equivalent** (margin d): *supported* when the CI lies inside (-d, d), *contradicted* when
+  it lies wholly outside.
+* **below / above** (benchmarks, C9): *supported* when the figure (its CI if given) lies below
+  / above ``value``, *contradicted* when it lies on the other side.
+* otherwise, or when an arm has fewer than ``min_seeds`` runs, *inconclusive*; the check
+  then reports the seeds per arm a two-sided t-test at alpha 0.05 would need for power 0.8
+  at the observed effect (Colas et al. 2018; see ``stats.seeds_needed``).
+* *no runs yet* when either arm has no selected runs (or the metric column is missing);
+  *no data* for a benchmark claim whose figure was not given.
+
+A claim is *contradicted* if any check is, *supported* if all checks are, *no runs yet* (or
+*no data*) if no check has data, and *inconclusive* otherwise (its seeds-needed is the largest
+among its inconclusive checks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dashboards.claims import Check, Claim
+from dashboards.stats import SIGNIFICANT_ABOVE, Estimate, GradNorms, Summary, significance
+from dashboards.survival import KaplanMeier
+from dashboards.tuning import LrRobustness
+
+VERDICTS = ("supported", "contradicted", "inconclusive", "no runs yet", "no data")
+EMPTY = frozenset({"no runs yet", "no data"})
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One arm's numbers in one check. ``headline`` is the check's statistic for this arm in
+    the check's unit (percent for accuracies, epochs for the median epochs to threshold)."""
+
+    arm: str
+    n: int
+    headline: Estimate
+    summary: Summary | None = None  # mean, std, median, IQM of the metric
+    rate: Estimate | None = None  # fraction of runs with the rate's outcome (Wilson)
+    km: KaplanMeier | None = None  # fraction that reached the threshold by each epoch
+    reached: Estimate | None = None  # fraction that reached it within the budget (Wilson)
+    lr: LrRobustness | None = None
+    grad_norms: GradNorms | None = None
+
+
+@dataclass(frozen=True)
+class CheckVerdict:
+    """The verdict on one check. ``effect`` is oriented so that > 0 means the treatment is
+    better, in the metric's own units (fractions for accuracies, epochs saved for time)."""
+
+    check: Check
+    verdict: str
+    reason: str
+    treatment: ArmResult | None = None
+    baseline: ArmResult | None = None
+    effect: Estimate | None = None
+    p_improve: Estimate | None = None
+    paired: bool = False
+    seeds_needed: float | None = None
+    figure: Estimate | None = None  # a benchmark check's figure
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.check.name
+
+    @property
+    def statistic(self) -> str:
+        return self.check.statistic
+
+    @property
+    def paper(self) -> dict[str, Any]:
+        """The paper's numbers for this check (per arm, in the check's unit) and its note."""
+        return self.check.paper
+
+    @property
+    def significant(self) -> bool:
+        """P(A>B)'s lower bound is above 1/2 (Bouthillier et al. 2021)."""
+        return self.p_improve is not None and significance(self.p_improve)[0]
+
+    @property
+    def meaningful(self) -> bool:
+        """P(A>B)'s upper bound reaches 3/4 (Bouthillier et al. 2021)."""
+        return self.p_improve is not None and significance(self.p_improve)[1]
+
+    @property
+    def has_data(self) -> bool:
+        return self.verdict not in EMPTY
+
+    @property
+    def arms(self) -> tuple[ArmResult, ...]:
+        return tuple(a for a in (self.treatment, self.baseline) if a is not None)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verdict on one claim: the summary and every check behind it."""
+
+    claim: Claim
+    verdict: str
+    reason: str
+    checks: tuple[CheckVerdict, ...]
+    seeds_needed: float | None = None
+
+    @property
+    def claim_id(self) -> str:
+        return self.claim.id
+
+    @property
+    def headline(self) -> CheckVerdict:
+        """The check a one-line summary shows: the first with data, else the first."""
+        return next((c for c in self.checks if c.has_data), self.checks[0])
+
+
+def empty(check: Check, verdict: str, reason: str) -> CheckVerdict:
+    return CheckVerdict(check, verdict, reason)
+
+
+def fmt_seeds(n: float) -> str:
+    return "infinitely many" if math.isinf(n) else f"{int(n)}"
+
+
+def _signed(x: float) -> str:
+    return "nan" if x is None or math.isnan(x) else f"{x:+.4g}"
+
+
+def _ci(e: Estimate) -> str:
+    return f"{_signed(e.value)} [{_signed(e.low)}, {_signed(e.high)}]"
+
+
+def flip(e: Estimate) -> Estimate:
+    return Estimate(-e.value, -e.high, -e.low)
+
+
+def decide(check: Check, effect: Estimate, p: Estimate | None, n_min: int, min_seeds: int):
+    """(verdict, why) by the module's decision rule; ``effect`` and ``p`` treatment-better."""
+    if n_min < min_seeds:
+        return "inconclusive", f"only {n_min} runs in the smaller arm, {min_seeds} needed to judge"
+    kind = check.comparison
+    if kind == "worse":
+        effect = flip(effect)
+        p = None if p is None else Estimate(1 - p.value, 1 - p.high, 1 - p.low)
+    if kind in ("better", "worse"):
+        p_sig = p is not None and p.low > SIGNIFICANT_ABOVE
+        p_neg = p is not None and p.high < SIGNIFICANT_ABOVE
+        support = effect.low > 0 or p_sig
+        wrong_sign = effect.high < 0 or p_neg
+        too_small = effect.high < check.min_effect
+        word = "better" if kind == "better" else "worse"
+        if support and wrong_sign:
+            return "inconclusive", "effect CI and P(A>B) point in opposite directions"
+        if wrong_sign:
+            return "contradicted", f"the data show the opposite: the treatment is not {word}"
+        if too_small:
+            return "contradicted", f"the effect is surely smaller than {check.min_effect:g}"
+        if support:
+            return "supported", f"the treatment is {word} (CI excludes no effect)"
+        return "inconclusive", "the CI includes no effect"
+    if kind == "not_worse":
+        if effect.low > -check.margin:
+            return "supported", f"not worse by more than {check.margin:g}"
+        if effect.high < -check.margin:
+            return "contradicted", f"worse by more than {check.margin:g}"
+        return "inconclusive", f"the CI straddles the -{check.margin:g} margin"
+    if kind == "equivalent":
+        if -check.margin < effect.low and effect.high < check.margin:
+            return "supported", f"within +-{check.margin:g}"
+        if effect.low > check.margin or effect.high < -check.margin:
+            return "contradicted", f"differs by more than {check.margin:g}"
+        return "inconclusive", f"the CI straddles the +-{check.margin:g} margin"
+    raise AssertionError(f"unhandled comparison {kind}")  # the schema rules this out
+
+
+def null_difference(check: Check, effect_value: float) -> float:
+    """The difference a power computation tests against (the margin for margin checks)."""
+    if check.comparison == "not_worse":
+        return -check.margin
+    if check.comparison == "equivalent":
+        return check.margin if effect_value >= 0 else -check.margin
+    return 0.0
+
+
+def judged(
+    check: Check,
+    claim: Claim,
+    effect: Estimate,
+    p: Estimate | None,
+    arms: tuple[ArmResult, ArmResult],
+    describe: str,
+    *,
+    paired: bool = False,
+    seeds: float | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> CheckVerdict:
+    """A check with data: apply the decision rule and say why in one sentence."""
+    treatment, baseline = arms
+    verdict, why = decide(check, effect, p, min(treatment.n, baseline.n), claim.min_seeds)
+    p_text = "" if p is None else f", P(A>B) {p.value:.2f} [{p.low:.2f}, {p.high:.2f}]"
+    reason = (
+        f"{check.treatment} vs {check.baseline}: {describe} {_ci(effect)}{p_text} "
+        f"({treatment.n} vs {baseline.n} runs): {why}."
+    )
+    if verdict == "inconclusive" and seeds is not None:
+        seeds = max(float(seeds), float(claim.min_seeds))
+        reason = reason[:-1] + f"; about {fmt_seeds(seeds)} seeds per arm would settle it."
+    return CheckVerdict(
+        check,
+        verdict,
+        reason,
+        treatment,
+        baseline,
+        effect,
+        p,
+        paired,
+        seeds if verdict == "inconclusive" else None,
+        details=dict(details or {}),
+    )
+
+
+def aggregate(claim: Claim, checks: list[CheckVerdict]) -> Verdict:
+    """A claim's verdict from its checks' (see the module's decision rule)."""
+    verdicts = [c.verdict for c in checks]
+    judged_checks = [c for c in checks if c.has_data]
+    if not judged_checks:
+        verdict = "no data" if all(v == "no data" for v in verdicts) else "no runs yet"
+        reason = checks[0].reason if len(checks) == 1 else f"none of {len(checks)} checks has data"
+    elif "contradicted" in verdicts:
+        bad = [c.name for c in checks if c.verdict == "contradicted"]
+        verdict, reason = "contradicted", f"contradicted by: {'; '.join(bad)}"
+    elif all(v == "supported" for v in verdicts):
+        verdict = "supported"
+        reason = checks[0].reason if len(checks) == 1 else f"all {len(checks)} checks supported"
+    else:
+        verdict = "inconclusive"
+        n_empty = sum(not c.has_data for c in checks)
+        reason = f"{verdicts.count('supported')} of {len(checks)} checks supported"
+        if n_empty:
+            reason += f", {n_empty} without data yet"
+    seeds = [c.seeds_needed for c in checks if c.verdict == "inconclusive" and c.seeds_needed]
+    seeds = [s for s in seeds if not math.isnan(s)]
+    needed = max(seeds) if seeds and verdict == "inconclusive" else None
+    return Verdict(claim, verdict, reason, tuple(checks), needed)
+
+
+def evaluate_claims(
+    claims: list[Claim],
+    runs: pd.DataFrame,
+    history: pd.DataFrame | None,
+    rng: np.random.Generator | int,
+    benchmarks: Mapping[str, Any] | None = None,
+    *,
+    n_resamples: int | None = None,
+) -> list[Verdict]:
+    """Judge every claim on the study's runs (decision rule: module docstring).
+
+    Args:
+        claims: from :func:`dashboards.claims.load_claims`.
+        runs: one row per run; history: one row per (run, epoch), or None.
+        rng: generator (or seed) driving every bootstrap, for reproducible verdicts.
+        benchmarks: figures for benchmark claims (C9), e.g. ``{"backward_time_ratio": 0.8}``
+            or ``{"backward_time_ratio": {"value": 0.8, "low": 0.75, "high": 0.86}}``.
+        n_resamples: bootstrap resamples per interval (default: ``stats.N_RESAMPLES``).
+
+    Returns:
+        one :class:`Verdict` per claim, in order.
+    """
+    from dashboards.evaluate import Context, evaluate_check
+
+    ctx = Context(history, np.random.default_rng(rng), n_resamples)
+    return [
+        aggregate(claim, [evaluate_check(c, claim, runs, ctx, benchmarks) for c in claim.checks])
+        for claim in claims
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# JSON, at the edge
+
+
+def _est(e: Estimate | None) -> dict[str, float] | None:
+    return None if e is None else {"value": e.value, "low": e.low, "high": e.high}
+
+
+def check_json(cv: CheckVerdict) -> dict[str, Any]:
+    """One check's verdict as plain JSON values (what summary.json keeps of it)."""
+    arms = {a.arm: {"n": a.n, "estimate": _est(a.headline)} for a in cv.arms}
+    return {
+        "verdict": cv.verdict,
+        "unit": cv.check.unit,
+        "effect": _est(cv.figure if cv.figure is not None else cv.effect),
+        "p_improve": _est(cv.p_improve),
+        "arms": arms,
+        "seeds_needed": cv.seeds_needed,
+    }
+
+
+def verdict_json(v: Verdict) -> dict[str, Any]:
+    """One claim's verdict as plain JSON values."""
+    return {
+        "title": v.claim.title,
+        "verdict": v.verdict,
+        "seeds_needed": v.seeds_needed,
+        "checks": {cv.name: check_json(cv) for cv in v.checks},
+    }

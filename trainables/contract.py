@@ -1,0 +1,136 @@
+"""The data contract of a study: every name a run writes and every quantity derived from it.
+
+Training (``trainables``) produces the records, the study (``study``) logs them to MLflow,
+the reports (``dashboards``) read them back from Parquet. Each name, tag, arm and derived
+quantity is defined here once and imported by all three; nothing here imports torch, Ray or
+MLflow, so any step (and a notebook) can read it cheaply.
+
+MLflow layout of one study: one experiment; per configuration one *parent* run
+(``run_kind=parent``) with the seed-aggregate curves; per (configuration, seed) one *child* run
+(``run_kind=child``, nested under its parent) with the per-epoch metrics (``step = epoch``)
+and the final metrics; reports are logged as ``run_kind=report`` runs, which nothing reads
+back. Accuracies are fractions in [0, 1]; epochs are 1-based.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+# -- tasks and arms ------------------------------------------------------------------------
+
+TASKS = ("copying", "seq_mnist", "pmnist")
+#: MNIST images are 28 x 28; ``pixel_pool`` averages k x k blocks for a k dividing 28.
+PIXEL_POOLS = (1, 2, 4, 7, 14, 28)
+
+VANILLA, H_DETACH, C_DETACH, DAMP = "vanilla", "h-detach", "c-detach", "damp"
+#: The arms of a comparison. The vanilla LSTM (p = 0) is the paired baseline of every other
+#: arm with the same setup, learning rate and clipping.
+ARMS = (VANILLA, H_DETACH, C_DETACH, DAMP)
+
+
+def arm_of(p_detach: float = 0.0, c_detach: float = 0.0, damp: float = 0.0) -> str:
+    """The arm a run belongs to, from its gradient-mode parameters (NaN counts as 0)."""
+    if c_detach > 0:
+        return C_DETACH
+    if damp > 0:
+        return DAMP
+    return H_DETACH if p_detach > 0 else VANILLA
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+#: Per-epoch metrics of a child run (MLflow ``step = epoch``).
+EPOCH_METRICS = (
+    "train_loss",  # mean training loss over the epoch's minibatches
+    "val_loss",  # mean validation loss
+    "val_acc",  # validation accuracy in [0, 1]
+    "grad_norm",  # mean gradient norm before clipping
+    "grad_norm_max",  # max gradient norm before clipping
+    "detached_fraction",  # fraction of steps whose h_{t-1} was blocked
+    "epoch_seconds",  # wall-clock seconds of the epoch's training
+)
+#: Bookkeeping metric logged with every epoch (value = step = epoch) in the same batch as its
+#: values: the latest one says exactly which epochs MLflow holds.
+EPOCH_MARKER = "epoch"
+
+#: Final metrics of a child run, logged once when its trial ends (``TRANSFER_PREFIX<T>`` are
+#: added for copying runs, one per evaluated delay T).
+FINAL_METRICS = (
+    "best_val_acc",  # best validation accuracy over the epochs run
+    "best_epoch",  # first epoch reaching it
+    "test_acc_at_best",  # test accuracy of the best-validation weights (NaN: no test set)
+    "epochs_to_threshold",  # first epoch with val_acc >= the run's threshold (NaN: never)
+    "diverged",  # 1 if the loss or gradient turned non-finite
+    "diverged_epoch",  # the epoch it did (NaN: never)
+    "last_epoch",  # last epoch trained (planned end, early stop or divergence)
+    "max_grad_norm",  # largest gradient norm before clipping
+    "censored",  # 1 if a scheduler stopped the run before its planned epochs
+)
+TRANSFER_PREFIX = "transfer_acc_T"
+_TRANSFER = re.compile(rf"^{TRANSFER_PREFIX}(\d+)$")
+
+
+def transfer_metric(delay: int) -> str:
+    """The final metric of the best checkpoint's accuracy at copying delay ``delay``."""
+    return f"{TRANSFER_PREFIX}{int(delay)}"
+
+
+def transfer_delay(metric: str) -> int | None:
+    """The delay of a transfer metric name, or None for any other name."""
+    match = _TRANSFER.match(metric)
+    return int(match.group(1)) if match else None
+
+
+#: Per-epoch metrics of a parent run: the seed aggregate of ``val_acc``.
+PARENT_EPOCH_METRICS = ("val_acc_mean", "val_acc_min", "val_acc_max", "seeds")
+
+# -- runs: kinds, tags, statuses -----------------------------------------------------------
+
+RUN_KIND_TAG = "run_kind"
+PARENT, CHILD, REPORT = "parent", "child", "report"
+CONFIG_ID_TAG = "config_id"
+SEED_TAG = "seed"
+#: Tag of an h-detach parent run naming the configuration of its paired vanilla baseline.
+BASELINE_TAG = "baseline_config_id"
+#: Tags of every child and parent run, so the MLflow UI can group by them.
+RUN_TAGS = ("task", "arm", "p_detach", "lr", "clip", "study")
+#: MLflow statuses of a run that will not change any more.
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+#: Runs of two arms compare seed by seed when these columns match (the seed last).
+PAIR_KEYS = ("seq_len", "lr", "clip", "clip_norm", "seed")
+
+# -- derived quantities (one definition each) ----------------------------------------------
+
+
+def epochs_to_threshold(val_acc, threshold: float):
+    """First epoch (1-based) whose validation accuracy is >= ``threshold``; NaN if none.
+
+    Args:
+        val_acc: ``num_epochs`` accuracies of one run, or ``num_runs x num_epochs`` (NaN after
+            a run's last epoch).
+
+    Returns:
+        a float for one run, an array of ``num_runs`` floats otherwise.
+    """
+    acc = np.asarray(val_acc, dtype=float)
+    if acc.shape[-1] == 0:
+        out = np.full(acc.shape[:-1], np.nan)
+    else:
+        with np.errstate(invalid="ignore"):
+            hit = acc >= threshold
+        out = np.where(hit.any(axis=-1), np.argmax(hit, axis=-1) + 1.0, np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def prob_better(a, b, axis: int = -1):
+    """P(A > B) over seed pairs: the mean of 1[a > b] + 1/2 1[a = b] along ``axis``.
+
+    Args:
+        a, b: same shape, ``... x num_seeds``; element i of both comes from seed i.
+    """
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    return np.mean((a > b) + 0.5 * (a == b), axis=axis)
