@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import re
 import sys
 import time
@@ -168,14 +167,9 @@ def _read_benchmarks(path: Path | None) -> dict | None:
     if path is None:
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"benchmarks file {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise UsageError(f"benchmarks file {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"benchmarks file {path} must hold a JSON object of figures")
-    return data
+        return report.read_json_object(path, "benchmarks")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _log_report_run(

@@ -101,8 +101,7 @@ def configuration_table(
         first = frame.iloc[0]
         best, threshold = _column(frame, "best_val_acc"), _column(frame, "threshold")
         has = ~np.isnan(threshold)
-        with np.errstate(invalid="ignore"):
-            success = stats.rate(best[has] >= threshold[has])
+        success = stats.success_rate(best[has], threshold[has])
         diverged = (
             stats.rate(frame["diverged"].astype("boolean").fillna(False).to_numpy(dtype=bool))
             if "diverged" in frame

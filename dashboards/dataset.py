@@ -10,8 +10,47 @@ Layout (names URI-encoded in directory names; pyarrow decodes them)::
 An experiment's directory is replaced as a whole: it is built in ``<root>/.staging/`` and
 renamed into place (:func:`write_partition`), so a reader sees the old dataset or the new one,
 never half of either, and an interrupted write leaves only a staging directory that the next
-write sweeps away. Writers of one experiment are serialised with a lock file. The columns are
-documented in :mod:`dashboards.export`.
+write sweeps away. Writers of one experiment are serialised with a lock file.
+
+``runs`` table: one row per child run
+-------------------------------------
+=========================  ================  ===========================================
+column                     type              from
+=========================  ================  ===========================================
+experiment, task           string            partition (task: param, else tag ``task``)
+run_id, parent_run_id      string            run id, tag ``mlflow.parentRunId``
+config_id, run_name        string            tag ``config_id``, run name
+status                     string            RUNNING / FINISHED / FAILED / KILLED
+start_time, end_time       timestamp[ms,UTC] run info (end_time null while running)
+updated                    timestamp[ms,UTC] last update: max(start, end, newest metric)
+arm                        string            tag ``arm`` (else derived from p/c_detach, damp)
+seed, seq_len, epochs      int64             params (seed also tag ``seed``)
+p_detach, c_detach, damp,  double            params (tags as fallback for p_detach, c_detach,
+lr, clip_norm, threshold                     lr)
+clip                       bool              param (tag fallback)
+epochs_logged              int64             latest ``epoch`` bookkeeping metric
+last_epoch                 int64             final ``last_epoch``, else ``epochs_logged``
+best_val_acc, best_epoch,  double            final metrics (NaN: not logged = not finished
+test_acc_at_best,                            or non-finite)
+epochs_to_threshold,
+diverged_epoch,
+max_grad_norm
+diverged, censored         bool              final metrics (null: not logged)
+<other metric>             double            every other run-level metric, e.g.
+                                             ``transfer_acc_T200``, ``test_cider``
+<param>                    string            every other param, verbatim (``param.<name>``
+                                             if the name is taken)
+tag.<key>                  string            every other tag except ``mlflow.*``
+=========================  ================  ===========================================
+
+``history`` table: one row per (run_id, epoch)
+----------------------------------------------
+``experiment``, ``task`` (partition), ``run_id`` (string), ``epoch`` (int64, 1-based, the
+MLflow step) and the contract's ``EPOCH_METRICS`` (double). The epochs are those
+whose ``epoch`` bookkeeping marker MLflow holds; a metric missing at such an epoch was
+non-finite (the study does not log those) and is NaN, as is MLflow's stand-in for
++/-inf (+/-1.8e308).
+
 """
 
 from __future__ import annotations
@@ -32,12 +71,51 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from trainables.contract import EPOCH_METRICS, FINAL_METRICS
+
 FORMAT_VERSION = 2
 TABLES = ("runs", "history")
 STATE_FILE = "state.json"
 _STAGING = ".staging"
 _PREFIX = "experiment="
 _TASK_PARTITIONING = ds.partitioning(pa.schema([("task", pa.string())]), flavor="hive")
+_TS = pa.timestamp("ms", tz="UTC")
+
+#: Final metrics that are 0/1 flags (read as booleans); the others are doubles.
+BOOL_FINALS = ("diverged", "censored")
+FLOAT_FINALS = tuple(m for m in FINAL_METRICS if m not in (*BOOL_FINALS, "last_epoch"))
+#: Typed columns of the runs table, in order (dynamic columns follow, sorted).
+RUN_COLUMNS: dict[str, pa.DataType] = {
+    "run_id": pa.string(),
+    "parent_run_id": pa.string(),
+    "config_id": pa.string(),
+    "run_name": pa.string(),
+    "status": pa.string(),
+    "start_time": _TS,
+    "end_time": _TS,
+    "updated": _TS,
+    "arm": pa.string(),
+    "seed": pa.int64(),
+    "p_detach": pa.float64(),
+    "c_detach": pa.float64(),
+    "damp": pa.float64(),
+    "lr": pa.float64(),
+    "clip": pa.bool_(),
+    "clip_norm": pa.float64(),
+    "seq_len": pa.int64(),
+    "epochs": pa.int64(),
+    "threshold": pa.float64(),
+    "epochs_logged": pa.int64(),
+    "last_epoch": pa.int64(),
+    **{m: pa.float64() for m in FLOAT_FINALS},
+    **{m: pa.bool_() for m in BOOL_FINALS},
+}
+HISTORY_COLUMNS: dict[str, pa.DataType] = {
+    "run_id": pa.string(),
+    "epoch": pa.int64(),
+    **{key: pa.float64() for key in EPOCH_METRICS},
+}
+COLUMNS = {"runs": RUN_COLUMNS, "history": HISTORY_COLUMNS}
 
 
 class DatasetError(ValueError):
@@ -156,7 +234,6 @@ def write_partition(
     root: str | os.PathLike,
     experiment: str,
     frames: Mapping[str, pd.DataFrame],
-    columns: Mapping[str, Mapping[str, pa.DataType]],
     state: Mapping[str, Any],
     *,
     max_rows_per_file: int = 1_000_000,
@@ -167,7 +244,7 @@ def write_partition(
     staging = _staged(root, experiment, "new")
     staging.mkdir(parents=True)
     for name in TABLES:
-        table = _table(frames[name], columns[name])
+        table = _table(frames[name], COLUMNS[name])
         _write_table(staging / name, table, max_rows_per_file)
     (staging / STATE_FILE).write_text(
         json.dumps({**state, "format": FORMAT_VERSION}, separators=(",", ":"), sort_keys=True),
@@ -195,24 +272,20 @@ def _read(path: Path, fixed: Mapping[str, pa.DataType]) -> pd.DataFrame:
     return dataset.to_table().to_pandas()
 
 
-def read_partition(
-    root: str | os.PathLike, experiment: str, columns: Mapping[str, Mapping[str, pa.DataType]]
-) -> dict[str, pd.DataFrame]:
+def read_partition(root: str | os.PathLike, experiment: str) -> dict[str, pd.DataFrame]:
     """An experiment's ``runs`` and ``history`` frames (with ``experiment`` and ``task``)."""
     base = experiment_dir(Path(root), experiment)
     out = {}
     for name in TABLES:
-        frame = _read(base / name, columns[name])
+        frame = _read(base / name, COLUMNS[name])
         frame.insert(0, "experiment", experiment)
-        leading = ["experiment", "task", *columns[name]]
+        leading = ["experiment", "task", *COLUMNS[name]]
         out[name] = frame[leading + [c for c in frame.columns if c not in leading]]
     return out
 
 
 def load_frames(
-    root: str | os.PathLike,
-    experiment: str | Sequence[str] | None,
-    columns: Mapping[str, Mapping[str, pa.DataType]],
+    root: str | os.PathLike, experiment: str | Sequence[str] | None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(runs, history)`` of one experiment, several, or every one under ``root``."""
     root = Path(root)
@@ -231,7 +304,7 @@ def load_frames(
                         pass
                 if read_state(root, name) is None:
                     raise DatasetError(f"no exported dataset of experiment {name!r} in {root}")
-                parts.append(read_partition(root, name, columns))
+                parts.append(read_partition(root, name))
             break
         except FileNotFoundError:
             # A concurrent export swapped the experiment's directory while we read it.

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dashboards import power, stats, survival, tuning
 from dashboards import runs as runs_mod
-from dashboards import stats, survival, tuning
 from dashboards.claims import Check, Claim
 from dashboards.stats import Estimate
 from dashboards.verdicts import ArmResult, CheckVerdict, empty, judged, null_difference
@@ -64,7 +64,7 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
     ab = _summary_arm(check.baseline, vb, check, ctx, "mean")
     # The arms' sizes are the runs compared: the pairs when paired.
     at, ab = replace(at, n=a.size), replace(ab, n=b.size)
-    seeds = stats.seeds_needed(
+    seeds = power.seeds_needed(
         sign * vt, sign * vb, null_difference=null_difference(check, cmp.difference.value)
     )
     details = {
@@ -110,7 +110,7 @@ def _eval_rate(check, claim, treat, base, ctx) -> CheckVerdict:
         if check.metric == "max_grad_norm" and check.exceeds is not None:
             grad = stats.grad_norm_summary(arm["max_grad_norm"].to_numpy(float), check.exceeds)
         arms.append(ArmResult(name, flags.size, _scaled(r, _scale(check)), rate=r, grad_norms=grad))
-    seeds = stats.seeds_needed(
+    seeds = power.seeds_needed(
         good_t.astype(float), good_b.astype(float),
         null_difference=null_difference(check, effect.value),
     )  # fmt: skip
@@ -194,7 +194,7 @@ def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
         *data, ctx.rng, horizon=horizon, paired=paired, n_resamples=ctx.n_resamples
     )
     arms = (replace(arms[0], n=cmp.n_a), replace(arms[1], n=cmp.n_b))
-    seeds = stats.seeds_needed(
+    seeds = power.seeds_needed(
         -tt[okt], -tb[okb], null_difference=null_difference(check, cmp.epochs_saved.value)
     )
     describe = f"epochs saved (restricted mean to {horizon} epochs)"
@@ -217,7 +217,7 @@ def _eval_lr(check, claim, treat, base, ctx) -> CheckVerdict:
     rb = tuning.lr_robustness(lb, vb, ctx.rng, **kw)
     effect = tuning.lr_worst_case_difference(lt, vt, lb, vb, ctx.rng, **kw)
     sign = 1.0 if higher else -1.0
-    seeds = stats.seeds_needed(
+    seeds = power.seeds_needed(
         sign * vt[np.isclose(lt, rt.worst_lr)],
         sign * vb[np.isclose(lb, rb.worst_lr)],
         null_difference=null_difference(check, effect.value),

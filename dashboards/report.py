@@ -162,14 +162,24 @@ def read_summary(report_dir: str | os.PathLike) -> dict[str, Any]:
         ValueError: missing or unreadable.
     """
     path = Path(report_dir) / SUMMARY_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{report_dir} is not a report directory (no {SUMMARY_FILE})") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
+    if not path.is_file():
+        raise ValueError(f"{report_dir} is not a report directory (no {SUMMARY_FILE})")
+    data = read_json_object(path, "report summary")
+    if data.get("format") != SUMMARY_FORMAT:
         raise ValueError(f"{path} is not a report summary of format {SUMMARY_FORMAT}")
+    return data
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a file; ValueError naming the file when it is missing or malformed."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{what} file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} file {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} file {path} must hold a JSON object")
     return data
 
 

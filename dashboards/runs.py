@@ -103,10 +103,6 @@ class HistoryIndex:
         self._starts = np.concatenate([[0], np.cumsum(counts)])
         self._epoch = self.history["epoch"].to_numpy(dtype=np.int64)
 
-    def covers(self, run_ids: Sequence[str]) -> np.ndarray:
-        """Per run: whether the history holds any epoch of it."""
-        return np.array([r in self._codes for r in run_ids], dtype=bool)
-
     def _rows(self, run_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(row positions, index of the run in `run_ids`) for every history row of the runs."""
         parts, owners = [], []

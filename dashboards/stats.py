@@ -4,7 +4,7 @@ Every function takes arrays whose shapes its docstring states and returns plain 
 numpy arrays or small named tuples. scipy and statsmodels do the maths; anything random
 takes a ``numpy.random.Generator`` so results are reproducible. Censored epochs-to-threshold
 live in :mod:`dashboards.survival`, learning-rate robustness and tuning budgets in
-:mod:`dashboards.tuning`.
+:mod:`dashboards.tuning`, how many seeds a question needs in :mod:`dashboards.power`.
 
 Conventions used throughout:
 
@@ -30,7 +30,6 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import stats as sps
-from statsmodels.stats.power import TTestIndPower
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 from trainables.contract import prob_better as prob_improvement_paired
@@ -335,14 +334,14 @@ def rate(flags: np.ndarray, *, confidence_level: float = CONFIDENCE) -> Estimate
 
 
 def success_rate(
-    values: np.ndarray, threshold: float, *, confidence_level: float = CONFIDENCE
+    values: np.ndarray, threshold: float | np.ndarray, *, confidence_level: float = CONFIDENCE
 ) -> Estimate:
     """Fraction of runs with ``value >= threshold`` (e.g. best val acc >= 0.99), Wilson CI.
 
     A NaN value counts as not reaching the threshold: dropping it would flatter the rate.
 
     Args:
-        values: ``num_runs`` values.
+        values: ``num_runs`` values; threshold: one, or one per run.
     """
     v = as_1d(values, "values")
     with np.errstate(invalid="ignore"):
@@ -400,56 +399,3 @@ def grad_norm_summary(
         max=float(np.max(g[~np.isnan(g)])) if np.any(~np.isnan(g)) else math.nan,
         fraction_above=rate(above, confidence_level=confidence_level),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# How many seeds (Colas et al. 2018)
-
-
-def seeds_needed(
-    a: np.ndarray,
-    b: np.ndarray,
-    *,
-    alpha: float = 0.05,
-    power: float = 0.8,
-    null_difference: float = 0.0,
-) -> float:
-    """Seeds per arm for a two-sided t-test to detect the observed difference.
-
-    Effect size is Cohen's d = (mean(a) - mean(b) - null_difference) / s with s the square
-    root of the average of the two sample variances (ddof=1); statsmodels' ``TTestIndPower``
-    solves for equal arm sizes at the given alpha and power. This is the Student power
-    curve standing in for Welch's (equal n makes them close). ``null_difference`` shifts the
-    null, e.g. ``-margin`` for a non-inferiority question.
-
-    Args:
-        a: ``n_a`` values; b: ``n_b`` values (>= 2 each).
-
-    Returns:
-        whole seeds per arm (>= 2); inf when the effect is 0; NaN with < 2 values in an arm.
-    """
-    a = as_1d(a, "a")
-    b = as_1d(b, "b")
-    a = a[~np.isnan(a)]
-    b = b[~np.isnan(b)]
-    if min(a.size, b.size) < 2:
-        return math.nan
-    diff = abs(a.mean() - b.mean() - null_difference)
-    sd = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2.0)
-    if diff == 0.0 or not np.isfinite(diff):
-        return math.inf
-    if sd == 0.0:
-        return 2.0
-    d = diff / sd
-    analysis = TTestIndPower()
-    if analysis.power(effect_size=d, nobs1=2, alpha=alpha, ratio=1.0) >= power:
-        return 2.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        n = analysis.solve_power(effect_size=d, alpha=alpha, power=power, ratio=1.0)
-    n = float(np.squeeze(n))
-    if not np.isfinite(n):
-        # The root finder gives up on tiny effects; the normal approximation is then accurate.
-        z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
-        n = 2.0 * (z / d) ** 2
-    return float(max(2, math.ceil(n)))

@@ -58,7 +58,6 @@ from dashboards.stats import SIGNIFICANT_ABOVE, Estimate, GradNorms, Summary, si
 from dashboards.survival import KaplanMeier
 from dashboards.tuning import LrRobustness
 
-VERDICTS = ("supported", "contradicted", "inconclusive", "no runs yet", "no data")
 EMPTY = frozenset({"no runs yet", "no data"})
 
 

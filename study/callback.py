@@ -24,7 +24,7 @@ from ray import tune
 from study.searcher import config_id, objective_value
 from study.tracking import StudyTracker
 from trainables.config import RunConfig
-from trainables.contract import BASELINE_TAG, EPOCH_METRICS, TERMINAL_STATUSES, VANILLA
+from trainables.contract import BASELINE_TAG, EPOCH_METRICS, RUN_TAGS, TERMINAL_STATUSES, VANILLA
 from trainables.seeds import stream_seeds
 
 
@@ -69,14 +69,8 @@ class MlflowStudyCallback(tune.Callback):
     # -- runs -----------------------------------------------------------------------------
 
     def _tags(self, config: dict) -> dict[str, Any]:
-        return {
-            "task": self.base.task,
-            "arm": config["arm"],
-            "p_detach": config["p_detach"],
-            "lr": config["lr"],
-            "clip": config["clip"],
-            "study": self.study,
-        }
+        values = {**config, "task": self.base.task, "study": self.study}
+        return {key: values[key] for key in RUN_TAGS}
 
     def ensure_runs(self, config: dict) -> list[str]:
         """Child run ids for a trial's block; the parent and children are created when

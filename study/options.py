@@ -3,7 +3,8 @@
 Everything is validated here, before Ray starts or MLflow is touched: a bad value raises
 ``OptionsError`` with a one-line message naming the value (the CLI turns it into exit code 2).
 Options may come from a YAML file (``--config study.yaml``, keys = option names with ``_``);
-the command line wins over the file, the file over the defaults.
+the command line wins over the file, the file over the defaults. The nightly's batches are
+checked by this same code (``python -m study.options``).
 """
 
 from __future__ import annotations

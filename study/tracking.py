@@ -13,6 +13,9 @@ Non-finite values (a diverged run) are not logged: MLflow's SQL stores keep NaN 
 +/-inf into +/-1.8e308 without a word, and NaN breaks the run page of the 3.x UI. An epoch
 whose `epoch` marker exists but which lacks a value therefore had a non-finite one; the
 run's final `diverged` metric says so too.
+
+One file on purpose: every write the driver makes to MLflow is here, so what a restarted
+driver may replay, and why that is harmless, can be checked in one reading.
 """
 
 from __future__ import annotations

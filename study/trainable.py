@@ -61,11 +61,11 @@ def summary(records: list[dict | None], kind: str) -> dict:
 def train_block(config: dict) -> None:
     """Train one seed block; resumable from Tune's epoch checkpoints."""
     keep_freed_memory()
-    cpus = max(1, int(config.get("cpus_per_trial", 1)))
+    cpus = max(1, int(config["cpus_per_trial"]))
     torch.set_num_threads(cpus)
     cfg = run_config_for(config)
     trainer = Trainer(cfg)
-    kind = config.get("objective", "mean-se")
+    kind = config["objective"]
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

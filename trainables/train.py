@@ -16,6 +16,9 @@ for MNIST tasks, transfer-copying accuracies at the longer delays for copying.
 ``state_dict()`` holds everything the next epoch depends on (weights, optimizer, every RNG
 state, histories), so a run restored from an epoch checkpoint continues exactly as if it had
 never stopped (bitwise on CPU; only the wall-clock ``epoch_seconds`` differ).
+
+One file on purpose (nanoGPT's rule): the loop, its metrics, evaluation, checkpoints and the
+command line read top to bottom; splitting them would scatter one story over several files.
 """
 
 from __future__ import annotations

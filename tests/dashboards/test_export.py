@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dashboards import dataset, export
+from dashboards import dataset, export, mlflow_runs
 from study.tracking import StudyTracker
 from trainables.contract import EPOCH_METRICS
 
@@ -356,3 +356,22 @@ def test_write_frames_round_trip_with_hive_partitions(tmp_path: Path) -> None:
         export.load(tmp_path, "absent")
     with pytest.raises(export.ExportError, match="no exported dataset"):
         export.load(tmp_path / "empty")
+
+
+def test_the_one_store_call_returns_what_the_public_api_returns(sqlite_uri: str) -> None:
+    """`mlflow_runs._bulk_history` (the bulk endpoint the MLflow UI uses, reached through the
+    client's store) gives, per run, exactly the points `get_metric_history` gives."""
+    name = f"bulk-{uuid.uuid4().hex[:8]}"
+    _, children = small_study(sqlite_uri, name)
+    client = MlflowClient(sqlite_uri)
+    run_ids = sorted(children.values())
+    for key in ("val_acc", "epoch"):
+        bulk = sorted(
+            (run_id, step, value) for run_id, _, step, value, _ in
+            mlflow_runs._bulk_history(client, run_ids, key)
+        )  # fmt: skip
+        one_by_one = sorted(
+            (run_id, m.step, m.value) for run_id in run_ids
+            for m in client.get_metric_history(run_id, key)
+        )  # fmt: skip
+        assert bulk == one_by_one and len(bulk) == len(run_ids) * 4 - (key == "val_acc")

@@ -12,7 +12,7 @@ from scipy import stats as sps
 from statsmodels.stats.power import TTestIndPower
 from statsmodels.stats.proportion import proportion_confint
 
-from dashboards import stats, survival, tuning
+from dashboards import power, stats, survival, tuning
 
 
 @pytest.fixture
@@ -323,7 +323,7 @@ def test_expected_max_equals_brute_force_over_subsets():
 def test_seeds_needed_grows_as_the_effect_shrinks(rng):
     base = rng.normal(0.0, 1.0, size=30)
     noise = rng.normal(0.0, 1.0, size=30)
-    needs = [stats.seeds_needed(noise + shift, base) for shift in (2.0, 1.0, 0.5, 0.2)]
+    needs = [power.seeds_needed(noise + shift, base) for shift in (2.0, 1.0, 0.5, 0.2)]
     assert needs == sorted(needs) and needs[0] < needs[-1]
     assert all(n >= 2 for n in needs)
 
@@ -333,8 +333,8 @@ def test_seeds_needed_matches_statsmodels_and_edge_cases():
     b = a - 0.8
     d = 0.8 / a.std(ddof=1)
     want = math.ceil(TTestIndPower().solve_power(effect_size=d, alpha=0.05, power=0.8))
-    assert stats.seeds_needed(a, b) == want
-    assert stats.seeds_needed(a, a) == math.inf
-    assert stats.seeds_needed(np.full(4, 1.0), np.full(4, 0.0)) == 2.0
-    assert math.isnan(stats.seeds_needed(a[:1], b))
-    assert stats.seeds_needed(a + 1e-6, a) > 1e9  # solver fallback, still finite
+    assert power.seeds_needed(a, b) == want
+    assert power.seeds_needed(a, a) == math.inf
+    assert power.seeds_needed(np.full(4, 1.0), np.full(4, 0.0)) == 2.0
+    assert math.isnan(power.seeds_needed(a[:1], b))
+    assert power.seeds_needed(a + 1e-6, a) > 1e9  # solver fallback, still finite
