@@ -61,6 +61,13 @@ class Check:
     value: float | None = None
     unit: str = ""
     paper: dict[str, Any] = field(default_factory=dict)
+    #: The paper's setup of this check: a setup matching it is at paper scale.
+    paper_setup: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compared(self) -> tuple[str, ...]:
+        """Setup keys the check varies itself (so they are not part of its setup)."""
+        return ("lr",) if self.select_lr == "best" or self.statistic == "lr_worst_case" else ()
 
     @property
     def percent(self) -> bool:
@@ -77,6 +84,8 @@ class Claim:
     source: str
     checks: tuple[Check, ...]
     min_seeds: int
+    #: The paper ties the claim to the copying delay: the report draws its effect against T.
+    ladder: bool = False
 
 
 def _schema() -> dict[str, Any]:
@@ -184,6 +193,7 @@ def _check(cid: str, i: int, raw: Mapping, claim: Mapping, defaults: Mapping) ->
         value=raw.get("value"),
         unit=str(raw.get("unit", "")),
         paper=dict(raw.get("paper", {})),
+        paper_setup=dict(raw.get("paper_setup", claim.get("paper_setup", {}))),
     )
 
 
@@ -205,7 +215,8 @@ def parse_claims(document: Any) -> list[Claim]:
             raise ValueError(f"claim {cid}: field 'id': duplicate id")
         checks = tuple(_check(cid, i, c, raw, defaults) for i, c in enumerate(raw["checks"]))
         min_seeds = raw.get("min_seeds", defaults.get("min_seeds", 5))
-        claims.append(Claim(cid, raw["title"], raw["source"], checks, min_seeds))
+        ladder = bool(raw.get("ladder", False))
+        claims.append(Claim(cid, raw["title"], raw["source"], checks, min_seeds, ladder))
     return claims
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dashboards import power, stats, survival, tuning
+from dashboards import power, setups, stats, survival, tuning
 from dashboards import runs as runs_mod
 from dashboards.claims import Check, Claim
 from dashboards.stats import Estimate
@@ -23,15 +23,28 @@ from dashboards.verdicts import ArmResult, CheckVerdict, empty, judged, null_dif
 
 
 class Context:
-    """What every check of one evaluation shares: the history index and the random stream."""
+    """What every check of one evaluation shares: the runs (with transfer ratios), their
+    setups, the history index and the random stream."""
 
     def __init__(
-        self, history: pd.DataFrame | None, rng: np.random.Generator, n_resamples: int | None
+        self,
+        runs: pd.DataFrame,
+        history: pd.DataFrame | None,
+        rng: np.random.Generator,
+        n_resamples: int | None,
     ):
+        # One row per run, uniquely indexed: arms are told apart by index below.
+        self.runs = setups.with_transfer_ratios(runs).reset_index(drop=True)
         self.history = history
         self.index = runs_mod.HistoryIndex(history)
         self.rng = rng
         self.n_resamples = n_resamples or stats.N_RESAMPLES
+        self._setups: dict[tuple[str, ...], setups.SetupIndex] = {}
+
+    def setups(self, exclude: tuple[str, ...]) -> setups.SetupIndex:
+        if exclude not in self._setups:
+            self._setups[exclude] = setups.SetupIndex(self.runs, exclude)
+        return self._setups[exclude]
 
 
 def _scale(check: Check) -> float:
@@ -287,35 +300,68 @@ def _eval_benchmark(check: Check, benchmarks: Mapping[str, Any] | None) -> Check
 def select_arm(
     runs: pd.DataFrame, check: Check, arm: str, extra: Mapping[str, Any]
 ) -> tuple[pd.DataFrame, str | None]:
-    """The runs of one arm of a check (task, filters, the arm's own filters, best lr), and why
-    there are none."""
+    """The runs of one arm of a check at any scale (task, filters, the arm's own filters),
+    and why there are none."""
     if "task" not in runs.columns or "arm" not in runs.columns:
         return runs.iloc[:0], "the runs table has no task/arm columns"
     chosen = runs[(runs["task"] == check.task) & (runs["arm"] == arm)]
     chosen, missing = runs_mod.select(chosen, {**check.filters, **extra})
     if missing is None and chosen.empty:
         missing = f"no {arm} runs of '{check.task}' match {check.filters | dict(extra)}"
-    if missing is None and check.select_lr == "best":
-        chosen, missing = runs_mod.best_lr(chosen)
     return chosen, missing
 
 
+def by_setup(
+    check: Check, ctx: Context
+) -> tuple[list[tuple[setups.Setup, pd.DataFrame, pd.DataFrame]], str | None]:
+    """(setup, treatment runs, baseline runs) for every setup holding both arms of the check
+    (largest first; each arm at its best learning rate there for ``select_lr: best``), and
+    why there is none."""
+    treat, why_t = select_arm(ctx.runs, check, check.treatment, check.treatment_filters)
+    base, why_b = select_arm(ctx.runs, check, check.baseline, check.baseline_filters)
+    if why_t or why_b:
+        return [], why_t or why_b
+    out, why = [], None
+    for setup, frame in ctx.setups(check.compared).split(pd.concat([treat, base])):
+        is_treat = frame.index.isin(treat.index)
+        t, b = frame[is_treat], frame[~is_treat]
+        if t.empty or b.empty:
+            continue
+        if check.select_lr == "best":
+            (t, why_t), (b, why_b) = runs_mod.best_lr(t), runs_mod.best_lr(b)
+            if why_t or why_b:
+                why = why_t or why_b
+                continue
+        out.append((setup, t, b))
+    if not out and why is None:
+        why = (
+            f"the {check.treatment} and {check.baseline} runs share no setup (they differ in "
+            "task, delay, width, budget, learning rate or clipping)"
+        )
+    return out, why
+
+
 def evaluate_check(
-    check: Check, claim: Claim, runs: pd.DataFrame, ctx: Context, benchmarks
-) -> CheckVerdict:
-    """The verdict on one check of ``claim``."""
+    check: Check, claim: Claim, ctx: Context, benchmarks: Mapping[str, Any] | None
+) -> list[CheckVerdict]:
+    """The verdicts on one check of ``claim``: one per setup holding both arms, largest
+    first (one "no runs yet" verdict when there is none)."""
     if check.statistic == "benchmark":
-        return _eval_benchmark(check, benchmarks)
+        return [_eval_benchmark(check, benchmarks)]
+    runs = ctx.runs
     if "task" in runs.columns and not (runs["task"] == check.task).any():
-        return empty(check, "no runs yet", f"no runs of task '{check.task}'")
+        return [empty(check, "no runs yet", f"no runs of task '{check.task}'")]
     if check.metric not in runs.columns and not (
         check.statistic == "time_to_threshold" and ctx.history is not None
     ):
-        return empty(check, "no runs yet", f"no '{check.metric}' column in the runs")
-    if check.statistic == "lr_worst_case" and "lr" not in runs.columns:
-        return empty(check, "no runs yet", "no 'lr' column in the runs")
-    treat, why_t = select_arm(runs, check, check.treatment, check.treatment_filters)
-    base, why_b = select_arm(runs, check, check.baseline, check.baseline_filters)
-    if why_t or why_b:
-        return empty(check, "no runs yet", why_t or why_b)
-    return _EVALUATORS[check.statistic](check, claim, treat, base, ctx)
+        return [empty(check, "no runs yet", f"no '{check.metric}' column in the runs")]
+    if check.compared and "lr" not in runs.columns:
+        return [empty(check, "no runs yet", "no 'lr' column in the runs")]
+    groups, why = by_setup(check, ctx)
+    out = []
+    for setup, treat, base in groups:
+        verdict = _EVALUATORS[check.statistic](check, claim, treat, base, ctx)
+        scale = setup.scale(check.paper_setup, check.compared)
+        reason = f"{scale.capitalize()} ({setup.words()}): {verdict.reason}"
+        out.append(replace(verdict, setup=setup, scale=scale, reason=reason))
+    return out or [empty(check, "no runs yet", why or "no runs")]

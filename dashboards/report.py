@@ -41,10 +41,10 @@ import numpy as np
 import pandas as pd
 
 from dashboards import claims as claims_mod
-from dashboards import sections, stats
+from dashboards import overview, sections, stats
 from dashboards.configs import ConfigRow, configuration_table
+from dashboards.evaluate import Context
 from dashboards.render import render
-from dashboards.runs import HistoryIndex
 from dashboards.verdicts import Verdict, evaluate_claims, verdict_json
 
 REPORT_FILE = "index.html"
@@ -245,7 +245,8 @@ def build_report(
     clock = time.perf_counter()
     claim_list = claim_list if claim_list is not None else claims_mod.load_claims()
     rng = np.random.default_rng(seed)
-    verdicts = evaluate_claims(claim_list, runs, history, rng, benchmarks, n_resamples=n_resamples)
+    ctx = Context(runs, history, rng, n_resamples)
+    verdicts = evaluate_claims(claim_list, runs, history, rng, benchmarks, context=ctx)
     timings["claims"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -255,13 +256,11 @@ def build_report(
     timings["configurations"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    index = HistoryIndex(history)
-    claim_figures = {
-        v.claim_id: sections.claim_figures(
-            v.claim, v, runs, index, max_curves=max_curves, seed=seed
-        )
-        for v in verdicts
-    }
+    setup_sections, setups_left_out = overview.setup_sections(
+        ctx.runs, ctx.setups(()), ctx.index, rng, n_resamples=n_resamples, max_curves=max_curves
+    )
+    lr_figure = overview.lr_figure(ctx.runs, ctx.setups(("lr",)))
+    claim_figures = {v.claim_id: sections.claim_figures(v, ctx, seed=seed) for v in verdicts}
     dodge = sections.expected_max_figure(config_rows)
     timings["figures"] = time.perf_counter() - clock
 
@@ -274,6 +273,9 @@ def build_report(
         tasks=sorted(runs["task"].dropna().unique().tolist()) if "task" in runs else [],
         tally=", ".join(f"{n} {verdict}" for verdict, n in tally.items()),
         notes=list(notes),
+        setup_sections=setup_sections,
+        setups_left_out=setups_left_out,
+        lr_figure=lr_figure,
         verdicts=verdicts,
         changes=changes,
         since_label=since_label,

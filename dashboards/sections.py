@@ -9,7 +9,6 @@ so a figure shows exactly the runs its check judged) and draws them with
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,14 +17,13 @@ import numpy as np
 import pandas as pd
 
 from dashboards import claims as claims_mod
-from dashboards import figures, survival, tuning
-from dashboards.claims import Check, Claim
+from dashboards import figures, stats, survival, tuning
+from dashboards.claims import Check
 from dashboards.configs import ConfigRow
-from dashboards.evaluate import select_arm
-from dashboards.runs import HistoryIndex
+from dashboards.evaluate import Context, by_setup
 from dashboards.stats import Estimate
 from dashboards.verdicts import CheckVerdict, Verdict
-from trainables.contract import transfer_delay
+from trainables.contract import transfer_ratio
 
 MAX_CURVES = 50
 MAX_PANELS = 6
@@ -36,28 +34,6 @@ class Figure:
     title: str
     uri: str  # a PNG data URI
     caption: str
-
-
-@dataclass(frozen=True, eq=False)
-class _Group:
-    """The runs of one arm in one check; groups selecting the same runs are equal."""
-
-    label: str
-    check: Check
-    arm: str
-    extra: tuple[tuple[str, Any], ...]
-
-    @property
-    def key(self) -> tuple:
-        filters = tuple(sorted((k, str(v)) for k, v in self.check.filters.items()))
-        extra = tuple((k, str(v)) for k, v in self.extra)
-        return (self.arm, self.check.task, filters, extra, self.check.select_lr)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Group) and self.key == other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
 
 
 _SHORT = {"p_detach": "p", "c_detach": "c", "seq_len": "T", "clip": "clip", "lr": "lr"}
@@ -74,139 +50,72 @@ def describe_filters(filters: Mapping[str, Any]) -> str:
     return ", ".join(f"{_SHORT.get(k, k)}={shown(v)}" for k, v in filters.items())
 
 
-def _common_filters(checks: Sequence[Check]) -> dict[str, Any]:
-    common = dict(checks[0].filters)
-    for check in checks[1:]:
-        common = {k: v for k, v in common.items() if check.filters.get(k) == v}
-    return common
-
-
-def _groups(claim: Claim) -> tuple[list[tuple[Check, _Group, _Group]], dict[str, Any]]:
-    """(check, treatment group, baseline group) per run-based check, and the shared filters."""
-    run_checks = [c for c in claim.checks if c.statistic != "benchmark"]
-    if not run_checks:
-        return [], {}
-    common = _common_filters(run_checks)
-    several_tasks = len({c.task for c in run_checks}) > 1
-    out = []
-    for check in run_checks:
-        own = {k: v for k, v in check.filters.items() if k not in common}
-        made = []
-        for arm, extra in (
-            (check.treatment, check.treatment_filters),
-            (check.baseline, check.baseline_filters),
-        ):
-            words = [check.task if several_tasks else "", arm, describe_filters({**extra, **own})]
-            label = " ".join(w for w in words if w)
-            made.append(_Group(label, check, arm, tuple(sorted(extra.items()))))
-        out.append((check, made[0], made[1]))
-    return out, common
-
-
-def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    if n <= k:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=k, replace=False))
-
-
 def _short(text: str, width: int = 64) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def claim_figures(
-    claim: Claim,
-    verdict: Verdict,
-    runs: pd.DataFrame,
-    index: HistoryIndex,
-    *,
-    max_curves: int,
-    seed: int,
-) -> list[Figure]:
-    """Per-seed validation curves per arm, final-metric distributions, P(A>B) per check and
-    Kaplan-Meier success curves, for the runs the claim's checks judged."""
-    pairs, common = _groups(claim)
-    if not pairs:
-        return []
-    rng = np.random.default_rng(seed)
-    where = describe_filters(common)
-    where = f" ({where})" if where else ""
-    cache: dict[tuple, pd.DataFrame] = {}
-
-    def select(group: _Group) -> pd.DataFrame:
-        if group.key not in cache:
-            cache[group.key] = select_arm(runs, group.check, group.arm, dict(group.extra))[0]
-        return cache[group.key]
-
-    # Baselines first: the reference panel reads first.
-    groups = dict.fromkeys([b for _, _, b in pairs] + [t for _, t, _ in pairs])
-    with_runs = [g for g in groups if not select(g).empty]
-    if not with_runs:
-        return []
-    out = [
-        fig
-        for fig in (
-            _curves_figure(with_runs, select, index, rng, max_curves, where),
-            _distributions_figure(pairs, select, runs, rng, where),
-            _intervals_figure(verdict.checks),
-            _success_figure(pairs, select, index, common, where),
-        )
-        if fig is not None
-    ]
-    return out
+def _arm_label(check: Check, treatment: bool) -> str:
+    arm = check.treatment if treatment else check.baseline
+    extra = check.treatment_filters if treatment else check.baseline_filters
+    return " ".join(w for w in (arm, describe_filters(extra)) if w)
 
 
-def _curves_figure(groups, select, index, rng, max_curves, where) -> Figure | None:
-    panels, sampled_any = [], False
-    skipped = max(0, len(groups) - MAX_PANELS)
-    for group in groups[:MAX_PANELS]:
-        run_ids = select(group)["run_id"].tolist()
-        full = index.matrix(run_ids, "val_acc")
-        if full.shape[1] == 0:
-            continue
-        pick = _sample(len(run_ids), max_curves, rng)
-        sampled_any |= len(pick) < len(run_ids)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN epochs
-            median = np.nanmedian(full, axis=0)
-        panels.append(figures.CurvePanel(group.label, group.arm, full[pick], median, len(run_ids)))
-    if not panels:
+def headline_runs(cv: CheckVerdict, ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The treatment and baseline runs a check's headline verdict judged (its setup)."""
+    if cv.setup is None:
         return None
-    caption = (
-        f"Validation accuracy per epoch{where}: one thin line per seed, the median over all "
-        "seeds of the arm in black."
-    )
-    if sampled_any:
-        caption += (
-            f" Panels with more than {max_curves} seeds show a random sample of "
-            f"{max_curves} of them (the panel title says how many); the median uses all."
-        )
-    if skipped:
-        caption += f" {skipped} further arms are not drawn."
-    uri = figures.png_data_uri(figures.curves(panels))
-    return Figure("Validation accuracy per seed", uri, caption)
+    groups, _ = by_setup(cv.check, ctx)
+    return next(((t, b) for setup, t, b in groups if setup == cv.setup), None)
 
 
-def _distributions_figure(pairs, select, runs, rng, where) -> Figure | None:
+def claim_figures(verdict: Verdict, ctx: Context, *, seed: int) -> list[Figure]:
+    """Final-metric distributions, P(A>B) per check and Kaplan-Meier success curves for the
+    runs behind each check's headline verdict, and the scale ladder for claims the paper ties
+    to the delay. (The curves of every setup lead the report, in :mod:`dashboards.overview`.)"""
+    rng = np.random.default_rng(seed)
+    judged = [cv for cv in verdict.checks if cv.has_data and cv.setup is not None]
+    runs = {id(cv): headline_runs(cv, ctx) for cv in judged}
+    figs = [
+        _distributions_figure(judged, runs, rng),
+        _intervals_figure(verdict.checks),
+        _success_figure(judged, runs, ctx),
+        ladder_figure(verdict) if verdict.claim.ladder else None,
+    ]
+    return [f for f in figs if f is not None]
+
+
+def _panel_title(cv: CheckVerdict) -> str:
+    return f"{_short(cv.name, 44)}\n{cv.scale}, {cv.setup.short()}"
+
+
+def _distributions_figure(judged, runs, rng) -> Figure | None:
     panels, percent, log, seen = [], [], [], set()
-    for check, treat, base in pairs:
-        if check.metric in claims_mod.BOOLEAN_METRICS or check.statistic == "time_to_threshold":
+    for cv in judged:
+        check, pair = cv.check, runs[id(cv)]
+        if pair is None or check.metric in claims_mod.BOOLEAN_METRICS:
             continue
-        key = (check.metric, treat, base)
-        if check.metric not in runs.columns or key in seen or len(panels) >= MAX_PANELS:
+        if check.statistic == "time_to_threshold" or len(panels) >= MAX_PANELS:
+            continue
+        # One panel per metric and pair of arms: a rate or a spread of the same values draws
+        # the same dots.
+        key = (check.metric, cv.setup, tuple(pair[0]["run_id"]), tuple(pair[1]["run_id"]))
+        if key in seen:
             continue
         seen.add(key)
         entries = []
-        for group in (base, treat):
-            frame = select(group)
+        for frame, treatment in ((pair[1], False), (pair[0], True)):
+            if check.metric not in frame.columns:
+                continue
+            arm = check.treatment if treatment else check.baseline
             if check.statistic == "lr_worst_case" and "lr" in frame.columns:
                 for lr, sub in frame.groupby("lr"):
-                    label = f"{group.arm} lr={lr:g}"
-                    entries.append((label, group.arm, sub[check.metric].to_numpy(float)))
+                    entries.append((f"{arm} lr={lr:g}", arm, sub[check.metric].to_numpy(float)))
             else:
-                entries.append((group.label, group.arm, frame[check.metric].to_numpy(float)))
+                entries.append((_arm_label(check, treatment), arm,
+                                frame[check.metric].to_numpy(float)))  # fmt: skip
         if not any(np.isfinite(e[2]).any() for e in entries):
             continue
-        panels.append((f"{check.metric}\n{check.name}", entries))
+        panels.append((_panel_title(cv), entries))
         percent.append(check.percent and check.metric != "max_grad_norm")
         log.append(check.metric == "max_grad_norm")
     if not panels:
@@ -215,69 +124,111 @@ def _distributions_figure(pairs, select, runs, rng, where) -> Figure | None:
     return Figure(
         "Final metrics per seed",
         figures.png_data_uri(fig),
-        f"Final metrics{where}: one dot per run, boxes span the quartiles (whiskers 1.5 IQR). "
-        "Accuracies in percent; gradient norms on a log scale.",
+        "The runs behind each check's headline verdict (its setup in the panel title): one dot "
+        "per run, boxes span the quartiles (whiskers 1.5 IQR). Accuracies in percent; "
+        "gradient norms on a log scale.",
     )
 
 
 def _intervals_figure(checks: Sequence[CheckVerdict]) -> Figure | None:
-    rows = [(_short(cv.name), cv.p_improve) for cv in checks if cv.p_improve is not None]
+    rows = [
+        (_short(f"{cv.name} ({cv.scale})"), cv.p_improve)
+        for cv in checks
+        if cv.p_improve is not None
+    ]
     if not rows:
         return None
     return Figure(
         "Probability of improvement",
         figures.png_data_uri(figures.intervals(rows)),
-        "P(treatment better than baseline) per check with its 95% bootstrap CI (paired over "
-        "seeds where possible; for epochs-to-threshold: P(faster)). Solid line: 0.5 (no "
-        "difference); dotted: 0.75 (a meaningful improvement, Bouthillier et al. 2021). A CI "
-        "entirely right of 0.5 is a significant improvement.",
+        "P(treatment better than baseline) per check at its headline setup, with its 95% CI "
+        "(bootstrap over seed pairs; Wilson's interval on the win count below "
+        f"{stats.MIN_BOOTSTRAP} seeds; for epochs-to-threshold: P(faster)). Solid line: 0.5 "
+        "(no difference); dotted: 0.75 (a meaningful improvement, Bouthillier et al. 2021). A "
+        "CI entirely right of 0.5 is a significant improvement.",
     )
 
 
-def _success_figure(pairs, select, index, common, where) -> Figure | None:
-    km_panels: dict[tuple, tuple[str, dict]] = {}
-    for check, treat, base in pairs:
-        if check.statistic != "time_to_threshold" or check.threshold is None:
-            continue
-        own = {k: v for k, v in check.filters.items() if k not in common}
-        title = f"{check.task}: val acc >= {check.threshold * 100:g}%"
-        if own:
-            title += f" ({describe_filters(own)})"
-        key = (
-            check.task,
-            check.threshold,
-            tuple(sorted((k, str(v)) for k, v in check.filters.items())),
-        )
-        entry = km_panels.setdefault(key, (title, {}))
-        for group in (base, treat):
-            entry[1].setdefault(group, None)
+def _success_figure(judged, runs, ctx: Context) -> Figure | None:
     panels = []
-    for (_, threshold, _), (title, groups) in km_panels.items():
+    for cv in judged:
+        check, pair = cv.check, runs[id(cv)]
+        if check.statistic != "time_to_threshold" or check.threshold is None or pair is None:
+            continue
         fits = []
-        for group in groups:
-            frame = select(group)
-            if frame.empty:
-                continue
-            first, last = index.reach(frame["run_id"].tolist(), threshold)
+        for frame, treatment in ((pair[1], False), (pair[0], True)):
+            first, last = ctx.index.reach(frame["run_id"].tolist(), check.threshold)
             ok = ~np.isnan(last)
             if not ok.any():
                 continue
             time, event = survival.censored_epochs(first[ok], last[ok])
-            horizon = int(np.nanmax(last))
-            if "epochs" in frame.columns and frame["epochs"].notna().any():
-                horizon = max(horizon, int(np.nanmax(frame["epochs"].to_numpy(float))))
-            km = survival.kaplan_meier(time, event, max(horizon, 1))
-            fits.append((f"{group.label} (n={int(ok.sum())})", group.arm, km))
+            planned = frame["epochs"].to_numpy(float) if "epochs" in frame.columns else []
+            horizon = max(1, int(np.nanmax(np.r_[last[ok], planned])))
+            km = survival.kaplan_meier(time, event, horizon)
+            arm = check.treatment if treatment else check.baseline
+            label = f"{_arm_label(check, treatment)} (n={int(ok.sum())})"
+            fits.append((label, arm, km, time[~event]))
         if fits:
-            panels.append((title, fits))
+            panels.append((_panel_title(cv), fits))
     if not panels:
         return None
     return Figure(
         "Success over epochs",
         figures.png_data_uri(figures.success_curves(panels[:MAX_PANELS])),
-        f"Fraction of runs that reached the threshold by each epoch{where} (Kaplan-Meier; runs "
-        "that stopped or diverged before reaching it are censored at their last epoch, not "
-        "dropped), with pointwise 95% log-log bands.",
+        "Fraction of runs that reached the check's threshold by each epoch, at its headline "
+        "setup (Kaplan-Meier; runs that stopped or diverged before reaching it are censored at "
+        "their last epoch, not dropped, and marked with a tick), with pointwise 95% log-log "
+        "bands.",
+    )
+
+
+_LADDER_UNITS = {
+    "time_to_threshold": "epochs saved",
+    "seed_std": "std over seeds, reduction",
+    "rate": "rate difference",
+}
+
+
+def ladder_panels(verdict: Verdict) -> list[tuple[str, str, list[figures.LadderSeries]]]:
+    """The scale ladder of a claim as data: per metric (title, y label, series), each series
+    one check's effect at every copying delay it was judged at (display units), with the
+    paper's effect at the paper's delay where the paper gives both arms' numbers."""
+    panels: dict[tuple[str, str], list[figures.LadderSeries]] = {}
+    for check in verdict.claim.checks:
+        at = [cv for cv in verdict.by_setup if cv.check is check and cv.has_data
+              and cv.effect is not None and cv.setup is not None
+              and cv.setup.task == "copying" and not math.isnan(cv.setup.delay)]  # fmt: skip
+        if not at:
+            continue
+        scale = 100.0 if check.percent else 1.0
+        effects = [Estimate(*(x * scale for x in cv.effect)) for cv in at]
+        paper = None
+        t, b = check.paper.get(check.treatment), check.paper.get(check.baseline)
+        delay = check.paper_setup.get("seq_len")
+        if t is not None and b is not None and delay is not None:
+            paper = (float(delay), float(t) - float(b))
+        label = describe_filters(check.treatment_filters) or check.treatment
+        delays = np.array([cv.setup.delay for cv in at])
+        series = figures.LadderSeries(label, delays, effects, [cv.scale for cv in at], paper)
+        unit = _LADDER_UNITS.get(check.statistic, "difference")
+        ylabel = f"{unit} ({'pp' if check.percent else check.unit or 'units'})"
+        panels.setdefault((check.metric, ylabel), []).append(series)
+    return [(metric, ylabel, series) for (metric, ylabel), series in panels.items()]
+
+
+def ladder_figure(verdict: Verdict) -> Figure | None:
+    """The scale ladder of a claim (:func:`ladder_panels`) drawn, one panel per metric."""
+    panels = ladder_panels(verdict)
+    if not panels:
+        return None
+    return Figure(
+        "The scale ladder: effect against the delay",
+        figures.png_data_uri(figures.ladder(panels[:MAX_PANELS])),
+        "The treatment's effect over the vanilla baseline (positive: the claimed direction for "
+        "'better' checks), with its 95% CI, at every copying delay T the data holds (filled: "
+        "paper scale, open: reduced or other scale; several setups at one T sit side by side); "
+        "stars are the paper's own effect at its T. Does the benefit grow with the delay, and "
+        "from which T on does it appear?",
     )
 
 
@@ -296,7 +247,9 @@ class Cell:
 
 
 def _checks_of(verdicts: Sequence[Verdict], cid: str) -> list[CheckVerdict]:
-    return [cv for v in verdicts if v.claim_id == cid for cv in v.checks]
+    """The claim's checks as judged at paper scale (the paper's tables compare like with
+    like: a reduced-scale number beside the paper's would mislead)."""
+    return [cv for v in verdicts if v.claim_id == cid for cv in v.by_setup if cv.at_paper_scale]
 
 
 def _cell(cv: CheckVerdict, treatment: bool, verdict: str | None = None) -> Cell:
@@ -310,13 +263,15 @@ TABLE1_COLUMNS = (("vanilla", "vanilla"), ("h0.5", "h-detach 0.5"), ("h0.25", "h
 
 
 def table1(verdicts: Sequence[Verdict]) -> list[tuple[int, dict[str, Cell]]]:
-    """Table 1: transfer copying accuracy per delay T (rows), vanilla / h-detach 0.5 / 0.25."""
+    """Table 1 at paper scale: transfer copying accuracy per delay T (rows), vanilla / h-detach
+    0.5 / 0.25 (T is the ratio of the check times the paper's training delay)."""
     by_delay: dict[int, dict[str, Cell]] = {}
     for cv in _checks_of(verdicts, "C3"):
-        delay, p = transfer_delay(cv.check.metric), cv.check.treatment_filters.get("p_detach")
-        if delay is None or p is None:
+        ratio, p = transfer_ratio(cv.check.metric), cv.check.treatment_filters.get("p_detach")
+        trained = cv.check.paper_setup.get("seq_len")
+        if ratio is None or p is None or trained is None:
             continue
-        row = by_delay.setdefault(delay, {})
+        row = by_delay.setdefault(int(ratio * trained), {})
         row[f"h{p:g}"] = _cell(cv, True, cv.verdict)
         base = _cell(cv, False)
         if "vanilla" not in row or (row["vanilla"].ours is None and base.ours is not None):
@@ -325,7 +280,7 @@ def table1(verdicts: Sequence[Verdict]) -> list[tuple[int, dict[str, Cell]]]:
 
 
 def table2(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
-    """Table 2: MNIST / pMNIST test accuracy, each arm at its best learning rate."""
+    """Table 2 at paper scale: MNIST / pMNIST test accuracy, each arm at its best lr."""
     rows = []
     for cid in ("C4", "C5"):
         for cv in _checks_of(verdicts, cid):

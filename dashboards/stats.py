@@ -36,6 +36,10 @@ from trainables.contract import prob_better as prob_improvement_paired
 
 N_RESAMPLES = 2_000
 CONFIDENCE = 0.95
+#: Below this many seeds (pairs) a percentile bootstrap collapses (3 seeds that all win give
+#: P(A>B) = 1 [1, 1]); comparisons then use intervals that are honest for small n: Wilson on
+#: the win count for P(A>B), Student's t for the mean difference.
+MIN_BOOTSTRAP = 10
 # P(A>B) thresholds of Bouthillier et al. (2021), "Accounting for variance in ML benchmarks".
 SIGNIFICANT_ABOVE = 0.5
 MEANINGFUL_AT = 0.75
@@ -243,6 +247,8 @@ def compare(
     Paired (a[i] and b[i] share seed i): seed pairs are resampled jointly and the difference
     is the mean per-seed difference; identical inputs give P(A>B) = 0.5 exactly. Unpaired:
     the samples are resampled independently and P(A>B) is Mann-Whitney's U / (n_a n_b).
+    With fewer than :data:`MIN_BOOTSTRAP` seeds in an arm the intervals are Wilson's on the
+    win count and Student's t instead (never the zero-width bootstrap interval).
 
     Args:
         a: ``n_a`` values; b: ``n_b`` values (n_a = n_b when paired). No NaNs.
@@ -251,9 +257,51 @@ def compare(
     b = as_1d(b, "b")
     if paired and a.shape != b.shape:
         raise ValueError(f"paired samples need equal lengths, got {a.size} and {b.size}")
+    if min(a.size, b.size) < MIN_BOOTSTRAP:
+        p = wins_interval(prob_improvement(a, b, paired), a.size, b.size, paired, confidence_level)
+        diff = mean_difference_t(a, b, paired=paired, confidence_level=confidence_level)
+        return Comparison(a.size, b.size, paired, p, *significance(p), diff)
     statistic = _comparison_statistic(paired)
     p, diff = bootstrap((a, b), statistic, rng, paired, n_resamples, confidence_level)
     return Comparison(a.size, b.size, paired, p, *significance(p), diff)
+
+
+def prob_improvement(a: np.ndarray, b: np.ndarray, paired: bool) -> float:
+    """P(A>B) (ties 1/2): over seed pairs, or over every pair of runs when unpaired."""
+    f = prob_improvement_paired if paired else prob_improvement_unpaired
+    return float(f(a, b))
+
+
+def wins_interval(p: float, n_a: int, n_b: int, paired: bool, confidence_level: float) -> Estimate:
+    """P(A>B) with the Wilson interval of its win count: over the n seed pairs when paired
+    (ties count half a win), over the smaller sample when not (a conservative n)."""
+    n = n_a if paired else min(n_a, n_b)
+    if n == 0 or math.isnan(p):
+        return Estimate(p, math.nan, math.nan)
+    low, high = proportion_confint(p * n, n, alpha=1.0 - confidence_level, method="wilson")
+    return Estimate(p, float(min(low, p)), float(max(high, p)))
+
+
+def mean_difference_t(
+    a: np.ndarray, b: np.ndarray, *, paired: bool, confidence_level: float = CONFIDENCE
+) -> Estimate:
+    """mean(A) - mean(B) with Student's t interval: on the per-seed differences when paired,
+    Welch's when not. NaN bounds below two values; a zero spread collapses the interval."""
+    a, b = as_1d(a, "a"), as_1d(b, "b")
+    diff = float(np.mean(a - b)) if paired else float(a.mean() - b.mean())
+    if min(a.size, b.size) < 2:
+        return Estimate(diff, math.nan, math.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero spread
+        if paired:
+            ci = sps.ttest_1samp(a - b, 0.0).confidence_interval(confidence_level)
+        else:
+            ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level)
+    low, high = float(ci.low), float(ci.high)
+    if not (math.isfinite(low) and math.isfinite(high)):  # every difference equal
+        spread = np.std(a - b) if paired else max(np.std(a), np.std(b))
+        low = high = diff if spread == 0 else math.nan
+    return Estimate(diff, low, high)
 
 
 def std_difference(

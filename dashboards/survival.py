@@ -16,12 +16,15 @@ from scipy import stats as sps
 
 from dashboards.stats import (
     CONFIDENCE,
+    MIN_BOOTSTRAP,
     N_RESAMPLES,
     Estimate,
     as_1d,
     bootstrap,
     check_confidence,
+    mean_difference_t,
     significance,
+    wins_interval,
 )
 
 
@@ -252,7 +255,8 @@ def time_to_threshold_comparison(
     """A versus B on censored epochs-to-threshold: P(A faster) and epochs saved, with CIs.
 
     Percentile bootstrap over runs (seed pairs jointly when ``paired``); each resample refits
-    the Kaplan-Meier curves.
+    the Kaplan-Meier curves. Below :data:`~dashboards.stats.MIN_BOOTSTRAP` runs per arm,
+    Wilson's interval on the Gehan wins and Student's t on the restricted epochs instead.
 
     Args:
         time_a, event_a: ``n_a`` runs; time_b, event_b: ``n_b`` runs (see
@@ -263,6 +267,15 @@ def time_to_threshold_comparison(
     cb = _encode(as_1d(time_b, "time_b"), event_b)
     if paired:
         _check_paired(ca, cb)
+    if min(ca.size, cb.size) < MIN_BOOTSTRAP:
+        # Few seeds: Wilson on the Gehan wins, Student's t on the runs' own restricted epochs
+        # (a censored run counts its censoring epoch, as the restricted mean does when runs
+        # are censored at the end of their budget).
+        p = wins_interval(float(_p_faster(ca, cb, paired)), ca.size, cb.size, paired,
+                          confidence_level)  # fmt: skip
+        ra, rb = np.minimum(np.abs(ca), horizon), np.minimum(np.abs(cb), horizon)
+        saved = mean_difference_t(rb, ra, paired=paired, confidence_level=confidence_level)
+        return TimeComparison(ca.size, cb.size, paired, p, *significance(p), saved)
 
     def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         x = np.moveaxis(x, axis, -1)

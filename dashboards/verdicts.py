@@ -6,6 +6,13 @@ evaluators live in :mod:`dashboards.evaluate`. Results are dataclasses holding
 :class:`~dashboards.stats.Estimate` values; :func:`verdict_json` turns one into plain JSON
 (``summary.json``) and nothing else serialises them.
 
+Scales
+------
+Each check is judged on every setup (:mod:`dashboards.setups`) in the data that holds both of
+its arms: one verdict per (check, setup), labelled paper, reduced or other scale. A check's
+*headline* verdict is the one at paper scale where that exists, else the one at the largest
+setup (by T, then training budget); the claim's verdict aggregates its checks' headlines.
+
 Decision rule
 -------------
 Every check turns into an *effect* oriented so that positive means "treatment better" (for
@@ -54,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from dashboards.claims import Check, Claim
+from dashboards.setups import PAPER, Setup
 from dashboards.stats import SIGNIFICANT_ABOVE, Estimate, GradNorms, Summary, significance
 from dashboards.survival import KaplanMeier
 from dashboards.tuning import LrRobustness
@@ -93,6 +101,12 @@ class CheckVerdict:
     seeds_needed: float | None = None
     figure: Estimate | None = None  # a benchmark check's figure
     details: dict[str, Any] = field(default_factory=dict)
+    setup: Setup | None = None  # the setup it was judged on (None: no data, or a benchmark)
+    scale: str | None = None  # paper / reduced / other scale
+
+    @property
+    def at_paper_scale(self) -> bool:
+        return self.scale == PAPER
 
     @property
     def name(self) -> str:
@@ -133,8 +147,15 @@ class Verdict:
     claim: Claim
     verdict: str
     reason: str
-    checks: tuple[CheckVerdict, ...]
+    checks: tuple[CheckVerdict, ...]  # each check's headline verdict
     seeds_needed: float | None = None
+    by_setup: tuple[CheckVerdict, ...] = ()  # every (check, setup) verdict
+
+    @property
+    def scale(self) -> str | None:
+        """The scale of the checks behind the verdict: one, or ``mixed`` when they differ."""
+        scales = {c.scale for c in self.checks if c.has_data and c.scale}
+        return scales.pop() if len(scales) == 1 else ("mixed scales" if scales else None)
 
     @property
     def claim_id(self) -> str:
@@ -251,8 +272,19 @@ def judged(
     )
 
 
-def aggregate(claim: Claim, checks: list[CheckVerdict]) -> Verdict:
-    """A claim's verdict from its checks' (see the module's decision rule)."""
+def headline(verdicts: list[CheckVerdict]) -> CheckVerdict:
+    """A check's headline among its per-setup verdicts: paper scale, else the largest setup
+    (the evaluators list setups largest first)."""
+    with_data = [v for v in verdicts if v.has_data]
+    return next(
+        (v for v in with_data if v.at_paper_scale), with_data[0] if with_data else verdicts[0]
+    )
+
+
+def aggregate(
+    claim: Claim, checks: list[CheckVerdict], by_setup: tuple[CheckVerdict, ...] = ()
+) -> Verdict:
+    """A claim's verdict from its checks' headlines (see the module's decision rule)."""
     verdicts = [c.verdict for c in checks]
     judged_checks = [c for c in checks if c.has_data]
     if not judged_checks:
@@ -273,7 +305,7 @@ def aggregate(claim: Claim, checks: list[CheckVerdict]) -> Verdict:
     seeds = [c.seeds_needed for c in checks if c.verdict == "inconclusive" and c.seeds_needed]
     seeds = [s for s in seeds if not math.isnan(s)]
     needed = max(seeds) if seeds and verdict == "inconclusive" else None
-    return Verdict(claim, verdict, reason, tuple(checks), needed)
+    return Verdict(claim, verdict, reason, tuple(checks), needed, by_setup)
 
 
 def evaluate_claims(
@@ -284,6 +316,7 @@ def evaluate_claims(
     benchmarks: Mapping[str, Any] | None = None,
     *,
     n_resamples: int | None = None,
+    context: Any = None,
 ) -> list[Verdict]:
     """Judge every claim on the study's runs (decision rule: module docstring).
 
@@ -294,17 +327,21 @@ def evaluate_claims(
         benchmarks: figures for benchmark claims (C9), e.g. ``{"backward_time_ratio": 0.8}``
             or ``{"backward_time_ratio": {"value": 0.8, "low": 0.75, "high": 0.86}}``.
         n_resamples: bootstrap resamples per interval (default: ``stats.N_RESAMPLES``).
+        context: an :class:`dashboards.evaluate.Context` of these runs to reuse (the report
+            draws its figures from the same one); built here when None.
 
     Returns:
         one :class:`Verdict` per claim, in order.
     """
     from dashboards.evaluate import Context, evaluate_check
 
-    ctx = Context(history, np.random.default_rng(rng), n_resamples)
-    return [
-        aggregate(claim, [evaluate_check(c, claim, runs, ctx, benchmarks) for c in claim.checks])
-        for claim in claims
-    ]
+    ctx = context or Context(runs, history, np.random.default_rng(rng), n_resamples)
+    out = []
+    for claim in claims:
+        per_check = [evaluate_check(c, claim, ctx, benchmarks) for c in claim.checks]
+        every = tuple(v for verdicts in per_check for v in verdicts)
+        out.append(aggregate(claim, [headline(v) for v in per_check], every))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,6 +357,8 @@ def check_json(cv: CheckVerdict) -> dict[str, Any]:
     arms = {a.arm: {"n": a.n, "estimate": _est(a.headline)} for a in cv.arms}
     return {
         "verdict": cv.verdict,
+        "scale": cv.scale,
+        "setup": cv.setup.words() if cv.setup is not None else None,
         "unit": cv.check.unit,
         "effect": _est(cv.figure if cv.figure is not None else cv.effect),
         "p_improve": _est(cv.p_improve),
@@ -334,5 +373,9 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
         "title": v.claim.title,
         "verdict": v.verdict,
         "seeds_needed": v.seeds_needed,
+        "scale": v.scale,
         "checks": {cv.name: check_json(cv) for cv in v.checks},
+        "by_setup": [
+            {"check": cv.name, **check_json(cv)} for cv in v.by_setup if cv.setup is not None
+        ],
     }

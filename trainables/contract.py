@@ -83,6 +83,22 @@ def transfer_delay(metric: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+#: Transfer accuracy at k times the training delay (``transfer_acc_x2`` is T=200 for a run
+#: trained at T=100, T=10 for one trained at T=5): what transfer copying means at any scale.
+TRANSFER_RATIO_PREFIX = "transfer_acc_x"
+_TRANSFER_RATIO = re.compile(rf"^{TRANSFER_RATIO_PREFIX}(\d+)$")
+
+
+def transfer_ratio_metric(ratio: int) -> str:
+    return f"{TRANSFER_RATIO_PREFIX}{int(ratio)}"
+
+
+def transfer_ratio(metric: str) -> int | None:
+    """The k of a ``transfer_acc_x<k>`` name, or None for any other name."""
+    match = _TRANSFER_RATIO.match(metric)
+    return int(match.group(1)) if match else None
+
+
 #: Per-epoch metrics of a parent run: the seed aggregate of ``val_acc``.
 PARENT_EPOCH_METRICS = ("val_acc_mean", "val_acc_min", "val_acc_max", "seeds")
 
@@ -99,8 +115,33 @@ RUN_TAGS = ("task", "arm", "p_detach", "lr", "clip", "study")
 #: MLflow statuses of a run that will not change any more.
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
+#: A run's *setup*: everything that defines the experiment except the arm (p_detach, c_detach,
+#: damp and how masks are drawn) and the seed. Runs are comparable only inside one setup,
+#: and there arms pair by seed. ``seq_len`` is the copying delay T (the number of steps for
+#: MNIST), ``pixel_pool`` and ``one_hot`` the input encoding, the sizes and epochs the budget.
+SETUP_KEYS = (
+    "task",
+    "seq_len",
+    "one_hot",
+    "pixel_pool",
+    "permutation",
+    "hidden_size",
+    "num_layers",
+    "optimizer",
+    "momentum",
+    "batch_size",
+    "epochs",
+    "batches_per_epoch",
+    "train_size",
+    "val_size",
+    "test_size",
+    "anneal_p",
+    "lr",
+    "clip",
+    "clip_norm",
+)
 #: Runs of two arms compare seed by seed when these columns match (the seed last).
-PAIR_KEYS = ("seq_len", "lr", "clip", "clip_norm", "seed")
+PAIR_KEYS = (*SETUP_KEYS, "seed")
 
 # -- derived quantities (one definition each) ----------------------------------------------
 

@@ -104,7 +104,7 @@ def test_packaged_claims_load_and_carry_the_papers_numbers():
     by_id = {c.id: c for c in claims}
     c3 = by_id["C3"]
     assert len(c3.checks) == 12
-    t1000 = [c for c in c3.checks if c.metric == "transfer_acc_T1000"]
+    t1000 = [c for c in c3.checks if c.metric == "transfer_acc_x10"]  # 10 x T=100
     assert {c.treatment_filters["p_detach"]: c.paper["h-detach"] for c in t1000} == {
         0.5: 43.54,
         0.25: 63.19,
@@ -459,10 +459,16 @@ def test_transfer_table_claim(rng):
     v = evaluate(c3, pd.concat(rows, ignore_index=True))
     judged = {c.name: c.verdict for c in v.checks if c.verdict != "no runs yet"}
     assert judged == {
-        n: "supported" for n in ("T=200, p=0.5", "T=200, p=0.25", "T=1000, p=0.5", "T=1000, p=0.25")
+        n: "supported"
+        for n in (
+            "2xT (T=200), p=0.5",
+            "2xT (T=200), p=0.25",
+            "10xT (T=1000), p=0.5",
+            "10xT (T=1000), p=0.25",
+        )
     }
     assert v.verdict == "inconclusive"  # T=400 ... T=5000 have no runs yet
-    t1000 = next(c for c in v.checks if c.name == "T=1000, p=0.25")
+    t1000 = next(c for c in v.checks if c.name == "10xT (T=1000), p=0.25")
     assert t1000.treatment.headline.value == pytest.approx(63, abs=2)
     assert t1000.paper == {"vanilla": 28.82, "h-detach": 63.19}
 
