@@ -12,15 +12,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on the embedded default (local Ray, sqlite:///mlflow.db): a copying smoke
-# study (two h-detach configurations and their paired vanilla baseline, 3 seeds each), then
-# its report. Each run is a new experiment, so the command can be repeated.
-DEMO_EXPERIMENT := demo-$(shell date +%Y%m%d-%H%M%S)
+# The main job on the embedded default (local Ray, sqlite:///mlflow.db): a copying ladder at
+# reduced scale (delays T = 5, 10, 20 with the smoke budget; vanilla and h-detach p=0.25 on the
+# same 6 seeds each, trained together as members of one trial), then one report over the three
+# studies, whose claims C1-C3 get verdicts at this scale. Each run makes new experiments, so
+# the command can be repeated.
+DEMO := demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_DELAYS := 5 10 20
 demo: $(STAMP)
-	$(PY) study/run.py --task copying --preset smoke --search grid \
-		--p-values 0.25,0.5 --lr-values 0.01 --clip-values true --trials 2 --seeds 3 \
-		--experiment $(DEMO_EXPERIMENT)
-	$(VENV)/bin/hdetach-study report --experiment $(DEMO_EXPERIMENT)
+	for T in $(DEMO_DELAYS); do \
+		$(VENV)/bin/hdetach-study run --task copying --preset smoke --search grid \
+			--p-values 0.25 --lr-values 0.01 --clip-values true --trials 1 --seeds 6 \
+			--seeds-per-trial 6 --set seq_len=$$T --experiment $(DEMO)-T$$T || exit 1; \
+	done
+	$(VENV)/bin/hdetach-study report $(foreach T,$(DEMO_DELAYS),--experiment $(DEMO)-T$(T))
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -16,12 +16,11 @@ import pandas as pd
 
 from dashboards import runs as runs_mod
 from dashboards import stats
+from dashboards.setups import Setup, SetupIndex
 from dashboards.stats import Estimate, Summary
-from trainables.contract import PAIR_KEYS, VANILLA
+from trainables.contract import VANILLA
 
 _CONFIG_KEYS = ("task", "config_id")
-#: What a configuration shares with its paired vanilla baseline (the pairing key but the seed).
-_BASELINE_KEYS = tuple(k for k in PAIR_KEYS if k != "seed")
 
 
 @dataclass(frozen=True)
@@ -30,6 +29,8 @@ class ConfigRow:
 
     task: str
     config_id: str
+    setup: Setup
+    shared_id: bool  # the same configuration id also ran in another setup
     arm: str
     p_detach: float
     lr: float
@@ -44,22 +45,18 @@ class ConfigRow:
     without_threshold: int  # runs that logged no threshold (left out of ``success``)
     diverged: Estimate
 
+    @property
+    def key(self) -> str:
+        """``task/config_id``, with the setup when the id ran in several."""
+        name = f"{self.task}/{self.config_id}"
+        return f"{name} @ {self.setup.words()}" if self.shared_id else name
+
 
 def _float(value: Any) -> float:
     try:
         return math.nan if pd.isna(value) else float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _hashable(value: Any) -> Any:
-    if pd.isna(value):
-        return None
-    if isinstance(value, float | np.floating):
-        return round(float(value), 12)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -78,26 +75,25 @@ def _vs_baseline(frame, base, rng, n_resamples) -> tuple[Estimate | None, bool]:
 def configuration_table(
     runs: pd.DataFrame, rng: np.random.Generator, *, n_resamples: int = stats.N_RESAMPLES
 ) -> list[ConfigRow]:
-    """One row per (task, config_id): seeds, best val acc (mean, IQM) and test acc with CIs,
+    """One row per configuration and setup: seeds, best val acc (mean, IQM) and test acc with CIs,
     P(A>B) on best val acc against the paired vanilla configuration (paired on seed when
     possible), success rate (best val acc >= the run's own threshold, over the runs that
     logged one) and divergence rate with Wilson intervals."""
     if runs.empty or not set(_CONFIG_KEYS) <= set(runs.columns):
         return []
-    keyed = runs.assign(config_id=runs["config_id"].fillna("?"))
-    groups = dict(tuple(keyed.groupby(list(_CONFIG_KEYS), sort=True, dropna=False)))
-    shared = [k for k in _BASELINE_KEYS if k in runs.columns]
-
-    def baseline_key(frame: pd.DataFrame) -> tuple:
-        first = frame.iloc[0]
-        return tuple(_hashable(first[k]) for k in ("task", *shared))
-
-    vanilla: dict[tuple, pd.DataFrame] = {}
-    for frame in groups.values():
+    runs = runs.reset_index(drop=True)
+    index = SetupIndex(runs)
+    # A configuration id names (arm, p, lr, clip) only: the same id at another delay or budget
+    # is another configuration, compared with the vanilla runs of its own setup.
+    keyed = runs.assign(config_id=runs["config_id"].fillna("?"), _setup=index.codes)
+    groups = dict(tuple(keyed.groupby([*_CONFIG_KEYS, "_setup"], sort=True, dropna=False)))
+    vanilla: dict[int, pd.DataFrame] = {}
+    for (_, _, code), frame in groups.items():
         if "arm" in frame.columns and (frame["arm"] == VANILLA).all():
-            vanilla.setdefault(baseline_key(frame), frame)
+            vanilla.setdefault(code, frame)
+    ids = [cid for _, cid, _ in groups]
     rows = []
-    for (task, config_id), frame in groups.items():
+    for (task, config_id, code), frame in groups.items():
         first = frame.iloc[0]
         best, threshold = _column(frame, "best_val_acc"), _column(frame, "threshold")
         has = ~np.isnan(threshold)
@@ -108,13 +104,15 @@ def configuration_table(
             else stats.NAN
         )
         p_improve, paired = None, False
-        base = vanilla.get(baseline_key(frame))
+        base = vanilla.get(code)
         if base is not None and first.get("arm") != VANILLA:
             p_improve, paired = _vs_baseline(frame, base, rng, n_resamples)
         rows.append(
             ConfigRow(
                 task=str(task),
                 config_id=str(config_id),
+                setup=index.setups[code],
+                shared_id=ids.count(config_id) > 1,
                 arm=str(first.get("arm", "")),
                 p_detach=_float(first.get("p_detach")),
                 lr=_float(first.get("lr")),

@@ -81,7 +81,7 @@ def make_summary(
 ) -> dict[str, Any]:
     """The numbers a later report compares with (JSON-ready; NaN become null on writing)."""
     configs = {
-        f"{row.task}/{row.config_id}": {
+        row.key: {
             "task": row.task,
             "config_id": row.config_id,
             "arm": row.arm,

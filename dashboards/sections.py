@@ -305,10 +305,7 @@ def expected_max_figure(config_rows: Sequence[ConfigRow]) -> Figure | None:
         value = row.best_val_acc.mean.value
         if math.isnan(value):
             continue
-        title = row.task
-        if row.task == "copying" and not math.isnan(row.seq_len):
-            title += f" T={row.seq_len:g}"
-        by_problem.setdefault(title, []).append((row.arm, value))
+        by_problem.setdefault(row.setup.short(), []).append((row.arm, value))
     panels = []
     for title, values in sorted(by_problem.items()):
         if len(values) < 2:

@@ -7,6 +7,10 @@ Presets per task:
   units, Adam 1e-3, batch 100, 1,000 minibatches per epoch drawn with replacement from 100,000
   sequences, 5,000 validation sequences, 600 epochs, clip 1.0; pixel and permuted MNIST 100
   units, Adam 1e-3, batch 100, 200 epochs, clip 1.0, 50,000 / 10,000 / 10,000.
+* ``reduced`` - between the two: sized so that one claim can be decided on one 2-core
+  machine in about an hour (about ten seeds per arm), judged at *reduced scale* by the
+  report. Copying T=20 with 128 units, 40 epochs x 250 batches; MNIST 4x4-pooled pixels (49
+  steps) with 64 units, 20 epochs on 10,000 images.
 * ``smoke`` - the same task shrunk to about a minute on a 2-core CPU, still learning
   something measurable (used by tests and the demo study).
 
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 
 from trainables.contract import PIXEL_POOLS, TASKS, arm_of
 
-PRESETS = ("paper", "smoke")
+PRESETS = ("paper", "reduced", "smoke")
 OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop")
 
 
@@ -222,6 +226,20 @@ _MNIST_SMOKE = {
     "seq_len": 49,
 }
 
+_MNIST_REDUCED = {
+    **_MNIST_PAPER,
+    "hidden_size": 64,
+    "lr": 2e-3,
+    "batch_size": 50,
+    "epochs": 20,
+    "train_size": 10_000,
+    "val_size": 2_000,
+    "test_size": 2_000,
+    "eval_batch_size": 1_000,
+    "pixel_pool": 4,
+    "seq_len": 49,
+}
+
 _PRESETS: dict[str, dict[str, dict]] = {
     "copying": {
         "paper": {
@@ -239,6 +257,21 @@ _PRESETS: dict[str, dict[str, dict]] = {
             "transfer_delays": (200, 400, 500, 1000, 2000, 5000),
             "transfer_size": 5_000,
         },
+        "reduced": {
+            "hidden_size": 128,
+            "lr": 1e-2,
+            "batch_size": 50,
+            "epochs": 40,
+            "batches_per_epoch": 250,
+            "seq_len": 20,
+            "train_size": 10_000,
+            "val_size": 1_000,
+            "clip": True,
+            "clip_norm": 1.0,
+            "threshold": 0.99,
+            "transfer_delays": (40, 80),
+            "transfer_size": 1_000,
+        },
         "smoke": {
             "hidden_size": 64,
             "lr": 1e-2,
@@ -255,8 +288,16 @@ _PRESETS: dict[str, dict[str, dict]] = {
             "transfer_size": 500,
         },
     },
-    "seq_mnist": {"paper": {**_MNIST_PAPER, "threshold": 0.97}, "smoke": _MNIST_SMOKE},
-    "pmnist": {"paper": {**_MNIST_PAPER, "threshold": 0.9}, "smoke": _MNIST_SMOKE},
+    "seq_mnist": {
+        "paper": {**_MNIST_PAPER, "threshold": 0.97},
+        "reduced": {**_MNIST_REDUCED, "threshold": 0.9},
+        "smoke": _MNIST_SMOKE,
+    },
+    "pmnist": {
+        "paper": {**_MNIST_PAPER, "threshold": 0.9},
+        "reduced": {**_MNIST_REDUCED, "threshold": 0.8},
+        "smoke": _MNIST_SMOKE,
+    },
 }
 
 

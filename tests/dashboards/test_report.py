@@ -172,7 +172,8 @@ def test_verdict_table_and_self_contained_page(built: Path) -> None:
     assert verdicts["C8"] == "no runs yet" and verdicts["C9"] == "no data"
     # Our number with its CI beside the paper's, seeds per arm.
     assert re.search(r"h-detach: 99\.\d\d \[99\.\d\d, 99\.\d\d\]", page.verdict_rows["C2"])
-    assert "100" in page.verdict_rows["C2"] and "8 / 8" in page.verdict_rows["C2"]
+    assert "h-detach: 100" in page.verdict_rows["C2"] and "8 / 8" in page.verdict_rows["C2"]
+    assert "paper scale" in page.verdict_rows["C2"]
 
     images = [attrs for tag, attrs in page.tags if tag == "img"]
     assert len(images) >= 8
@@ -196,6 +197,23 @@ def test_verdict_table_and_self_contained_page(built: Path) -> None:
     summary = json.loads((built / "summary.json").read_text())
     assert summary["claims"]["C2"]["verdict"] == "supported"
     assert summary["configs"]["copying/c300-p25"]["n"] == 8
+
+
+def test_reduced_scale_verdicts_without_the_papers_numbers(tmp_path: Path) -> None:
+    """The same study at a smaller budget is judged at reduced scale: verdicts, but the
+    paper's numbers stay out of our rows and the paper's tables wait for paper-scale runs."""
+    runs, history = synthetic(range(8), epochs=40)
+    export.write_frames(tmp_path / "data", EXPERIMENT, runs, history)
+    assert make_report(tmp_path / "data", tmp_path / "out") == 0
+    page = parse(tmp_path / "out" / "index.html")
+    c2 = page.verdict_rows["C2"]
+    assert verdict_of(c2) == "supported" and "reduced scale" in c2
+    assert "40 epochs x 1000 batches" in c2 and "paper scale only" in c2
+    assert "h-detach: 100" not in c2 and "vanilla: 82" not in c2
+    text = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert "Table 1:" not in text and "Table 2:" not in text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["claims"]["C2"]["scale"] == "reduced scale"
 
 
 def test_since_reports_changed_verdicts_and_new_seeds(tmp_path: Path) -> None:

@@ -1,0 +1,169 @@
+"""Claims at the scale a study ran: setups, per-setup verdicts, the headline, the scale ladder,
+and honest intervals for few seeds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboards import claims as cl
+from dashboards import sections, setups, stats, survival
+from dashboards import verdicts as vd
+from tests.dashboards.test_claims import make_runs
+
+#: The copying smoke setup shape, at any delay.
+SMOKE = {"hidden_size": "64", "num_layers": "1", "optimizer": "adam", "batch_size": "50",
+         "batches_per_epoch": "250", "train_size": "3000", "clip_norm": 1.0}  # fmt: skip
+PAPER_T300 = {"hidden_size": "128", "num_layers": "1", "optimizer": "adam", "batch_size": "100",
+              "batches_per_epoch": "1000", "train_size": "100000", "one_hot": "False",
+              "clip_norm": 1.0}  # fmt: skip
+
+
+def claim(cid: str) -> cl.Claim:
+    return next(c for c in cl.load_claims() if c.id == cid)
+
+
+def copying(arm: str, acc, *, seq_len: int, epochs: int = 12, p: float = 0.0, **extra):
+    """Copying runs in the export's string form for params (as MLflow gives them back)."""
+    runs = make_runs("copying", arm, acc, p_detach=p, seq_len=seq_len, epochs=epochs, lr=0.01)
+    for key, value in {**SMOKE, **extra}.items():
+        runs[key] = value
+    return runs
+
+
+def ladder_study(rng: np.random.Generator) -> pd.DataFrame:
+    """Two reduced copying setups: at T=5 h-detach is worse, at T=20 it is better."""
+    parts = []
+    for seq_len, van, hd in ((5, 0.8, 0.5), (20, 0.4, 0.7)):
+        parts.append(copying("vanilla", rng.normal(van, 0.02, 8), seq_len=seq_len))
+        parts.append(copying("h-detach", rng.normal(hd, 0.02, 8), seq_len=seq_len, p=0.25))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_setup_words_scale_and_normalised_values():
+    runs = copying("vanilla", [0.5], seq_len=20, epochs=15)
+    ((setup, frame),) = setups.split(runs)
+    assert len(frame) == 1
+    assert setup.words() == (
+        "copying T=20, 64 units, 15 epochs x 250 batches of 50, lr 1e-2, clip 1.0"
+    )
+    paper = claim("C2").checks[0].paper_setup
+    assert setup.scale(paper) == setups.REDUCED
+    big = copying("vanilla", [0.5], seq_len=1000, epochs=15)
+    assert setups.split(big)[0][0].scale(paper) == setups.OTHER  # T above the paper's
+    full = make_runs("copying", "vanilla", [0.5], seq_len=300, epochs=600, lr=1e-3)
+    for key, value in PAPER_T300.items():
+        full[key] = value
+    assert setups.split(full)[0][0].scale(paper) == setups.PAPER
+    assert setups.normalise("128") == 128.0 and setups.normalise("None") is None
+    assert setups.normalise("True") is True and setups.normalise(float("nan")) is None
+    assert setups.lr_text(0.0005) == "5e-4" and setups.lr_text(0.0015) == "1.5e-3"
+
+
+def test_verdict_per_setup_and_the_headline_picks_the_larger(rng):
+    (v,) = vd.evaluate_claims([claim("C2")], ladder_study(rng), None, 0, n_resamples=300)
+    best = [cv for cv in v.by_setup if cv.name == "p=0.25 best val acc higher"]
+    assert sorted(cv.setup.delay for cv in best) == [5.0, 20.0]
+    by_delay = {cv.setup.delay: cv for cv in best}
+    assert by_delay[5.0].verdict == "contradicted" and by_delay[20.0].verdict == "supported"
+    assert all(cv.scale == setups.REDUCED for cv in best)
+    headline = v.checks[0]
+    assert headline.setup.delay == 20.0 and headline.verdict == "supported"
+    assert headline.reason.startswith("Reduced scale (copying T=20, 64 units, 12 epochs")
+    assert v.scale == setups.REDUCED
+    # The p=0.5 checks have no treatment runs: no verdict, whatever the scale.
+    assert v.checks[3].verdict == "no runs yet"
+
+
+def test_pairs_never_cross_setups(rng):
+    base = copying("vanilla", rng.normal(0.5, 0.02, 8), seq_len=20)
+    wider = copying("h-detach", rng.normal(0.9, 0.02, 8), seq_len=20, p=0.25, hidden_size="128")
+    longer = copying("h-detach", rng.normal(0.9, 0.02, 8), seq_len=20, p=0.25, epochs=24)
+    for treatment in (wider, longer):
+        (v,) = vd.evaluate_claims(
+            [claim("C2")], pd.concat([base, treatment], ignore_index=True), None, 0
+        )
+        assert v.checks[0].verdict == "no runs yet"
+        assert "share no setup" in v.checks[0].reason
+    # The same seeds in the same setup pair up.
+    same = copying("h-detach", rng.normal(0.9, 0.02, 8), seq_len=20, p=0.25)
+    (v,) = vd.evaluate_claims([claim("C2")], pd.concat([base, same], ignore_index=True), None, 0)
+    assert v.checks[0].paired and v.checks[0].details["n_pairs"] == 8
+
+
+def test_paper_numbers_only_at_paper_scale(rng):
+    reduced = ladder_study(rng)
+    full = pd.concat(
+        [
+            make_runs("copying", "vanilla", rng.normal(0.8, 0.02, 8), seq_len=300, epochs=600),
+            make_runs("copying", "h-detach", rng.normal(0.99, 0.005, 8), seq_len=300,
+                      epochs=600, p_detach=0.25),
+        ],
+        ignore_index=True,
+    )  # fmt: skip
+    for key, value in PAPER_T300.items():
+        full[key] = value
+    (v,) = vd.evaluate_claims(
+        [claim("C2")], pd.concat([reduced, full], ignore_index=True), None, 0, n_resamples=300
+    )
+    headline = v.checks[0]
+    assert headline.at_paper_scale and headline.setup.delay == 300.0  # paper scale wins
+    assert [cv.at_paper_scale for cv in v.by_setup if cv.name == headline.name].count(True) == 1
+    # The paper's tables take only paper-scale verdicts.
+    assert all(cv.at_paper_scale for cv in sections._checks_of([v], "C2"))
+
+
+def test_the_ladder_has_one_point_per_delay_with_intervals(rng):
+    study = ladder_study(rng)
+    (v,) = vd.evaluate_claims([claim("C2")], study, None, 0, n_resamples=300)
+    panels = {(title, ylabel): series for title, ylabel, series in sections.ladder_panels(v)}
+    (series,) = [s for s in panels["best_val_acc", "difference (pp)"] if s.label == "p=0.25"]
+    assert sorted(series.delays) == [5.0, 20.0]
+    for effect in series.effects:
+        assert math.isfinite(effect.low) and math.isfinite(effect.high)
+        assert effect.low < effect.value < effect.high  # in percentage points
+    by_delay = dict(zip(series.delays, series.effects, strict=True))
+    assert by_delay[5.0].high < 0 < by_delay[20.0].low
+    assert series.paper == (300.0, 100 - 82)  # the paper's point, at its own T
+    assert sections.ladder_figure(v) is not None
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ([0.9, 0.9, 0.9], [0.5, 0.5, 0.5]),  # every pair won
+        ([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]),  # every pair lost
+        ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),  # every pair tied
+        ([0.9, 0.1, 0.5], [0.5, 0.5, 0.5]),
+    ],
+)
+def test_three_paired_seeds_never_give_a_zero_width_interval(a, b):
+    rng = np.random.default_rng(0)
+    p = stats.compare(np.array(a), np.array(b), rng, paired=True).p_improve
+    assert p.high - p.low > 0.3, p
+    assert p.low <= p.value <= p.high
+    unpaired = stats.compare(np.array(a), np.array(b), rng, paired=False).p_improve
+    assert unpaired.high - unpaired.low > 0.3, unpaired
+    time = survival.time_to_threshold_comparison(
+        np.array([3.0, 4.0, 5.0]), np.ones(3, bool), np.array([8.0, 9.0, 12.0]),
+        np.array([True, True, False]), rng, horizon=12, paired=True,
+    ).p_faster  # fmt: skip
+    assert time.high - time.low > 0.3 and time.value == 1.0
+
+
+def test_ten_seeds_and_more_use_the_bootstrap():
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=12)
+    boot = stats.compare(b + 1.0, b, rng, paired=True)
+    assert boot.p_improve == (1.0, 1.0, 1.0)  # every resample wins: the bootstrap's answer
+    shift = 1.0 + rng.normal(0, 0.1, 9)
+    few = stats.compare(b[:9] + shift, b[:9], rng, paired=True)
+    assert few.p_improve.low < 0.8 and few.difference.low < shift.mean() < few.difference.high
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
