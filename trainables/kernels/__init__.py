@@ -1,0 +1,156 @@
+"""The engine's compiled kernels, and which backend runs an LSTM layer.
+
+Backends (``HDetachLSTM(..., backend=...)``):
+
+* ``"torch"``: the portable PyTorch path of ``trainables/engine.py`` (any device).
+* ``"cpp"``: the C++ extension ``lstm_cpu.cpp`` (CPU, fp32 and fp64): one fused pointwise
+  pass and one small GEMM per step and work item, large GEMMs for everything else.
+* ``"triton"``: Triton kernels for the fused pointwise steps on CUDA, cuBLAS for the GEMMs,
+  the time loop captured as a CUDA graph (``triton_lstm.py``).
+* ``"auto"`` (default): ``cpp`` on the CPU, ``triton`` on CUDA when Triton imports, else
+  ``torch``.
+
+The C++ extension is built with ``torch.utils.cpp_extension`` on first use (about a minute)
+into a cache keyed by the source, the flags and the torch version
+(``$HDETACH_KERNEL_CACHE``, default ``~/.cache/hdetach-study/kernels``), so every later process
+loads it in well under a second; ``python -m trainables.kernels`` builds it ahead of time
+(``make`` does at install). When it cannot be built (no compiler, no headers), ``auto`` says
+so once, as a warning, and uses the PyTorch path; ``backend="cpp"`` raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+BACKENDS = ("auto", "cpp", "torch", "triton")
+SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
+#: No -march: the binary runs on any x86-64; the fp32 pointwise passes carry their own AVX2 /
+#: AVX-512 clones. -fno-trapping-math lets the compiler vectorise the branch-free selects.
+CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+class KernelUnavailable(RuntimeError):
+    """A backend that was asked for by name cannot run here (the message says why)."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("HDETACH_KERNEL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "hdetach-study" / "kernels"
+
+
+def _build_name() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update(" ".join(CFLAGS).encode())
+    digest.update(f"{torch.__version__} {sys.version_info[:2]}".encode())
+    return f"hdetach_lstm_cpu_{digest.hexdigest()[:12]}"
+
+
+def load_cpp(*, verbose: bool = False) -> None:
+    """Build (or find in the cache) and load the C++ extension; KernelUnavailable if not."""
+    with _lock:
+        if _state.get("cpp") is True:
+            return
+        if isinstance(_state.get("cpp"), str):
+            raise KernelUnavailable(_state["cpp"])
+        name = _build_name()
+        folder = cache_dir() / name
+        built = folder / f"{name}.so"
+        try:
+            if built.is_file():  # cached: load it without torch's build machinery
+                torch.ops.load_library(str(built))
+                _state["cpp"] = True
+                return
+            from torch.utils import cpp_extension
+
+            folder.mkdir(parents=True, exist_ok=True)
+            cpp_extension.load(
+                name=name,
+                sources=[str(SOURCE)],
+                extra_cflags=CFLAGS,
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(folder),
+                is_python_module=False,
+                verbose=verbose,
+            )
+        except Exception as err:  # no compiler, no headers, a failed build: say why once
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            _state["cpp"] = f"the C++ LSTM kernels could not be built or loaded: {first}"
+            raise KernelUnavailable(_state["cpp"]) from None
+        _state["cpp"] = True
+
+
+def cpp_available() -> bool:
+    """Whether the C++ backend runs here (building it on first call); never raises."""
+    try:
+        load_cpp()
+    except KernelUnavailable:
+        return False
+    return True
+
+
+def triton_available() -> bool:
+    if "triton" not in _state:
+        try:
+            import triton  # noqa: F401
+
+            _state["triton"] = torch.cuda.is_available()
+        except ImportError:
+            _state["triton"] = False
+    return bool(_state["triton"])
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs a layer: ``backend`` as asked, or ``auto``'s choice."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    cpp_ok = device.type == "cpu" and dtype in (torch.float32, torch.float64)
+    if backend == "cpp":
+        if not cpp_ok:
+            raise KernelUnavailable(f"the cpp backend runs fp32/fp64 on the CPU, not {device}")
+        load_cpp()
+        return "cpp"
+    if backend == "triton":
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise KernelUnavailable(
+                f"the triton backend needs CUDA (or TRITON_INTERPRET=1 for tests), got {device}"
+            )
+        import triton  # noqa: F401  (raises ImportError where Triton is missing)
+
+        return "triton"
+    if backend == "torch":
+        return "torch"
+    if cpp_ok:
+        if cpp_available():
+            return "cpp"
+        _warn_once(str(_state["cpp"]) + "; using the PyTorch path (backend='torch')")
+    elif device.type == "cuda" and triton_available():
+        return "triton"
+    return "torch"
+
+
+def _warn_once(message: str) -> None:
+    if not _state.get("warned"):
+        _state["warned"] = True
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def main() -> int:
+    """``python -m trainables.kernels``: build the C++ extension now (e.g. at install)."""
+    try:
+        load_cpp(verbose="-v" in sys.argv)
+    except KernelUnavailable as err:
+        print(f"trainables.kernels: {err}", file=sys.stderr)
+        return 1
+    blas = "BLAS" if torch.ops.hdetach.blas_linked() else "ATen GEMM fallback"
+    print(f"trainables.kernels: C++ LSTM kernels ready in {cache_dir() / _build_name()} ({blas})")
+    return 0

@@ -1,0 +1,603 @@
+// The h-detach LSTM layer on the CPU: forward and backward of one layer over a whole
+// sequence, for K seed members at once, fp32 and fp64.
+//
+// Layout is batch-major: x (K, T, B, I), states (K, B, H), gates (K, T, B, 4H) with the
+// gate blocks [i, f, g, o] (torch.nn.LSTM's order). Work is split into items, one per
+// (member, batch chunk): the recursion of a sample depends on no other sample, so each item
+// runs the whole time loop on its own thread with no barrier between steps. Per step an item
+// makes one small GEMM (the recurrent product) and ONE fused, vectorised pointwise pass; the
+// input projection and the weight gradients are large GEMMs over all steps, done outside the
+// per-step loop. A step whose h_{t-1} is blocked for every sample of the item skips its
+// backward product W_hh^T dgates (where h-detach saves computation, claim C9).
+//
+// Portability: no -march flags. The fp32 pointwise passes are compiled for AVX-512, AVX2 and
+// baseline x86-64 (GCC's target_clones picks one at load time); their exp is a Cephes-style
+// polynomial the compiler vectorises (scalar libm would cost 2x). fp64 uses libm (it serves
+// the exactness tests, not speed). The per-step GEMMs call the BLAS that torch links
+// (sgemm_/dgemm_, resolved weakly at load time) and fall back to ATen's addmm when that BLAS
+// does not export them.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*,
+            const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*) __attribute__((weak));
+}
+
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HDETACH_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HDETACH_CLONES
+#endif
+
+// ---------------------------------------------------------------------------------------
+// GEMM: row-major C (m x n) = alpha * op(A) op(B) + beta * C, through the column-major BLAS
+// (C^T = op(B)^T op(A)^T), or ATen when the BLAS symbol is missing.
+
+template <typename T>
+void blas(char ta, char tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b,
+          int ldb, T beta, T* c, int ldc);
+
+template <>
+void blas<float>(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
+                 const float* b, int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+template <>
+void blas<double>(char ta, char tb, int m, int n, int k, double alpha, const double* a,
+                  int lda, const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+template <typename T>
+bool have_blas() {
+  return std::is_same<T, float>::value ? sgemm_ != nullptr : dgemm_ != nullptr;
+}
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (have_blas<T>()) {
+    blas<T>(trans_b ? 'T' : 'N', trans_a ? 'T' : 'N', (int)n, (int)m, (int)k, alpha, b,
+            (int)ldb, a, (int)lda, beta, c, (int)ldc);
+    return;
+  }
+  auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto A = trans_a ? at::from_blob(const_cast<T*>(a), {k, m}, {lda, 1}, options).t()
+                   : at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, options);
+  auto B = trans_b ? at::from_blob(const_cast<T*>(b), {n, k}, {ldb, 1}, options).t()
+                   : at::from_blob(const_cast<T*>(b), {k, n}, {ldb, 1}, options);
+  auto C = at::from_blob(c, {m, n}, {ldc, 1}, options);
+  if (beta == T(0))
+    C.zero_();  // BLAS semantics: beta = 0 ignores what C held (even NaN)
+  else if (beta != T(1))
+    C.mul_(beta);
+  C.addmm_(A, B, 1, alpha);
+}
+
+// ---------------------------------------------------------------------------------------
+// Pointwise math. exp_poly: Cephes' expf (range reduction to [-ln2/2, ln2/2], degree-5
+// polynomial, 2^n through the exponent bits), branch-free so it vectorises; NaN propagates.
+
+static inline __attribute__((always_inline)) float exp_poly(float x) {
+  x = x > 88.3762626647949f ? 88.3762626647949f : x;
+  x = x < -87.3365447504019f ? -87.3365447504019f : x;
+  float z = x * 1.44269504088896341f;
+  float n = (z + 12582912.0f) - 12582912.0f;  // round to nearest, |z| < 2^22
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t e = ((int32_t)n + 127) << 23;
+  float s;
+  std::memcpy(&s, &e, sizeof(s));
+  return p * s;
+}
+
+static inline __attribute__((always_inline)) float sigmoid_f(float x) {
+  return 1.0f / (1.0f + exp_poly(-x));
+}
+static inline __attribute__((always_inline)) float tanh_f(float x) {
+  return 2.0f / (1.0f + exp_poly(-2.0f * x)) - 1.0f;
+}
+static inline double sigmoid_d(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// One step's gates of nb rows: pre-activations in g (nb x 4H) become [i, f, g, o]; writes
+// c_t, tanh(c_t) and h_t (nb x H each; c_out may alias c_prev).
+HDETACH_CLONES
+void step_forward_f(float* __restrict g, const float* c_prev, float* c_out,
+                    float* __restrict tc_out, float* __restrict h_out, int64_t nb, int64_t H) {
+  for (int64_t b = 0; b < nb; ++b) {
+    float* gi = g + b * 4 * H;
+    float* gf = gi + H;
+    float* gg = gf + H;
+    float* go = gg + H;
+    const float* cp = c_prev + b * H;
+    float* co = c_out + b * H;
+    float* to = tc_out + b * H;
+    float* ho = h_out + b * H;
+    for (int64_t j = 0; j < H; ++j) {
+      float i = sigmoid_f(gi[j]), f = sigmoid_f(gf[j]), u = tanh_f(gg[j]), o = sigmoid_f(go[j]);
+      float c = f * cp[j] + i * u;
+      float tc = tanh_f(c);
+      gi[j] = i;
+      gf[j] = f;
+      gg[j] = u;
+      go[j] = o;
+      co[j] = c;
+      to[j] = tc;
+      ho[j] = o * tc;
+    }
+  }
+}
+
+void step_forward_d(double* g, const double* c_prev, double* c_out, double* tc_out,
+                    double* h_out, int64_t nb, int64_t H) {
+  for (int64_t b = 0; b < nb; ++b) {
+    double* gi = g + b * 4 * H;
+    double *gf = gi + H, *gg = gf + H, *go = gg + H;
+    for (int64_t j = 0; j < H; ++j) {
+      double i = sigmoid_d(gi[j]), f = sigmoid_d(gf[j]), u = std::tanh(gg[j]);
+      double o = sigmoid_d(go[j]);
+      double c = f * c_prev[b * H + j] + i * u;
+      double tc = std::tanh(c);
+      gi[j] = i;
+      gf[j] = f;
+      gg[j] = u;
+      go[j] = o;
+      c_out[b * H + j] = c;
+      tc_out[b * H + j] = tc;
+      h_out[b * H + j] = o * tc;
+    }
+  }
+}
+
+inline void step_forward(float* g, const float* cp, float* co, float* tc, float* h, int64_t nb,
+                         int64_t H) {
+  step_forward_f(g, cp, co, tc, h, nb, H);
+}
+inline void step_forward(double* g, const double* cp, double* co, double* tc, double* h,
+                         int64_t nb, int64_t H) {
+  step_forward_d(g, cp, co, tc, h, nb, H);
+}
+
+// One step backward for nb rows. dh = dy (+ rowscale[b] * rec[b] when have_rec): the loss
+// gradient plus the recurrent one from step t+1. Updates dc in place to dL/dc_{t-1} (times
+// ckeep[b] when given), writes the gate gradients dg (nb x 4H), and adds their column sums
+// to db_acc and, for one input feature x, their x-weighted sums to dwi_acc (both 4H).
+// Branch-free inner loops (dh goes through `scratch`), so they vectorise.
+template <typename T>
+static inline __attribute__((always_inline)) void step_backward_body(
+    const T* __restrict dy, const T* __restrict rec, const T* __restrict rowscale,
+    bool have_rec, const T* __restrict g, const T* __restrict tc, const T* __restrict c_prev,
+    T* __restrict dc, const T* __restrict ckeep, T* __restrict dg, T* __restrict scratch,
+    const T* __restrict x, T* __restrict db_acc, T* __restrict dwi_acc, int64_t nb,
+    int64_t H) {
+  const int64_t G = 4 * H;
+  for (int64_t b = 0; b < nb; ++b) {
+    const T* gi = g + b * G;
+    const T *gf = gi + H, *gg = gf + H, *go = gg + H;
+    T* di = dg + b * G;
+    T *df = di + H, *du = df + H, *dout = du + H;
+    const T* tcb = tc + b * H;
+    const T* cpb = c_prev + b * H;
+    T* dcb = dc + b * H;
+    const T* dh = dy + b * H;
+    if (have_rec) {
+      const T s = rowscale[b];
+      const T* recb = rec + b * H;
+      const T* dyb = dy + b * H;
+      for (int64_t j = 0; j < H; ++j) scratch[j] = dyb[j] + s * recb[j];
+      dh = scratch;
+    }
+    const T ck = ckeep ? ckeep[b] : T(1);
+    for (int64_t j = 0; j < H; ++j) {
+      T i = gi[j], f = gf[j], u = gg[j], o = go[j], t = tcb[j], h = dh[j];
+      T dcj = dcb[j] + h * o * (T(1) - t * t);
+      dout[j] = h * t * (o - o * o);
+      di[j] = dcj * u * (i - i * i);
+      df[j] = dcj * cpb[j] * (f - f * f);
+      du[j] = dcj * i * (T(1) - u * u);
+      dcb[j] = dcj * f * ck;
+    }
+    const T* drow = dg + b * G;
+    for (int64_t j = 0; j < G; ++j) db_acc[j] += drow[j];
+    if (x != nullptr) {
+      const T xb = x[b];
+      for (int64_t j = 0; j < G; ++j) dwi_acc[j] += drow[j] * xb;
+    }
+  }
+}
+
+HDETACH_CLONES
+void step_backward_f(const float* dy, const float* rec, const float* rowscale, bool have_rec,
+                     const float* g, const float* tc, const float* c_prev, float* dc,
+                     const float* ckeep, float* dg, float* scratch, const float* x, float* db,
+                     float* dwi, int64_t nb, int64_t H) {
+  step_backward_body<float>(dy, rec, rowscale, have_rec, g, tc, c_prev, dc, ckeep, dg, scratch,
+                            x, db, dwi, nb, H);
+}
+
+void step_backward(const float* dy, const float* rec, const float* rowscale, bool have_rec,
+                   const float* g, const float* tc, const float* c_prev, float* dc,
+                   const float* ckeep, float* dg, float* scratch, const float* x, float* db,
+                   float* dwi, int64_t nb, int64_t H) {
+  step_backward_f(dy, rec, rowscale, have_rec, g, tc, c_prev, dc, ckeep, dg, scratch, x, db, dwi,
+                  nb, H);
+}
+void step_backward(const double* dy, const double* rec, const double* rowscale, bool have_rec,
+                   const double* g, const double* tc, const double* c_prev, double* dc,
+                   const double* ckeep, double* dg, double* scratch, const double* x, double* db,
+                   double* dwi, int64_t nb, int64_t H) {
+  step_backward_body<double>(dy, rec, rowscale, have_rec, g, tc, c_prev, dc, ckeep, dg, scratch,
+                             x, db, dwi, nb, H);
+}
+
+// Input projection of one step when the input has one feature (an outer product: the
+// degenerate GEMM is far slower): g (nb x 4H) = bias + x w^T. Shared by the training and the
+// inference forward, so both give the same bits.
+template <typename T>
+void project_one(T* g, const T* x, const T* w, const T* bias, int64_t nb, int64_t G) {
+  for (int64_t r = 0; r < nb; ++r)
+    for (int64_t j = 0; j < G; ++j) g[r * G + j] = bias[j] + x[r] * w[j];
+}
+
+// ---------------------------------------------------------------------------------------
+// Work items: (member k, rows b0 .. b0 + nb) of the batch.
+
+struct Item {
+  int64_t k, b0, nb;
+};
+
+std::vector<Item> items(int64_t K, int64_t B) {
+  int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  int64_t chunks = std::min<int64_t>(B, std::max<int64_t>(1, (threads + K - 1) / K));
+  int64_t size = (B + chunks - 1) / chunks;
+  std::vector<Item> out;
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t b0 = 0; b0 < B; b0 += size) out.push_back({k, b0, std::min(size, B - b0)});
+  return out;
+}
+
+// Denormal floats (gradients decaying over hundreds of steps) cost x86 cores 10-100x per
+// operation: each thread flushes them to zero (FTZ/DAZ) while it runs an item, and restores
+// its previous mode after, so nothing outside the kernel changes.
+struct FlushDenormals {
+#if defined(__SSE__)
+  unsigned int saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040u); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
+template <typename F>
+void for_items(const std::vector<Item>& work, F fn) {
+  at::parallel_for(0, (int64_t)work.size(), 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;
+    for (int64_t w = begin; w < end; ++w) fn(work[w]);
+  });
+}
+
+void check(bool ok, const char* what) { TORCH_CHECK(ok, "hdetach lstm_cpu: ", what); }
+
+// Keep factors of member k at step t for the rows of an item: nullptr (all kept), or a
+// pointer to nb floats/doubles. Per-step masks (K, T) are expanded into `scratch`.
+template <typename T>
+const T* keep_rows(const at::Tensor& keep, int64_t k, int64_t t, const Item& it, T* scratch) {
+  if (!keep.defined()) return nullptr;
+  const T* base = keep.data_ptr<T>();
+  int64_t Tn = keep.size(1);
+  if (keep.dim() == 2) {
+    std::fill(scratch, scratch + it.nb, base[k * Tn + t]);
+    return scratch;
+  }
+  return base + (k * Tn + t) * keep.size(2) + it.b0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+
+template <typename T>
+std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
+                                     const at::Tensor& c0, const at::Tensor& w_ih,
+                                     const at::Tensor& w_hh, const c10::optional<at::Tensor>& bias,
+                                     bool train, int64_t keep_steps) {
+  const int64_t K = x.size(0), Tn = x.size(1), B = x.size(2), I = x.size(3);
+  const int64_t H = w_hh.size(2), G = 4 * H;
+  auto opt = x.options();
+  at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous()
+                                                     : at::zeros({K, G}, opt);
+  const auto work = items(K, B);
+  at::Tensor hT = at::empty({K, B, H}, opt), cT = at::empty({K, B, H}, opt);
+  const T* whh = w_hh.data_ptr<T>();
+  const T* wih = w_ih.data_ptr<T>();
+  const T* xb = x.data_ptr<T>();
+  const T* bb = b.data_ptr<T>();
+  const T* h0p = h0.data_ptr<T>();
+  const T* c0p = c0.data_ptr<T>();
+
+  if (train) {
+    // All steps' input projections at once: gates = x W_ih^T + b.
+    // (One input feature: each step projects its own rows, in cache, just before its GEMM.)
+    at::Tensor gates =
+        I == 1 ? at::empty({K, Tn, B, G}, opt)
+               : at::baddbmm(b.unsqueeze(1), x.view({K, Tn * B, I}), w_ih.transpose(1, 2))
+                     .view({K, Tn, B, G})
+                     .contiguous();
+    at::Tensor cells = at::empty({K, Tn, B, H}, opt), tanh_c = at::empty_like(cells);
+    at::Tensor y = at::empty({K, Tn, B, H}, opt);
+    T *gp = gates.data_ptr<T>(), *cp = cells.data_ptr<T>(), *tp = tanh_c.data_ptr<T>();
+    T* yp = y.data_ptr<T>();
+    for_items(work, [&](const Item& it) {
+      const int64_t k = it.k, nb = it.nb;
+      const T* h_prev = h0p + (k * B + it.b0) * H;
+      const T* c_prev = c0p + (k * B + it.b0) * H;
+      for (int64_t t = 0; t < Tn; ++t) {
+        const int64_t row = (k * Tn + t) * B + it.b0;
+        T* g = gp + row * G;
+        if (I == 1) project_one(g, xb + row, wih + k * G, bb + k * G, nb, G);
+        gemm<T>(false, true, nb, G, H, T(1), h_prev, H, whh + k * G * H, H, T(1), g, G);
+        step_forward(g, c_prev, cp + row * H, tp + row * H, yp + row * H, nb, H);
+        h_prev = yp + row * H;
+        c_prev = cp + row * H;
+      }
+      std::memcpy(hT.data_ptr<T>() + (k * B + it.b0) * H, h_prev, nb * H * sizeof(T));
+      std::memcpy(cT.data_ptr<T>() + (k * B + it.b0) * H, c_prev, nb * H * sizeof(T));
+    });
+    return {y, hT, cT, gates, cells, tanh_c};
+  }
+
+  // Inference: per-step buffers only, and only the last keep_steps outputs.
+  const int64_t first_kept = Tn - keep_steps;
+  at::Tensor y = at::empty({K, keep_steps, B, H}, opt);
+  T* yp = y.data_ptr<T>();
+  for_items(work, [&](const Item& it) {
+    const int64_t k = it.k, nb = it.nb;
+    // Aligned like the training buffers (the BLAS may pick its kernel by alignment).
+    at::Tensor buf = at::empty({nb * (G + 3 * H)}, opt);
+    T *g = buf.data_ptr<T>(), *c = g + nb * G, *tc = c + nb * H, *h = tc + nb * H;
+    std::memcpy(h, h0p + (k * B + it.b0) * H, nb * H * sizeof(T));
+    std::memcpy(c, c0p + (k * B + it.b0) * H, nb * H * sizeof(T));
+    const T* wk = wih + k * G * I;
+    for (int64_t t = 0; t < Tn; ++t) {
+      const T* xt = xb + ((k * Tn + t) * B + it.b0) * I;
+      if (I == 1) {
+        project_one(g, xt, wk, bb + k * G, nb, G);
+      } else {
+        for (int64_t r = 0; r < nb; ++r) std::memcpy(g + r * G, bb + k * G, G * sizeof(T));
+        gemm<T>(false, true, nb, G, I, T(1), xt, I, wk, I, T(1), g, G);
+      }
+      gemm<T>(false, true, nb, G, H, T(1), h, H, whh + k * G * H, H, T(1), g, G);
+      T* out = t >= first_kept ? yp + ((k * keep_steps + t - first_kept) * B + it.b0) * H : h;
+      step_forward(g, c, c, tc, out, nb, H);
+      if (out != h) std::memcpy(h, out, nb * H * sizeof(T));
+    }
+    std::memcpy(hT.data_ptr<T>() + (k * B + it.b0) * H, h, nb * H * sizeof(T));
+    std::memcpy(cT.data_ptr<T>() + (k * B + it.b0) * H, c, nb * H * sizeof(T));
+  });
+  at::Tensor none = at::empty({0}, opt);
+  return {y, hT, cT, none, none, none};
+}
+
+std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0,
+                                     const at::Tensor& c0, const at::Tensor& w_ih,
+                                     const at::Tensor& w_hh, const c10::optional<at::Tensor>& bias,
+                                     bool train, int64_t keep_steps) {
+  check(x.dim() == 4 && h0.dim() == 3 && w_hh.dim() == 3, "x (K,T,B,I), h0 (K,B,H), w (K,4H,.)");
+  check(keep_steps >= 1 && keep_steps <= x.size(1), "keep_steps must be in [1, T]");
+  auto xc = x.contiguous(), h0c = h0.contiguous(), c0c = c0.contiguous();
+  auto wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  if (x.scalar_type() == at::kFloat)
+    return forward_impl<float>(xc, h0c, c0c, wi, wh, bias, train, keep_steps);
+  check(x.scalar_type() == at::kDouble, "float32 or float64 only");
+  return forward_impl<double>(xc, h0c, c0c, wi, wh, bias, train, keep_steps);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+
+template <typename T>
+std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& dhT,
+                                      const at::Tensor& dcT, const at::Tensor& x,
+                                      const at::Tensor& h0, const at::Tensor& c0,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                      const at::Tensor& gates, const at::Tensor& cells,
+                                      const at::Tensor& tanh_c, const at::Tensor& y,
+                                      const at::Tensor& h_keep, const at::Tensor& c_keep,
+                                      double h_scale, bool need_dx, bool has_bias) {
+  const int64_t K = x.size(0), Tn = x.size(1), B = x.size(2), I = x.size(3);
+  const int64_t H = w_hh.size(2), G = 4 * H;
+  auto opt = x.options();
+  at::Tensor dh0 = at::empty({K, B, H}, opt), dc0 = dcT.clone();
+  at::Tensor dx = need_dx ? at::empty({K, Tn, B, I}, opt) : at::Tensor();
+  const T *whh = w_hh.data_ptr<T>(), *wih = w_ih.data_ptr<T>();
+  const T *gp = gates.data_ptr<T>(), *cp = cells.data_ptr<T>(), *tp = tanh_c.data_ptr<T>();
+  const T *dyp = dy.data_ptr<T>(), *dhTp = dhT.data_ptr<T>(), *c0p = c0.data_ptr<T>();
+  const T *xp = x.data_ptr<T>(), *yp = y.data_ptr<T>(), *h0p = h0.data_ptr<T>();
+  T *dcp = dc0.data_ptr<T>(), *dh0p = dh0.data_ptr<T>();
+  T* dxp = need_dx ? dx.data_ptr<T>() : nullptr;
+  const T scale = T(h_scale);
+
+  // One fused recursion per item, right after each step's gate gradients dG (nb x 4H, in
+  // cache): dh_{t-1} = scale * keep * dG W_hh (skipped when blocked), and the weight
+  // gradients folded in as they come: dW_hh += dG^T h_{t-1}, dW_ih += dG^T x_t, db += sum dG,
+  // dx_t = dG W_ih. Per-item accumulators are summed per member after (in item order).
+  const auto work = items(K, B);
+  const int64_t n_work = (int64_t)work.size();
+  at::Tensor acc_hh = at::zeros({n_work, G, H}, opt), acc_ih = at::zeros({n_work, G, I}, opt);
+  at::Tensor acc_b = at::zeros({n_work, G}, opt);
+  T *acc_hhp = acc_hh.data_ptr<T>(), *acc_ihp = acc_ih.data_ptr<T>(), *acc_bp = acc_b.data_ptr<T>();
+  for_items(work, [&](const Item& it) {
+    const int64_t k = it.k, nb = it.nb, w = &it - work.data();
+    std::vector<T> rec(nb * H, T(0)), rowscale(nb, T(0)), dy_last(nb * H), keep_h(nb), keep_c(nb);
+    std::vector<T> scratch(H);
+    at::Tensor dg_buf = at::empty({nb * G}, opt);  // aligned, reused every step
+    T* dg = dg_buf.data_ptr<T>();
+    T *dwh = acc_hhp + w * G * H, *dwi = acc_ihp + w * G * I, *db = acc_bp + w * G;
+    bool have_rec = false;
+    T* dc = dcp + (k * B + it.b0) * H;
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      const int64_t row = (k * Tn + t) * B + it.b0;
+      const T* dyt = dyp + row * H;
+      if (t == Tn - 1) {  // dL/dh_T from the caller joins the loss gradient of the last step
+        const T* dhl = dhTp + (k * B + it.b0) * H;
+        for (int64_t e = 0; e < nb * H; ++e) dy_last[e] = dyt[e] + dhl[e];
+        dyt = dy_last.data();
+      }
+      const T* c_prev = t > 0 ? cp + (row - B) * H : c0p + (k * B + it.b0) * H;
+      const T* h_prev = t > 0 ? yp + (row - B) * H : h0p + (k * B + it.b0) * H;
+      const T* ck = keep_rows<T>(c_keep, k, t, it, keep_c.data());
+      step_backward(dyt, rec.data(), rowscale.data(), have_rec, gp + row * G, tp + row * H,
+                    c_prev, dc, ck, dg, scratch.data(), I == 1 ? xp + row : nullptr, db, dwi,
+                    nb, H);
+      // dL/dh_{t-1} through the recurrence, skipped outright when h_{t-1} was blocked for
+      // every row of the item.
+      const T* hk = keep_rows<T>(h_keep, k, t, it, keep_h.data());
+      have_rec = true;
+      if (hk != nullptr) {
+        bool any = false;
+        for (int64_t r = 0; r < nb; ++r) any |= hk[r] != T(0);
+        have_rec = any;
+      }
+      if (have_rec) {
+        for (int64_t r = 0; r < nb; ++r) rowscale[r] = scale * (hk ? hk[r] : T(1));
+        gemm<T>(false, false, nb, H, G, T(1), dg, G, whh + k * G * H, H, T(0), rec.data(), H);
+      }
+      gemm<T>(true, false, G, H, nb, T(1), dg, G, h_prev, H, T(1), dwh, H);
+      if (I > 1) gemm<T>(true, false, G, I, nb, T(1), dg, G, xp + row * I, I, T(1), dwi, I);
+      if (need_dx)
+        gemm<T>(false, false, nb, I, G, T(1), dg, G, wih + k * G * I, I, T(0), dxp + row * I, I);
+    }
+    T* d0 = dh0p + (k * B + it.b0) * H;
+    for (int64_t r = 0; r < nb; ++r)
+      for (int64_t j = 0; j < H; ++j) d0[r * H + j] = have_rec ? rowscale[r] * rec[r * H + j] : T(0);
+  });
+
+  at::Tensor dw_hh = at::zeros({K, G, H}, opt), dw_ih = at::zeros({K, G, I}, opt);
+  at::Tensor db = at::zeros({K, G}, opt);
+  for (int64_t w = 0; w < n_work; ++w) {
+    const int64_t k = work[w].k;
+    dw_hh[k].add_(acc_hh[w]);
+    dw_ih[k].add_(acc_ih[w]);
+    db[k].add_(acc_b[w]);
+  }
+  return {dx, dh0, dc0, dw_ih, dw_hh, has_bias ? db : at::Tensor()};
+}
+
+std::vector<at::Tensor> lstm_backward(const at::Tensor& dy, const at::Tensor& dhT,
+                                      const at::Tensor& dcT, const at::Tensor& x,
+                                      const at::Tensor& h0, const at::Tensor& c0,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                      const at::Tensor& gates, const at::Tensor& cells,
+                                      const at::Tensor& tanh_c, const at::Tensor& y,
+                                      const c10::optional<at::Tensor>& h_keep,
+                                      const c10::optional<at::Tensor>& c_keep, double h_scale,
+                                      bool need_dx, bool has_bias) {
+  auto def = [](const c10::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+  };
+  auto hk = def(h_keep), ck = def(c_keep);
+  for (const auto& m : {hk, ck})
+    check(!m.defined() || m.scalar_type() == x.scalar_type(), "keep masks match x's dtype");
+  auto args = std::make_tuple(dy.contiguous(), dhT.contiguous(), dcT.contiguous(), x.contiguous(),
+                              h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
+                              w_hh.contiguous());
+  auto [a, b, c, d, e, f, g, h] = args;
+  if (x.scalar_type() == at::kFloat)
+    return backward_impl<float>(a, b, c, d, e, f, g, h, gates, cells, tanh_c, y, hk, ck, h_scale,
+                                need_dx, has_bias);
+  return backward_impl<double>(a, b, c, d, e, f, g, h, gates, cells, tanh_c, y, hk, ck, h_scale,
+                               need_dx, has_bias);
+}
+
+// The GEMMs of one forward and backward, with the same shapes and work split as the layer,
+// and nothing else: the bound the fused layer is measured against (benchmarks/engine.py).
+template <typename T>
+void gemm_bound_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                     const at::Tensor& h_keep) {
+  const int64_t K = x.size(0), Tn = x.size(1), B = x.size(2), I = x.size(3);
+  const int64_t H = w_hh.size(2), G = 4 * H;
+  auto opt = x.options();
+  at::Tensor gates = at::zeros({K, Tn, B, G}, opt), hs = at::zeros({K, Tn, B, H}, opt);
+  const T* whh = w_hh.data_ptr<T>();
+  T *gp = gates.data_ptr<T>(), *hp = hs.data_ptr<T>();
+  const auto work = items(K, B);
+  for_items(work, [&](const Item& it) {
+    for (int64_t t = 0; t < Tn; ++t) {
+      const int64_t row = (it.k * Tn + t) * B + it.b0;
+      gemm<T>(false, true, it.nb, G, H, T(1), hp + row * H, H, whh + it.k * G * H, H, T(1),
+              gp + row * G, G);
+    }
+  });
+  std::vector<T> scratch(B);
+  for_items(work, [&](const Item& it) {
+    at::Tensor buf = at::zeros({it.nb * H + G * H + G * I}, opt);
+    T *rec = buf.data_ptr<T>(), *dwh = rec + it.nb * H, *dwi = dwh + G * H;
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      const int64_t row = (it.k * Tn + t) * B + it.b0;
+      const T* dg = gp + row * G;
+      const T* hk = keep_rows<T>(h_keep, it.k, t, it, scratch.data() + it.b0);
+      if (hk == nullptr || hk[0] != T(0))
+        gemm<T>(false, false, it.nb, H, G, T(1), dg, G, whh + it.k * G * H, H, T(0), rec, H);
+      gemm<T>(true, false, G, H, it.nb, T(1), dg, G, hp + row * H, H, T(1), dwh, H);
+      if (I > 1)
+        gemm<T>(true, false, G, I, it.nb, T(1), dg, G, x.data_ptr<T>() + row * I, I, T(1), dwi,
+                I);
+    }
+  });
+}
+
+void gemm_bound(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                const c10::optional<at::Tensor>& h_keep) {
+  at::Tensor hk = h_keep.has_value() && h_keep->defined() ? h_keep->contiguous() : at::Tensor();
+  if (x.scalar_type() == at::kFloat)
+    gemm_bound_impl<float>(x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), hk);
+  else
+    gemm_bound_impl<double>(x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), hk);
+}
+
+bool blas_linked() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+}  // namespace
+
+TORCH_LIBRARY(hdetach, m) {
+  m.def(
+      "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, "
+      "bool train, int keep_steps) -> Tensor[]");
+  m.def(
+      "lstm_backward(Tensor dy, Tensor dhT, Tensor dcT, Tensor x, Tensor h0, Tensor c0, "
+      "Tensor w_ih, Tensor w_hh, Tensor gates, Tensor cells, Tensor tanh_c, Tensor y, "
+      "Tensor? h_keep, Tensor? c_keep, float h_scale, bool need_dx, bool has_bias) -> Tensor[]");
+  m.def("gemm_bound(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? h_keep) -> ()");
+  m.def("blas_linked() -> bool", &blas_linked);
+}
+
+TORCH_LIBRARY_IMPL(hdetach, CPU, m) {
+  m.impl("lstm_forward", &lstm_forward);
+  m.impl("lstm_backward", &lstm_backward);
+  m.impl("gemm_bound", &gemm_bound);
+}
