@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
+	# The engine's C++ kernels, built once into ~/.cache/hdetach-study/kernels (about 15 s);
+	# where they cannot be built this says why and the engine uses its PyTorch path.
+	-$(PY) -m trainables.kernels
 	touch $(STAMP)
 
 # The main job on the embedded default (local Ray, sqlite:///mlflow.db): a copying ladder at

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 
 from trainables.contract import PIXEL_POOLS, TASKS, arm_of
 
+#: Engine backends (``trainables/kernels``); ``auto`` picks the fastest that runs here.
+BACKENDS = ("auto", "cpp", "torch", "triton")
+
 PRESETS = ("paper", "reduced", "smoke")
 OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop")
 
@@ -89,6 +92,9 @@ class RunConfig:
     # seeds (one per member) and execution
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
+    # which engine backend runs the LSTM (trainables/kernels): an execution choice like
+    # `device`, not part of a configuration's identity (results agree up to rounding)
+    backend: str = "auto"
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -165,6 +171,8 @@ class RunConfig:
             fail("permutation", self.permutation, "must be 'fixed' or 'per_seed'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             fail("device", self.device, "must be auto, cpu or cuda[:N]")
+        if self.backend not in BACKENDS:
+            fail("backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
         if not self.seeds:
             fail("seeds", self.seeds, "must name at least one seed")
         for seed in self.seeds:

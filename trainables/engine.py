@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from trainables import kernels
+
 __all__ = ["DetachMasks", "HDetachLSTM", "MemberLinear"]
 
 MASK_SCOPES = ("shared", "per_layer")
@@ -235,6 +237,33 @@ def _lstm_layer_inference(xT, h0, c0, w_ih, w_hh, bias, keep_steps: int):
     return yT, h.clone(), c
 
 
+class _CppLayer(torch.autograd.Function):
+    """One layer through the C++ kernels (``trainables/kernels/lstm_cpu.cpp``), step-major like
+    the module's input: ``x (T, K, B, I)``, ``h0, c0 (K, B, H)``, keep factors ``(K, T)`` or
+    ``(K, T, B)`` of x's dtype (or None); returns the last ``keep`` steps of ``y (T, K, B, H)``
+    (their gradients are all backward needs), ``h_T`` and ``c_T``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, bias, h_keep, c_keep, h_scale, keep):
+        y, h_t, c_t, gates, cells, tanh_c = torch.ops.hdetach.lstm_forward(
+            x, h0, c0, w_ih, w_hh, bias, True, x.shape[0]
+        )
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, y, h_keep, c_keep)
+        ctx.has_bias = bias is not None
+        ctx.h_scale = h_scale
+        ctx.mark_non_differentiable(*(m for m in (h_keep, c_keep) if m is not None))
+        return y[-keep:], h_t, c_t
+
+    @staticmethod
+    def backward(ctx, dy, dh_last, dc_last):
+        x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, y, h_keep, c_keep = ctx.saved_tensors
+        dx, dh0, dc0, dw_ih, dw_hh, db = torch.ops.hdetach.lstm_backward(
+            dy, dh_last, dc_last, x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, y,
+            h_keep, c_keep, ctx.h_scale, ctx.needs_input_grad[0], ctx.has_bias,
+        )  # fmt: skip
+        return dx, dh0, dc0, dw_ih, dw_hh, db, None, None, None, None
+
+
 class HDetachLSTM(nn.Module):
     """``torch.nn.LSTM`` with h-detach, c-detach and damped gradients, and seed members.
 
@@ -247,6 +276,9 @@ class HDetachLSTM(nn.Module):
         per_sample: one draw per step and sample instead of one per step for the batch.
         members: ``None`` for one LSTM with ``torch.nn.LSTM`` shapes, or ``K >= 1`` for K
             independent members (parameters ``(K, ...)``, inputs ``(T, K, B, I)``).
+        backend: ``"auto"`` (the fastest that runs here), ``"cpp"``, ``"torch"`` or
+            ``"triton"`` (see ``trainables/kernels``); every backend computes the same values
+            up to rounding.
 
     ``forward(x, state=None, *, generator=None, masks=None)`` returns
     ``(output, (h_n, c_n))`` like ``torch.nn.LSTM``: ``output (T, B, H)`` (``(T, K, B, H)``
@@ -271,6 +303,7 @@ class HDetachLSTM(nn.Module):
         mask_scope: str = "shared",
         per_sample: bool = False,
         members: int | None = None,
+        backend: str = "auto",
         device=None,
         dtype=None,
     ) -> None:
@@ -292,6 +325,11 @@ class HDetachLSTM(nn.Module):
         self.c_detach = _check_probability("c_detach", c_detach)
         self.damp = _check_probability("damp", damp)
         self.mask_scope, self.per_sample, self.members = mask_scope, per_sample, members
+        if backend not in kernels.BACKENDS:
+            raise ValueError(
+                f"backend must be one of {', '.join(kernels.BACKENDS)}, got {backend!r}"
+            )
+        self.backend = backend
         lead = () if members is None else (members,)
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
@@ -353,6 +391,7 @@ class HDetachLSTM(nn.Module):
             "damp": self.damp,
             "mask_scope": self.mask_scope,
             "per_sample": self.per_sample,
+            "backend": self.backend,
         }
 
     @classmethod
@@ -474,15 +513,16 @@ class HDetachLSTM(nn.Module):
         h_mask = self._check_mask("h", masks.h, T, B) if masks is not None else None
         c_mask = self._check_mask("c", masks.c, T, B) if masks is not None else None
 
+        backend = kernels.resolve(self.backend, xk.device, xk.dtype)
+        if backend != "torch":
+            steps = x.unsqueeze(1) if self.members is None else x  # (T, K, B, I), no copy
+            return self._forward_kernels(
+                backend, steps, h0, c0, h_mask, c_mask, grad_on, output_steps
+            )
         layer_in = xk.transpose(2, 3)  # (K, T, I, B): the engine works feature-major
         h_n, c_n = [], []
         for layer in range(L):
-            w_ih, w_hh, b_ih, b_hh = self.layer_parameters(layer)
-            if self.members is None:
-                w_ih, w_hh = w_ih.unsqueeze(0), w_hh.unsqueeze(0)
-                b_ih = None if b_ih is None else b_ih.unsqueeze(0)
-                b_hh = None if b_hh is None else b_hh.unsqueeze(0)
-            bias = None if b_ih is None else b_ih + b_hh
+            w_ih, w_hh, bias = self._member_weights(layer)
             h0_l, c0_l = h0[layer].transpose(1, 2), c0[layer].transpose(1, 2)
             if grad_on:
                 h_keep, h_skip = self._keep(h_mask, layer, xk, skippable=True)
@@ -510,6 +550,55 @@ class HDetachLSTM(nn.Module):
             out = layer_in.permute(3, 0, 1, 2) if self.batch_first else layer_in.permute(1, 0, 3, 2)
         return out.contiguous(), (h_n, c_n)
 
+    def _member_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``w_ih (K, 4H, I)``, ``w_hh (K, 4H, H)`` and the summed bias ``(K, 4H)`` (or None)
+        of one layer, with a member axis also for a member-less module."""
+        w_ih, w_hh, b_ih, b_hh = self.layer_parameters(layer)
+        if self.members is None:
+            w_ih, w_hh = w_ih.unsqueeze(0), w_hh.unsqueeze(0)
+            b_ih = None if b_ih is None else b_ih.unsqueeze(0)
+            b_hh = None if b_hh is None else b_hh.unsqueeze(0)
+        return w_ih, w_hh, None if b_ih is None else b_ih + b_hh
+
+    def _forward_kernels(self, backend, xs, h0, c0, h_mask, c_mask, grad_on, output_steps):
+        """The layers through a compiled backend, step-major ``(T, K, B, .)`` throughout: the
+        input as the module takes it, the output as it gives it back."""
+        L = self.num_layers
+        T = xs.shape[0]
+        layer_in = xs.contiguous()
+        h_n, c_n = [], []
+        for layer in range(L):
+            w_ih, w_hh, bias = self._member_weights(layer)
+            h0_l, c0_l = h0[layer], c0[layer]
+            h_keep = _keep_factors(h_mask, layer, layer_in)
+            c_keep = _keep_factors(c_mask, layer, layer_in)
+            # The last layer keeps only the outputs asked for (and, training, their gradients).
+            keep = T if layer < L - 1 or output_steps is None else min(output_steps, T)
+            if backend == "triton":
+                from trainables.kernels import triton_lstm
+
+                layer_in, h_last, c_last = triton_lstm.layer(
+                    layer_in, h0_l, c0_l, w_ih, w_hh, bias, h_keep, c_keep, 1.0 - self.damp,
+                    grad_on, keep,
+                )  # fmt: skip
+            elif grad_on:
+                layer_in, h_last, c_last = _CppLayer.apply(
+                    layer_in, h0_l, c0_l, w_ih, w_hh, bias, h_keep, c_keep, 1.0 - self.damp, keep
+                )
+            else:  # evaluation: per-step buffers, only the outputs asked for
+                layer_in, h_last, c_last = torch.ops.hdetach.lstm_forward(
+                    layer_in, h0_l, c0_l, w_ih, w_hh, bias, False, keep
+                )[:3]
+            h_n.append(h_last)
+            c_n.append(c_last)
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        if self.members is None:
+            h_n, c_n = h_n[:, 0], c_n[:, 0]
+            out = layer_in[:, 0].transpose(0, 1) if self.batch_first else layer_in[:, 0]
+        else:
+            out = layer_in.permute(2, 1, 0, 3) if self.batch_first else layer_in
+        return out.contiguous(), (h_n, c_n)
+
     @staticmethod
     def _keep(mask: Tensor | None, layer: int, like: Tensor, skippable: bool):
         """Float keep-factors (K, T[, B]) for one layer, and the steps to skip outright."""
@@ -522,6 +611,17 @@ class HDetachLSTM(nn.Module):
             return None, m[0].tolist()  # one member, one draw per step: skip blocked steps
         keep = (~m).to(device=like.device, dtype=like.dtype)
         return keep, None
+
+
+def _keep_factors(mask: Tensor | None, layer: int, like: Tensor) -> Tensor | None:
+    """Keep factors (1 kept, 0 blocked) of one layer for the compiled backends: ``(K, T)`` or
+    ``(K, T, B)`` in the input's dtype and device, or None when nothing is blocked."""
+    if mask is None:
+        return None
+    m = mask[:, layer]
+    if not bool(m.any()):
+        return None
+    return (~m).to(device=like.device, dtype=like.dtype).contiguous()
 
 
 class MemberLinear(nn.Module):

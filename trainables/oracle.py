@@ -14,7 +14,19 @@ from torch import Tensor
 
 from trainables.engine import DetachMasks, HDetachLSTM
 
-__all__ = ["lstm_cell", "oracle_lstm"]
+__all__ = ["GRADIENT_MODES", "lstm_cell", "oracle_lstm"]
+
+#: Every gradient mode the engine has, as ``HDetachLSTM`` keyword arguments: what the tests
+#: and the GPU check hold each backend to, against this oracle.
+GRADIENT_MODES = {
+    "vanilla p=0": {},
+    "h-detach p=0.5": {"p_detach": 0.5},
+    "h-detach p=1": {"p_detach": 1.0},
+    "h-detach per-sample": {"p_detach": 0.5, "per_sample": True},
+    "c-detach p=0.5": {"c_detach": 0.5},
+    "damp 0.3": {"damp": 0.3},
+    "all together": {"p_detach": 0.3, "c_detach": 0.3, "damp": 0.2},
+}
 
 
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor, Tensor]:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainables.config import (
+    BACKENDS,
     OPTIMIZERS,
     PRESETS,
     ConfigError,
@@ -76,6 +77,7 @@ def build_member(cfg: RunConfig, input_size: int, num_classes: int, seed: int):
         damp=cfg.damp,
         mask_scope=cfg.mask_scope,
         per_sample=cfg.per_sample_masks,
+        backend=cfg.backend,
     )
     lstm.reset_parameters(gen)
     head = nn.Linear(cfg.hidden_size, num_classes)
@@ -352,7 +354,9 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"checkpoint format {state.get('format')!r} is not supported")
         saved = RunConfig.from_dict(state["config"])
-        if saved.replace(epochs=self.cfg.epochs, device=self.cfg.device) != self.cfg:
+        # How long and where a run trains may change on resume; what it trains may not.
+        execution = {k: getattr(self.cfg, k) for k in ("epochs", "device", "backend")}
+        if saved.replace(**execution) != self.cfg:
             raise ConfigError("checkpoint was written by a different configuration")
         self.epoch = state["epoch"]
         self.lstm.load_state_dict(state["lstm"])
@@ -491,6 +495,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shuffle-seed", type=int, help="shuffle of an IDX-pair folder (mnist5k)")
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    p.add_argument("--backend", choices=BACKENDS, help="engine backend (default auto: fastest)")
     p.add_argument("--checkpoint", type=Path, help="write a checkpoint here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--json", type=Path, help="write histories and final metrics here")

@@ -29,7 +29,10 @@ from pathlib import Path
 
 import torch
 
-BACKENDS = ("auto", "cpp", "torch", "triton")
+from trainables.config import BACKENDS
+
+__all__ = ["BACKENDS", "KernelUnavailable", "cpp_available", "load_cpp", "resolve"]
+
 SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
 #: No -march: the binary runs on any x86-64; the fp32 pointwise passes carry their own AVX2 /
 #: AVX-512 clones. -fno-trapping-math lets the compiler vectorise the branch-free selects.

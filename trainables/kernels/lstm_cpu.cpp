@@ -1,8 +1,10 @@
 // The h-detach LSTM layer on the CPU: forward and backward of one layer over a whole
 // sequence, for K seed members at once, fp32 and fp64.
 //
-// Layout is batch-major: x (K, T, B, I), states (K, B, H), gates (K, T, B, 4H) with the
-// gate blocks [i, f, g, o] (torch.nn.LSTM's order). Work is split into items, one per
+// Layout: the input x and the output y are step-major, (T, K, B, I) and (T, K, B, H), as the
+// module takes and gives them (no copy on the way in or out); states are (K, B, H); the
+// buffers kept for backward are member-major, gates (K, T, B, 4H) with the gate blocks
+// [i, f, g, o] (torch.nn.LSTM's order), cells and tanh(cells) (K, T, B, H). Work is split into items, one per
 // (member, batch chunk): the recursion of a sample depends on no other sample, so each item
 // runs the whole time loop on its own thread with no barrier between steps. Per step an item
 // makes one small GEMM (the recurrent product) and ONE fused, vectorised pointwise pass; the
@@ -304,6 +306,20 @@ void for_items(const std::vector<Item>& work, F fn) {
 
 void check(bool ok, const char* what) { TORCH_CHECK(ok, "hdetach lstm_cpu: ", what); }
 
+// Ask for the n values at p to be brought into cache (for writing when `write`). Each step
+// touches a block of the whole-sequence buffers that no hardware prefetcher predicts (the
+// blocks of consecutive steps lie B rows apart), so the loops fetch the next step's blocks
+// while this step's GEMMs run: the pointwise passes then read from cache, not memory.
+template <typename T>
+inline void prefetch(const T* p, int64_t n, bool write) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * (int64_t)sizeof(T);
+  if (write)
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 1, 3);
+  else
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+}
+
 // Keep factors of member k at step t for the rows of an item: nullptr (all kept), or a
 // pointer to nb floats/doubles. Per-step masks (K, T) are expanded into `scratch`.
 template <typename T>
@@ -326,7 +342,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
                                      const at::Tensor& c0, const at::Tensor& w_ih,
                                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& bias,
                                      bool train, int64_t keep_steps) {
-  const int64_t K = x.size(0), Tn = x.size(1), B = x.size(2), I = x.size(3);
+  const int64_t Tn = x.size(0), K = x.size(1), B = x.size(2), I = x.size(3);
   const int64_t H = w_hh.size(2), G = 4 * H;
   auto opt = x.options();
   at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous()
@@ -339,17 +355,18 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
   const T* bb = b.data_ptr<T>();
   const T* h0p = h0.data_ptr<T>();
   const T* c0p = c0.data_ptr<T>();
+  auto xrow = [&](int64_t t, int64_t k, int64_t b0) { return (t * K + k) * B + b0; };
 
   if (train) {
-    // All steps' input projections at once: gates = x W_ih^T + b.
-    // (One input feature: each step projects its own rows, in cache, just before its GEMM.)
+    // The input projections x W_ih^T + b: for one input feature each step projects its own
+    // rows, in cache, just before its GEMM; otherwise one GEMM over all steps.
     at::Tensor gates =
         I == 1 ? at::empty({K, Tn, B, G}, opt)
-               : at::baddbmm(b.unsqueeze(1), x.view({K, Tn * B, I}), w_ih.transpose(1, 2))
-                     .view({K, Tn, B, G})
+               : at::matmul(x.permute({1, 0, 2, 3}), w_ih.transpose(1, 2).unsqueeze(1))
+                     .add_(b.view({K, 1, 1, G}))
                      .contiguous();
     at::Tensor cells = at::empty({K, Tn, B, H}, opt), tanh_c = at::empty_like(cells);
-    at::Tensor y = at::empty({K, Tn, B, H}, opt);
+    at::Tensor y = at::empty({Tn, K, B, H}, opt);
     T *gp = gates.data_ptr<T>(), *cp = cells.data_ptr<T>(), *tp = tanh_c.data_ptr<T>();
     T* yp = y.data_ptr<T>();
     for_items(work, [&](const Item& it) {
@@ -357,12 +374,18 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
       const T* h_prev = h0p + (k * B + it.b0) * H;
       const T* c_prev = c0p + (k * B + it.b0) * H;
       for (int64_t t = 0; t < Tn; ++t) {
-        const int64_t row = (k * Tn + t) * B + it.b0;
+        const int64_t row = (k * Tn + t) * B + it.b0, out = xrow(t, k, it.b0);
         T* g = gp + row * G;
-        if (I == 1) project_one(g, xb + row, wih + k * G, bb + k * G, nb, G);
+        if (I == 1) project_one(g, xb + out, wih + k * G, bb + k * G, nb, G);
+        if (t + 1 < Tn) {  // the next step's blocks, while this step's GEMM runs
+          prefetch(g + B * G, nb * G, I == 1);
+          prefetch(cp + (row + B) * H, nb * H, true);
+          prefetch(tp + (row + B) * H, nb * H, true);
+          prefetch(yp + (out + K * B) * H, nb * H, true);
+        }
         gemm<T>(false, true, nb, G, H, T(1), h_prev, H, whh + k * G * H, H, T(1), g, G);
-        step_forward(g, c_prev, cp + row * H, tp + row * H, yp + row * H, nb, H);
-        h_prev = yp + row * H;
+        step_forward(g, c_prev, cp + row * H, tp + row * H, yp + out * H, nb, H);
+        h_prev = yp + out * H;
         c_prev = cp + row * H;
       }
       std::memcpy(hT.data_ptr<T>() + (k * B + it.b0) * H, h_prev, nb * H * sizeof(T));
@@ -373,7 +396,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
 
   // Inference: per-step buffers only, and only the last keep_steps outputs.
   const int64_t first_kept = Tn - keep_steps;
-  at::Tensor y = at::empty({K, keep_steps, B, H}, opt);
+  at::Tensor y = at::empty({keep_steps, K, B, H}, opt);
   T* yp = y.data_ptr<T>();
   for_items(work, [&](const Item& it) {
     const int64_t k = it.k, nb = it.nb;
@@ -384,7 +407,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
     std::memcpy(c, c0p + (k * B + it.b0) * H, nb * H * sizeof(T));
     const T* wk = wih + k * G * I;
     for (int64_t t = 0; t < Tn; ++t) {
-      const T* xt = xb + ((k * Tn + t) * B + it.b0) * I;
+      const T* xt = xb + xrow(t, k, it.b0) * I;
       if (I == 1) {
         project_one(g, xt, wk, bb + k * G, nb, G);
       } else {
@@ -392,7 +415,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
         gemm<T>(false, true, nb, G, I, T(1), xt, I, wk, I, T(1), g, G);
       }
       gemm<T>(false, true, nb, G, H, T(1), h, H, whh + k * G * H, H, T(1), g, G);
-      T* out = t >= first_kept ? yp + ((k * keep_steps + t - first_kept) * B + it.b0) * H : h;
+      T* out = t >= first_kept ? yp + (((t - first_kept) * K + k) * B + it.b0) * H : h;
       step_forward(g, c, c, tc, out, nb, H);
       if (out != h) std::memcpy(h, out, nb * H * sizeof(T));
     }
@@ -407,8 +430,8 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0,
                                      const at::Tensor& c0, const at::Tensor& w_ih,
                                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& bias,
                                      bool train, int64_t keep_steps) {
-  check(x.dim() == 4 && h0.dim() == 3 && w_hh.dim() == 3, "x (K,T,B,I), h0 (K,B,H), w (K,4H,.)");
-  check(keep_steps >= 1 && keep_steps <= x.size(1), "keep_steps must be in [1, T]");
+  check(x.dim() == 4 && h0.dim() == 3 && w_hh.dim() == 3, "x (T,K,B,I), h0 (K,B,H), w (K,4H,.)");
+  check(keep_steps >= 1 && keep_steps <= x.size(0), "keep_steps must be in [1, T]");
   auto xc = x.contiguous(), h0c = h0.contiguous(), c0c = c0.contiguous();
   auto wi = w_ih.contiguous(), wh = w_hh.contiguous();
   if (x.scalar_type() == at::kFloat)
@@ -429,11 +452,12 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& dh
                                       const at::Tensor& tanh_c, const at::Tensor& y,
                                       const at::Tensor& h_keep, const at::Tensor& c_keep,
                                       double h_scale, bool need_dx, bool has_bias) {
-  const int64_t K = x.size(0), Tn = x.size(1), B = x.size(2), I = x.size(3);
+  const int64_t Tn = x.size(0), K = x.size(1), B = x.size(2), I = x.size(3);
   const int64_t H = w_hh.size(2), G = 4 * H;
+  const int64_t first_dy = Tn - dy.size(0);  // dy holds the last steps only (zero before)
   auto opt = x.options();
   at::Tensor dh0 = at::empty({K, B, H}, opt), dc0 = dcT.clone();
-  at::Tensor dx = need_dx ? at::empty({K, Tn, B, I}, opt) : at::Tensor();
+  at::Tensor dx = need_dx ? at::empty({Tn, K, B, I}, opt) : at::Tensor();
   const T *whh = w_hh.data_ptr<T>(), *wih = w_ih.data_ptr<T>();
   const T *gp = gates.data_ptr<T>(), *cp = cells.data_ptr<T>(), *tp = tanh_c.data_ptr<T>();
   const T *dyp = dy.data_ptr<T>(), *dhTp = dhT.data_ptr<T>(), *c0p = c0.data_ptr<T>();
@@ -454,28 +478,36 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& dh
   for_items(work, [&](const Item& it) {
     const int64_t k = it.k, nb = it.nb, w = &it - work.data();
     std::vector<T> rec(nb * H, T(0)), rowscale(nb, T(0)), dy_last(nb * H), keep_h(nb), keep_c(nb);
-    std::vector<T> scratch(H);
+    std::vector<T> scratch(H), zeros(nb * H, T(0));
     at::Tensor dg_buf = at::empty({nb * G}, opt);  // aligned, reused every step
     T* dg = dg_buf.data_ptr<T>();
     T *dwh = acc_hhp + w * G * H, *dwi = acc_ihp + w * G * I, *db = acc_bp + w * G;
     bool have_rec = false;
     T* dc = dcp + (k * B + it.b0) * H;
     for (int64_t t = Tn - 1; t >= 0; --t) {
-      const int64_t row = (k * Tn + t) * B + it.b0;
-      const T* dyt = dyp + row * H;
+      const int64_t row = (k * Tn + t) * B + it.b0, out = (t * K + k) * B + it.b0;
+      const T* dyt =
+          t >= first_dy ? dyp + (((t - first_dy) * K + k) * B + it.b0) * H : zeros.data();
       if (t == Tn - 1) {  // dL/dh_T from the caller joins the loss gradient of the last step
         const T* dhl = dhTp + (k * B + it.b0) * H;
         for (int64_t e = 0; e < nb * H; ++e) dy_last[e] = dyt[e] + dhl[e];
         dyt = dy_last.data();
       }
       const T* c_prev = t > 0 ? cp + (row - B) * H : c0p + (k * B + it.b0) * H;
-      const T* h_prev = t > 0 ? yp + (row - B) * H : h0p + (k * B + it.b0) * H;
+      const T* h_prev = t > 0 ? yp + (out - K * B) * H : h0p + (k * B + it.b0) * H;
       const T* ck = keep_rows<T>(c_keep, k, t, it, keep_c.data());
       step_backward(dyt, rec.data(), rowscale.data(), have_rec, gp + row * G, tp + row * H,
-                    c_prev, dc, ck, dg, scratch.data(), I == 1 ? xp + row : nullptr, db, dwi,
+                    c_prev, dc, ck, dg, scratch.data(), I == 1 ? xp + out : nullptr, db, dwi,
                     nb, H);
       // dL/dh_{t-1} through the recurrence, skipped outright when h_{t-1} was blocked for
       // every row of the item.
+      if (t > 0) {  // the previous step's blocks, while this step's GEMMs run
+        prefetch(gp + (row - B) * G, nb * G, false);
+        prefetch(tp + (row - B) * H, nb * H, false);
+        if (t > 1) prefetch(cp + (row - 2 * B) * H, nb * H, false);
+        if (t > 1) prefetch(yp + (out - 2 * K * B) * H, nb * H, false);
+        if (t - 1 >= first_dy) prefetch(dyp + (((t - 1 - first_dy) * K + k) * B + it.b0) * H, nb * H, false);
+      }
       const T* hk = keep_rows<T>(h_keep, k, t, it, keep_h.data());
       have_rec = true;
       if (hk != nullptr) {
@@ -488,9 +520,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& dh
         gemm<T>(false, false, nb, H, G, T(1), dg, G, whh + k * G * H, H, T(0), rec.data(), H);
       }
       gemm<T>(true, false, G, H, nb, T(1), dg, G, h_prev, H, T(1), dwh, H);
-      if (I > 1) gemm<T>(true, false, G, I, nb, T(1), dg, G, xp + row * I, I, T(1), dwi, I);
+      if (I > 1) gemm<T>(true, false, G, I, nb, T(1), dg, G, xp + out * I, I, T(1), dwi, I);
       if (need_dx)
-        gemm<T>(false, false, nb, I, G, T(1), dg, G, wih + k * G * I, I, T(0), dxp + row * I, I);
+        gemm<T>(false, false, nb, I, G, T(1), dg, G, wih + k * G * I, I, T(0), dxp + out * I, I);
     }
     T* d0 = dh0p + (k * B + it.b0) * H;
     for (int64_t r = 0; r < nb; ++r)
@@ -539,10 +571,12 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& dy, const at::Tensor& dh
 template <typename T>
 void gemm_bound_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                      const at::Tensor& h_keep) {
-  const int64_t K = x.size(0), Tn = x.size(1), B = x.size(2), I = x.size(3);
+  const int64_t Tn = x.size(0), K = x.size(1), B = x.size(2), I = x.size(3);
   const int64_t H = w_hh.size(2), G = 4 * H;
   auto opt = x.options();
-  at::Tensor gates = at::zeros({K, Tn, B, G}, opt), hs = at::zeros({K, Tn, B, H}, opt);
+  // Allocated as the layer allocates its buffers (uninitialised: the GEMM timings do not
+  // depend on the values, denormals are flushed), so the bound is not padded by zero-filling.
+  at::Tensor gates = at::empty({K, Tn, B, G}, opt), hs = at::empty({K, Tn, B, H}, opt);
   const T* whh = w_hh.data_ptr<T>();
   T *gp = gates.data_ptr<T>(), *hp = hs.data_ptr<T>();
   const auto work = items(K, B);
@@ -565,8 +599,8 @@ void gemm_bound_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tens
         gemm<T>(false, false, it.nb, H, G, T(1), dg, G, whh + it.k * G * H, H, T(0), rec, H);
       gemm<T>(true, false, G, H, it.nb, T(1), dg, G, hp + row * H, H, T(1), dwh, H);
       if (I > 1)
-        gemm<T>(true, false, G, I, it.nb, T(1), dg, G, x.data_ptr<T>() + row * I, I, T(1), dwi,
-                I);
+        gemm<T>(true, false, G, I, it.nb, T(1), dg, G,
+                x.data_ptr<T>() + ((t * K + it.k) * B + it.b0) * I, I, T(1), dwi, I);
     }
   });
 }

@@ -1,0 +1,311 @@
+"""GPU check: the engine's CUDA backends checked against the authors' loop, then timed
+against it and cuDNN's ``torch.nn.LSTM``, on one NVIDIA GPU with only PyTorch and Triton.
+
+Correctness (fp64, on the GPU): two layers, K=3 seed members, every gradient mode, the
+``torch`` and ``triton`` backends (Triton with and without CUDA graphs, the graphs replayed)
+against Algorithm 1 (``trainables/oracle.py``) run per member, to 1e-10; fp32 against cuDNN
+at p=0 to 1e-4. Speed (fp32, median of interleaved repeats after warm-up, synchronised):
+the authors' loop at K=1, cuDNN ``nn.LSTM`` (one seed a call; and 64 seeds as one batch with
+shared weights, an optimistic floor no per-seed model reaches), and the engine's backends
+at K = 1, 16, 64 seed members, per seed, on both paper shapes. Every case that fails is
+recorded with its error and the rest go on; a time budget keeps the whole under 8 minutes.
+
+    python benchmarks/gpu_check.py --out gpu_check.json      (benchmarks/gpu_check.sh)
+    python benchmarks/gpu_check.py --smoke                    (CPU + Triton interpreter, tiny)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+_SMOKE = "--smoke" in sys.argv
+if _SMOKE:  # before Triton is imported: its kernels then run on CPU tensors
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainables.engine import DetachMasks, HDetachLSTM, MemberLinear  # noqa: E402
+from trainables.oracle import GRADIENT_MODES as MODES  # noqa: E402
+from trainables.oracle import oracle_lstm  # noqa: E402
+
+F64 = torch.float64
+SHAPES = {  # name: T, B, I, H, classes, loss at every step
+    "copying": (120, 100, 1, 128, 9, True),
+    "mnist": (784, 100, 1, 100, 10, False),
+}
+SMOKE_SHAPES = {"copying": (12, 4, 1, 8, 9, True), "mnist": (20, 4, 1, 6, 10, False)}
+
+
+def _graphs(on: bool) -> None:
+    os.environ["HDETACH_CUDA_GRAPHS"] = "1" if on else "0"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- correctness ---------------------------------------------------------------------------
+
+
+def _loss(y, h, c):
+    w = torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype, device=y.device)
+    return (y * w).sin().sum() + 0.3 * h.sum() + 0.7 * c.sum()
+
+
+def check_oracle(device, backend: str, graphs: bool, mode: str) -> float:
+    """Max deviation of outputs and parameter gradients from the oracle (fp64)."""
+    _graphs(graphs)
+    T, B, I, H, K = 9, 3, 2, 5, 3
+    torch.manual_seed(0)
+    singles = [HDetachLSTM(I, H, 2, dtype=F64, **MODES[mode]) for _ in range(K)]
+    model = HDetachLSTM.from_members(singles).to(device)
+    model.backend = backend
+    x = torch.randn(T, K, B, I, dtype=F64)
+    masks = model.sample_masks(T, B, [torch.Generator().manual_seed(k) for k in range(K)])
+    for _ in range(2):  # the second call replays captured graphs
+        y, (h, c) = model(x.to(device), masks=masks)
+        grads = torch.autograd.grad(_loss(y, h, c), list(model.parameters()))
+    worst = 0.0
+    for k in range(K):
+        sub = DetachMasks(
+            h=None if masks.h is None else masks.h[k : k + 1],
+            c=None if masks.c is None else masks.c[k : k + 1],
+        )
+        y_ref, (h_ref, c_ref) = oracle_lstm(singles[k], x[:, k], masks=sub)
+        ref = torch.autograd.grad(_loss(y_ref, h_ref, c_ref), list(singles[k].parameters()))
+        worst = max(worst, (y[:, k].cpu() - y_ref).abs().max().item())
+        for g, r in zip(grads, ref, strict=True):
+            worst = max(worst, (g[k].cpu() - r).abs().max().item())
+    return worst
+
+
+def check_cudnn(device, backend: str) -> float:
+    """fp32 at p=0 against ``torch.nn.LSTM`` (cuDNN on a GPU), outputs and gradients."""
+    _graphs(True)
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 16, num_layers=2).to(device)
+    ours = HDetachLSTM(3, 16, num_layers=2, backend=backend).to(device)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(30, 4, 3, device=device, requires_grad=True)
+    y_ref, y = ref(x)[0], ours(x)[0]
+    worst = (y - y_ref).abs().max().item()
+    g_ref = torch.autograd.grad(y_ref.sum(), [x, *ref.parameters()])
+    g = torch.autograd.grad(y.sum(), [x, *ours.parameters()])
+    for a, b in zip(g, g_ref, strict=True):
+        worst = max(worst, (a - b).abs().max().item() / max(1.0, b.abs().max().item()))
+    return worst
+
+
+def run_checks(device) -> list[dict]:
+    rows = []
+    variants = [("torch", False), ("triton", False), ("triton", True)]
+    for backend, graphs in variants:
+        for mode in MODES:
+            label = f"oracle fp64 {backend}{' graphs' if graphs else ''} {mode}"
+
+            def fn(b=backend, g=graphs, m=mode) -> float:
+                return check_oracle(device, b, g, m)
+
+            rows.append(_check(label, 1e-10, fn))
+    for backend in ("torch", "triton"):
+        rows.append(_check(f"nn.LSTM fp32 p=0 {backend}", 1e-4,
+                           lambda b=backend: check_cudnn(device, b)))  # fmt: skip
+    return rows
+
+
+def _check(name: str, tolerance: float, fn: Callable[[], float]) -> dict:
+    try:
+        err = fn()
+        row = {"check": name, "max_error": err, "tolerance": tolerance, "ok": err <= tolerance}
+    except Exception as exc:  # recorded, and the others still run
+        row = {"check": name, "ok": False, "error": _short(exc)}
+    print(
+        ("PASS " if row["ok"] else "FAIL ") + name + f"  {row.get('max_error', row.get('error'))}"
+    )
+    return row
+
+
+def _short(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1][:300]
+
+
+# -- speed ---------------------------------------------------------------------------------
+
+
+def bench_cases(name: str, shape, members: list[int], device) -> list[tuple[str, int, Callable]]:
+    T, B, I, H, classes, every = shape
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(T, B, I, generator=gen).to(device)
+    target = torch.randint(0, classes, (T, B) if every else (B,), generator=gen).to(device)
+    mask_gen = torch.Generator().manual_seed(1)
+
+    def loss(out, head, tgt):
+        logits = head(out if every else out[-1])
+        return F.cross_entropy(logits.reshape(-1, classes), tgt.reshape(-1))
+
+    cases: list[tuple[str, int, Callable]] = []
+    oracle_model = HDetachLSTM(I, H, p_detach=0.25).to(device)
+    head = nn.Linear(H, classes).to(device)
+
+    def oracle_step():
+        masks = oracle_model.sample_masks(T, B, mask_gen)
+        loss(oracle_lstm(oracle_model, x, masks=masks)[0], head, target).backward()
+
+    cases.append(("authors' loop (oracle) K=1, p=0.25", 1, oracle_step))
+    cudnn = nn.LSTM(I, H).to(device)
+    cases.append(("cuDNN nn.LSTM K=1 (vanilla)", 1,
+                  lambda: loss(cudnn(x)[0], head, target).backward()))  # fmt: skip
+    wide = max(members)
+    xw = x.repeat(1, wide, 1)
+    tw = target.repeat(*([1] * (target.dim() - 1)), wide)
+    cases.append((f"cuDNN nn.LSTM {wide} seeds as one batch (shared weights)", wide,
+                  lambda: loss(cudnn(xw)[0], head, tw).backward()))  # fmt: skip
+
+    for backend, graphs in (("torch", False), ("triton", False), ("triton", True)):
+        for K in members:
+            model = HDetachLSTM(I, H, p_detach=0.25, members=K, backend=backend).to(device)
+            heads = MemberLinear(K, H, classes).to(device)
+            xk = x.unsqueeze(1).expand(T, K, B, I).contiguous()
+            tk = target.unsqueeze(-2).expand(*target.shape[:-1], K, B).contiguous()
+            gens = [torch.Generator().manual_seed(k) for k in range(K)]
+
+            def step(model=model, heads=heads, xk=xk, tk=tk, gens=gens, graphs=graphs):
+                _graphs(graphs)
+                loss(model(xk, generator=gens)[0], heads, tk).backward()
+
+            label = f"engine {backend}{' + CUDA graphs' if graphs else ''} K={K}, p=0.25"
+            cases.append((label, K, step))
+    return cases
+
+
+def run_bench(shapes, members, repeats, device, deadline) -> list[dict]:
+    rows = []
+    for name, shape in shapes.items():
+        cases = bench_cases(name, shape, members, device)
+        times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+        errors: dict[str, str] = {}
+
+        def timed(label, fn, times=times, errors=errors):
+            if label in errors:
+                return
+            try:
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[label].append(time.perf_counter() - start)
+            except Exception as exc:
+                errors[label] = _short(exc)
+
+        for label, _, fn in cases:  # warm-up twice: compilation, graph capture, cuBLAS
+            timed(label, fn)
+            timed(label, fn)
+            times[label].clear()
+        for _ in range(repeats):
+            if time.monotonic() > deadline:
+                break
+            for label, _, fn in cases:
+                timed(label, fn)
+        for label, seeds, _ in cases:
+            t = times[label]
+            row = {"shape": name, "case": label, "seeds": seeds, "repeats": len(t)}
+            if t:
+                row["median_s"] = statistics.median(t)
+                row["seconds_per_seed"] = row["median_s"] / seeds
+            if label in errors:
+                row["error"] = errors[label]
+            rows.append(row)
+            shown = f"{row['median_s']:9.5f} {row['seconds_per_seed']:9.5f}" if t else "   failed"
+            print(f"  {name:<8} {label:<52} {shown}  {row.get('error', '')}")
+        if time.monotonic() > deadline:
+            print("time budget reached: later shapes skipped")
+            break
+    return rows
+
+
+def summarise(rows: list[dict], members: list[int]) -> dict:
+    out = {}
+    K = max(members)
+    for shape in {r["shape"] for r in rows}:
+        by = {r["case"]: r for r in rows if r["shape"] == shape and "median_s" in r}
+        oracle = by.get("authors' loop (oracle) K=1, p=0.25")
+        cudnn = by.get("cuDNN nn.LSTM K=1 (vanilla)")
+        engines = [r for c, r in by.items() if c.startswith("engine") and f"K={K}," in c]
+        if not (oracle and cudnn and engines):
+            continue
+        best = min(engines, key=lambda r: r["seconds_per_seed"])
+        out[shape] = {
+            "best_engine_at_K": best["case"],
+            "oracle_K1_over_engine_per_seed": oracle["median_s"] / best["seconds_per_seed"],
+            "target_oracle_ratio": ">= 20",
+            "cudnn_per_seed_over_engine_per_seed": cudnn["median_s"] / best["seconds_per_seed"],
+            "target_cudnn_ratio": ">= 1 (no slower than cuDNN per seed)",
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--members", default="1,16,64")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole run")
+    parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    members = [int(k) for k in args.members.split(",")]
+    if args.smoke:
+        device, shapes, members, repeats = torch.device("cpu"), SMOKE_SHAPES, [1, 2], 1
+    elif not torch.cuda.is_available():
+        print("gpu_check: CUDA is not available here (use --smoke for a CPU dry run)")
+        return 2
+    else:
+        device, shapes, repeats = torch.device("cuda"), SHAPES, args.repeats
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    machine = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "command": "python benchmarks/gpu_check.py " + " ".join(argv or sys.argv[1:]),
+    }
+    print(json.dumps(machine))
+    checks = run_checks(device)
+    print(f"checks: {sum(c['ok'] for c in checks)}/{len(checks)} pass "
+          f"({time.monotonic() - start:.0f} s)")  # fmt: skip
+    rows = run_bench(shapes, members, repeats, device, start + args.budget)
+    summary = summarise(rows, members)
+    for shape, s in summary.items():
+        print(f"{shape}: oracle(K=1) / best engine per seed at K={max(members)} = "
+              f"{s['oracle_K1_over_engine_per_seed']:.1f}x (target >= 20); cuDNN per seed / "
+              f"engine per seed = {s['cudnn_per_seed_over_engine_per_seed']:.2f} (target >= 1)"
+              f"  [{s['best_engine_at_K']}]")  # fmt: skip
+    payload = {"machine": machine, "checks": checks, "rows": rows, "summary": summary,
+               "seconds": time.monotonic() - start}  # fmt: skip
+    args.out.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {args.out} ({payload['seconds']:.0f} s)")
+    return 0 if all(c["ok"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The compiled backends are found, cached and chosen as documented: ``auto`` picks the C++
+kernels on the CPU, says so once when they cannot be built, and a built extension is reused
+from its cache without a compiler."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainables import kernels
+from trainables.config import RunConfig
+from trainables.engine import HDetachLSTM
+from trainables.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+HAVE_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
+def test_the_cpp_kernels_build_where_a_compiler_exists():
+    """Where a compiler exists the extension must build: otherwise every cpp test would
+    quietly disappear and `auto` would fall back (with a warning) in every run."""
+    assert kernels.cpp_available(), kernels._state.get("cpp")
+    assert kernels.resolve("auto", torch.device("cpu"), torch.float32) == "cpp"
+    assert kernels.resolve("auto", torch.device("cpu"), torch.float64) == "cpp"
+    # half precision has no C++ kernel: the portable path
+    assert kernels.resolve("auto", torch.device("cpu"), torch.bfloat16) == "torch"
+
+
+def test_the_trainer_uses_the_fastest_backend_by_default():
+    cfg = RunConfig.from_preset("copying", "smoke", device="cpu", epochs=1)
+    assert cfg.backend == "auto"
+    trainer = Trainer(cfg)
+    expected = "cpp" if kernels.cpp_available() else "torch"
+    assert kernels.resolve(trainer.lstm.backend, torch.device("cpu"), torch.float32) == expected
+    chosen = Trainer(cfg.replace(backend="torch"))
+    assert chosen.lstm.backend == "torch"
+
+
+def _python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+PROBE = """
+    import warnings, torch
+    from trainables import kernels
+    from trainables.engine import HDetachLSTM
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lstm = HDetachLSTM(1, 4, p_detach=0.5)
+        for _ in range(3):
+            lstm(torch.randn(5, 2, 1))[0].sum().backward()
+    print("CHOSEN", kernels.resolve("auto", torch.device("cpu"), torch.float32))
+    print("WARNINGS", len(caught))
+    for w in caught:
+        print("WARNING", w.message)
+    try:
+        kernels.resolve("cpp", torch.device("cpu"), torch.float32)
+        print("CPP OK")
+    except kernels.KernelUnavailable as err:
+        print("CPP UNAVAILABLE", err)
+"""
+
+
+def test_without_a_compiler_auto_says_so_once_and_uses_the_pytorch_path(tmp_path):
+    result = _python(PROBE, {"HDETACH_KERNEL_CACHE": str(tmp_path), "CXX": "/bin/false"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "CHOSEN torch" in out
+    assert "WARNINGS 1" in out  # three forward passes, one warning
+    assert "could not be built or loaded" in out and "using the PyTorch path" in out
+    assert "CPP UNAVAILABLE the C++ LSTM kernels could not be built or loaded" in out
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
+def test_a_built_extension_is_reused_from_the_cache_without_a_compiler(tmp_path):
+    """`python -m trainables.kernels` builds into the cache; later processes load it even
+    where no compiler is on the PATH (the machine a cluster's workers run on)."""
+    env = {"HDETACH_KERNEL_CACHE": str(tmp_path)}
+    build = subprocess.run(
+        [sys.executable, "-m", "trainables.kernels"],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    assert "C++ LSTM kernels ready" in build.stdout
+    assert len(list(tmp_path.glob("hdetach_lstm_cpu_*/*.so"))) == 1
+    result = _python(PROBE, {**env, "CXX": "/bin/false"})
+    assert result.returncode == 0, result.stderr
+    assert "CHOSEN cpp" in result.stdout and "WARNINGS 0" in result.stdout
+    assert "CPP OK" in result.stdout
+
+
+def test_engine_rejects_an_unknown_backend_naming_it():
+    with pytest.raises(ValueError, match="backend must be one of auto, cpp, torch, triton"):
+        HDetachLSTM(1, 4, backend="fast")
+    with pytest.raises(ValueError, match="backend must be one of auto, cpp, torch, triton"):
+        RunConfig.from_preset("copying", "smoke", backend="fast")
+
+
+def test_the_gpu_check_script_runs_its_checks_and_benchmark(tmp_path):
+    """`benchmarks/gpu_check.py --smoke`: the GPU script's own code on CPU tensors (Triton
+    interpreted, tiny shapes), so that a lent GPU's minutes are not spent on its bugs."""
+    out = tmp_path / "gpu.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--smoke", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    payload = json.loads(out.read_text())
+    assert len(payload["checks"]) == 23 and all(c["ok"] for c in payload["checks"])
+    cases = {(r["shape"], r["case"]) for r in payload["rows"] if "median_s" in r}
+    for shape in ("copying", "mnist"):
+        assert (shape, "engine triton + CUDA graphs K=2, p=0.25") in cases
+        assert (shape, "authors' loop (oracle) K=1, p=0.25") in cases
+    assert set(payload["summary"]) == {"copying", "mnist"}
