@@ -18,7 +18,7 @@ from dashboards import runs as runs_mod
 from dashboards import stats
 from dashboards.setups import Setup, SetupIndex
 from dashboards.stats import Estimate, Summary
-from trainables.contract import VANILLA
+from trainables.contract import SEQUENTIAL_DECISIONS, SEQUENTIAL_STOPS, VANILLA
 
 _CONFIG_KEYS = ("task", "config_id")
 
@@ -130,3 +130,58 @@ def configuration_table(
             )
         )  # fmt: skip
     return rows
+
+
+@dataclass(frozen=True)
+class SequentialRow:
+    """The outcome of one configuration of a ``--seeds auto`` study (from its child runs)."""
+
+    task: str
+    config_id: str
+    decision: str  # better, worse, equivalent, undecided
+    stopped_by: str  # decided, max_seeds, budget
+    look: int | None  # the look that decided it (1-based)
+    seeds: int
+    pair_hours: float  # trial hours of the configuration and its baseline on those seeds
+    fixed_seeds: int | None  # a fixed design of the same power
+    fixed_hours: float | None
+
+    @property
+    def saved(self) -> float | None:
+        """Share of the fixed design's compute the sequential one did not spend."""
+        if self.fixed_hours is None or not self.fixed_hours > 0:
+            return None
+        return 1.0 - self.pair_hours / self.fixed_hours
+
+
+def sequential_table(runs: pd.DataFrame) -> list[SequentialRow]:
+    """One row per h-detach configuration that a sequential study stopped."""
+    if runs.empty or "sequential_seeds" not in runs.columns:
+        return []
+    decisions = {v: k for k, v in SEQUENTIAL_DECISIONS.items()}
+    stops = {v: k for k, v in SEQUENTIAL_STOPS.items()}
+    out = []
+    done = runs[runs["sequential_seeds"].notna() & (runs["arm"] != VANILLA)]
+    for (task, cid), group in done.groupby(list(_CONFIG_KEYS), sort=True):
+        first = group.iloc[0]
+
+        def value(name: str, row=first) -> float:
+            return _float(row.get(name, math.nan))
+
+        fixed = value("sequential_fixed_seeds")
+        fixed_s = value("sequential_fixed_seconds")
+        look = value("sequential_look")
+        out.append(
+            SequentialRow(
+                task=str(task),
+                config_id=str(cid),
+                decision=decisions.get(value("sequential_decision"), "undecided"),
+                stopped_by=stops.get(value("sequential_stop"), "?"),
+                look=None if math.isnan(look) else int(look),
+                seeds=int(value("sequential_seeds")),
+                pair_hours=value("sequential_pair_seconds") / 3600,
+                fixed_seeds=None if math.isnan(fixed) else int(fixed),
+                fixed_hours=None if math.isnan(fixed_s) else fixed_s / 3600,
+            )
+        )
+    return out

@@ -42,7 +42,7 @@ import pandas as pd
 
 from dashboards import claims as claims_mod
 from dashboards import overview, sections, stats
-from dashboards.configs import ConfigRow, configuration_table
+from dashboards.configs import ConfigRow, configuration_table, sequential_table
 from dashboards.evaluate import Context
 from dashboards.render import render
 from dashboards.verdicts import Verdict, evaluate_claims, verdict_json
@@ -251,6 +251,7 @@ def build_report(
 
     clock = time.perf_counter()
     config_rows = configuration_table(runs, rng, n_resamples=n_resamples)
+    sequential_rows = sequential_table(runs)
     summary = make_summary(experiment, runs, verdicts, config_rows)
     changes = compare(previous, summary) if previous is not None else None
     timings["configurations"] = time.perf_counter() - clock
@@ -284,6 +285,7 @@ def build_report(
         table2=sections.table2(verdicts),
         claim_figures=claim_figures,
         config_rows=config_rows,
+        sequential_rows=sequential_rows,
         dodge=dodge,
     )
     out = Path(out_dir)

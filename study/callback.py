@@ -21,10 +21,24 @@ from typing import Any
 import numpy as np
 from ray import tune
 
-from study.searcher import config_id, objective_value
+from study.searcher import config_id, live_searcher, objective_value
+from study.sequential import UNDECIDED
 from study.tracking import StudyTracker
 from trainables.config import RunConfig
-from trainables.contract import BASELINE_TAG, EPOCH_METRICS, RUN_TAGS, TERMINAL_STATUSES, VANILLA
+from trainables.contract import (
+    BASELINE_TAG,
+    DECISION_METRIC_TAG,
+    DECISION_TAG,
+    EPOCH_METRICS,
+    RUN_TAGS,
+    SEQUENTIAL_CHILD_METRICS,
+    SEQUENTIAL_DECISIONS,
+    SEQUENTIAL_METRICS,
+    SEQUENTIAL_STOPS,
+    STOP_TAG,
+    TERMINAL_STATUSES,
+    VANILLA,
+)
 from trainables.seeds import stream_seeds
 
 
@@ -37,6 +51,7 @@ class MlflowStudyCallback(tune.Callback):
         study: str,
         seeds_per_trial: int,
         objective: str,
+        sequential_key: str | None = None,
     ):
         self.tracker = tracker
         self.base = base
@@ -44,6 +59,8 @@ class MlflowStudyCallback(tune.Callback):
         self.study = study
         self.seeds_per_trial = seeds_per_trial
         self.objective = objective
+        self.sequential_key = sequential_key  # --seeds auto: the searcher that decides
+        self._stopped_seen = 0
         self._children: dict[tuple[str, int], str] = {}
         self._blocks: dict[tuple[str, tuple[int, ...]], list[str]] = {}  # ensured run ids
         self.seconds = 0.0  # time spent in MLflow calls from Tune's event loop
@@ -54,7 +71,7 @@ class MlflowStudyCallback(tune.Callback):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["tracker"] = (self.tracker.uri, self.tracker.experiment_name)
-        state["_children"], state["_blocks"] = {}, {}
+        state["_children"], state["_blocks"], state["_stopped_seen"] = {}, {}, 0
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -99,9 +116,10 @@ class MlflowStudyCallback(tune.Callback):
             "seq_len": self.base.seq_len,
             "hidden_size": self.base.hidden_size,
         }
+        planned = ",".join(map(str, self.seeds))
         tags = {
             **tags,
-            "seeds": ",".join(map(str, self.seeds)),
+            "seeds": f"auto (up to {len(self.seeds)})" if self.sequential_key else planned,
             "seeds_per_trial": self.seeds_per_trial,
             "objective": self.objective,
         }
@@ -185,12 +203,32 @@ class MlflowStudyCallback(tune.Callback):
     # -- aggregates -----------------------------------------------------------------------
 
     def maybe_finish_parent(self, config: dict) -> None:
-        """Once every seed of the configuration is done: aggregate curves and summary."""
+        """Once every seed of the configuration is done: aggregate curves and summary. With
+        ``--seeds auto``: every configuration the searcher has stopped since the last call,
+        with its decision (a look can stop a configuration other than the trial's own)."""
+        if self.sequential_key is not None:
+            searcher = live_searcher(self.sequential_key)
+            if searcher is None:
+                return
+            while self._stopped_seen < len(searcher.stopped):
+                cid = searcher.stopped[self._stopped_seen]
+                self._stopped_seen += 1
+                outcome = searcher.outcome(cid)
+                if outcome is not None:
+                    self._finish_parent(cid, outcome)
+            return
         cid = config["config_id"]
         children = self.tracker.find_runs("child", config_id=cid)
         done = [c for c in children if c.status in TERMINAL_STATUSES]  # every batch of seeds so far
         if sum(c.seed in self.seeds for c in done) < len(self.seeds):
             return
+        self._finish_parent(cid, None, done)
+
+    def _finish_parent(self, cid: str, outcome: dict | None, done: list | None = None) -> None:
+        if done is None:
+            seeds = set(outcome["seeds"])
+            children = self.tracker.find_runs("child", config_id=cid)
+            done = [c for c in children if c.status in TERMINAL_STATUSES and c.seed in seeds]
         curves: dict[int, list[float]] = {}
         for child in done:
             for step, value in self.tracker.metric_history(child.run_id, "val_acc"):
@@ -220,7 +258,38 @@ class MlflowStudyCallback(tune.Callback):
             "seeds_failed": float(sum(c.status != "FINISHED" for c in done)),
         }
         status = "FINISHED" if all(c.status == "FINISHED" for c in done) else "FAILED"
-        self.tracker.finish(parent, finals, status)
+        tags = {}
+        if outcome is not None:
+            finals["seeds_used"] = float(len(outcome["seeds"]))
+            for key in SEQUENTIAL_METRICS:
+                value = outcome.get(key)
+                if isinstance(value, int | float) and key != "seeds_used":
+                    finals[key] = float(value)
+            tags = {
+                DECISION_TAG: outcome.get("decision", UNDECIDED),
+                STOP_TAG: outcome["reason"],
+                DECISION_METRIC_TAG: outcome["metric"],
+                "seeds": ",".join(map(str, outcome["seeds"])),
+            }
+            if "pair_seconds_per_seed" in outcome:
+                finals["pair_seconds"] = outcome["pair_seconds_per_seed"] * len(outcome["seeds"])
+            child_finals = _child_outcome({**outcome, **finals, **tags})
+            for child in done:  # the report reads child runs: each carries the outcome too
+                self.tracker.finish(child.run_id, child_finals, child.status)
+        self.tracker.finish(parent, finals, status, tags=tags)
+
+
+def _child_outcome(outcome: dict) -> dict[str, float]:
+    out = {}
+    for metric, key in SEQUENTIAL_CHILD_METRICS.items():
+        value = outcome.get(key)
+        if key == "decision":
+            value = SEQUENTIAL_DECISIONS.get(value)
+        elif key == "reason":
+            value = SEQUENTIAL_STOPS.get(value)
+        if isinstance(value, int | float) and math.isfinite(value):
+            out[metric] = float(value)
+    return out
 
 
 def _nanmean(values: list[float]) -> float:

@@ -3,6 +3,7 @@
     hdetach-study run --task pmnist ...        the study (same as ``python study/run.py``)
     hdetach-study report --experiment NAME     export from MLflow, judge the claims, HTML
     hdetach-study nightly --config FILE        fresh seeds every night, then the report
+    hdetach-study plan --experiment PILOT      seeds (and hours) a study needs, from a pilot
     hdetach-study train --task copying ...     one training run (``python -m trainables.train``)
 
 The one place in ``study`` that reaches into ``dashboards``: the report and nightly commands
@@ -18,6 +19,7 @@ COMMANDS = {
     "report": "dashboards.cli",
     "nightly": "dashboards.nightly",
     "train": "trainables.train",
+    "plan": "study.plan",
 }
 
 

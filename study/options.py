@@ -22,11 +22,15 @@ from typing import Any
 
 import yaml
 
-from trainables.config import PRESETS, ConfigError, OneLineParser, RunConfig
-from trainables.contract import TASKS
+from trainables.config import BACKENDS, PRESETS, ConfigError, OneLineParser, RunConfig
+from trainables.contract import EPOCH_METRICS, FINAL_METRICS, TASKS, transfer_delay
 
 SEARCHES = ("tpe", "grid", "fixed")
 OBJECTIVES = ("mean-se", "mean", "iqm", "worst")
+ALPHA_SPENDING = ("pocock", "obrien-fleming")
+#: What a sequential comparison can be decided on: a final metric of each seed (its best
+#: checkpoint), or a per-epoch metric at the last epoch (direction: trainables.contract).
+DECISION_METRICS = (*FINAL_METRICS, *EPOCH_METRICS)
 PAPER_P_VALUES = (0.1, 0.25, 0.4, 0.5)
 PAPER_LR_VALUES = (1e-3, 5e-4, 1e-4)
 
@@ -45,7 +49,15 @@ class StudyOptions:
     preset: str = "smoke"
     search: str = "tpe"
     trials: int = 4
-    seeds: int = 3
+    seeds: int | str = 3  # a count S, or "auto": sequential allocation (study/sequential.py)
+    min_seeds: int = 8  # --seeds auto: paired seeds at the first look
+    max_seeds: int = 32  # --seeds auto: never more
+    seed_block: int = 4  # --seeds auto: seeds added per look
+    alpha: float = 0.05  # --seeds auto: error of a wrong "better"/"worse", over all looks
+    alpha_spending: str = "pocock"
+    margin: float | None = None  # --seeds auto: stop as "equivalent" when surely within
+    decision_metric: str = "best_val_acc"
+    budget_hours: float | None = None  # --seeds auto: sum of trial hours, then stop
     seed_offset: int = 0
     seed_list: list[int] | None = None
     seeds_per_trial: int = 1
@@ -90,10 +102,30 @@ class StudyOptions:
         return f"hdetach-{self.task}{delay}-{self.preset}"
 
     @property
+    def sequential(self) -> bool:
+        return self.seeds == "auto"
+
+    @property
     def seed_values(self) -> list[int]:
+        """Every seed the study may use (with ``--seeds auto``, up to ``max_seeds``, in the
+        order they are used)."""
         if self.seed_list is not None:
             return list(self.seed_list)
-        return list(range(self.seed_offset, self.seed_offset + self.seeds))
+        count = self.max_seeds if self.sequential else self.seeds
+        return list(range(self.seed_offset, self.seed_offset + count))
+
+    def design(self):
+        """The sequential design of ``--seeds auto``."""
+        from study.sequential import SequentialDesign
+
+        return SequentialDesign(
+            min_seeds=self.min_seeds,
+            seed_block=self.seed_block,
+            max_seeds=self.max_seeds,
+            alpha=self.alpha,
+            spending=self.alpha_spending,
+            margin=self.margin,
+        )
 
     @property
     def seed_blocks(self) -> list[list[int]]:
@@ -151,7 +183,11 @@ class StudyOptions:
             fail("search", self.search, f"must be one of {', '.join(SEARCHES)}")
         if self.objective not in OBJECTIVES:
             fail("objective", self.objective, f"must be one of {', '.join(OBJECTIVES)}")
-        for name in ("trials", "seeds", "seeds_per_trial", "asha_grace"):
+        if self.sequential:
+            self._validate_sequential()
+        else:
+            _int("seeds", self.seeds, 1)
+        for name in ("trials", "seeds_per_trial", "asha_grace"):
             _int(name, getattr(self, name), 1)
         for name in ("seed_offset", "sampler_seed", "max_failures", "verbose"):
             _int(name, getattr(self, name), 0)
@@ -216,6 +252,44 @@ class StudyOptions:
             raise OptionsError(str(err)) from None
         return self
 
+    def _validate_sequential(self) -> None:
+        def fail(name: str, value, why: str):
+            raise OptionsError(f"{name} {why}, got {value!r}")
+
+        _int("min_seeds", self.min_seeds, 2)
+        _int("seed_block", self.seed_block, 1)
+        _int("max_seeds", self.max_seeds, 2)
+        if self.min_seeds > self.max_seeds:
+            raise OptionsError(
+                f"min_seeds ({self.min_seeds}) must be <= max_seeds ({self.max_seeds})"
+            )
+        if not _number(self.alpha) or not 0 < self.alpha < 1:
+            fail("alpha", self.alpha, "must be in (0, 1)")
+        if self.alpha_spending not in ALPHA_SPENDING:
+            fail(
+                "alpha_spending", self.alpha_spending, f"must be one of {', '.join(ALPHA_SPENDING)}"
+            )
+        if self.margin is not None and (not _number(self.margin) or self.margin <= 0):
+            fail("margin", self.margin, "must be > 0")
+        if self.budget_hours is not None and (
+            not _number(self.budget_hours) or self.budget_hours <= 0
+        ):
+            fail("budget_hours", self.budget_hours, "must be > 0")
+        if self.decision_metric not in DECISION_METRICS and (
+            transfer_delay(str(self.decision_metric)) is None
+        ):
+            fail(
+                "decision_metric",
+                self.decision_metric,
+                "must be a final or per-epoch metric (e.g. best_val_acc, test_acc_at_best)",
+            )
+        if self.asha:
+            raise OptionsError(
+                "--seeds auto cannot be combined with --asha (stopped trials would decide)"
+            )
+        if self.seed_list is not None and len(self.seed_list) < self.max_seeds:
+            fail("seed_list", self.seed_list, f"must list max_seeds ({self.max_seeds}) seeds")
+
 
 def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -253,7 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS)
     p.add_argument("--search", choices=SEARCHES)
     p.add_argument("--trials", type=int, help="configurations to evaluate")
-    p.add_argument("--seeds", type=int, help="seeds per configuration (S)")
+    p.add_argument(
+        "--seeds", type=_seeds_arg, help="seeds per configuration (S), or 'auto': sequential"
+    )
+    p.add_argument("--min-seeds", type=int, help="--seeds auto: paired seeds at the first look")
+    p.add_argument("--max-seeds", type=int, help="--seeds auto: at most this many seeds")
+    p.add_argument("--seed-block", type=int, help="--seeds auto: seeds added after each look")
+    p.add_argument("--alpha", type=float, help="--seeds auto: error of a wrong decision")
+    p.add_argument("--alpha-spending", choices=ALPHA_SPENDING, help="--seeds auto: when to spend")
+    p.add_argument("--margin", type=float, help="--seeds auto: stop as equivalent within this")
+    p.add_argument("--decision-metric", help="--seeds auto: final metric compared (best_val_acc)")
+    p.add_argument("--budget-hours", type=float, help="--seeds auto: trial hours, then stop")
     p.add_argument("--seed-offset", type=int, help="first seed (fresh seeds: raise it)")
     p.add_argument("--seeds-per-trial", type=int, help="seed members per trial process (K)")
     p.add_argument("--cpus-per-trial", type=float)
@@ -287,10 +371,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asha-grace", type=int, help="epochs before ASHA may stop a trial")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument(
+        "--backend", choices=BACKENDS, help="engine backend of every trial (default auto)"
+    )
+    p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="run option override, repeatable"
     )
     p.add_argument("--verbose", type=int, help="0 quiet, 1 progress table, 2 + trial output")
     return p
+
+
+def _seeds_arg(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seeds or 'auto', got {text!r}"
+        ) from None
 
 
 def _floats(name: str, text: str) -> list[float]:
@@ -359,7 +457,7 @@ def options_from_args(argv: list[str] | None = None) -> StudyOptions:
         k: v
         for k, v in vars(args).items()
         if v is not None and k not in ("config", "p_values", "lr_range", "lr_values")
-        and k not in ("clip_values", "set", "resource")
+        and k not in ("clip_values", "set", "resource", "backend")
     }  # fmt: skip
     if args.p_values is not None:
         cli["p_values"] = _floats("p-values", args.p_values)
@@ -371,8 +469,10 @@ def options_from_args(argv: list[str] | None = None) -> StudyOptions:
         cli["clip_values"] = _bools(args.clip_values)
     if args.resource:
         cli["resources"] = _parse_resources(args.resource)
-    if args.set:
-        cli["set"] = {**values.get("set", {}), **_parse_set(args.set)}
+    if args.set or args.backend:
+        cli["set"] = {**values.get("set", {}), **_parse_set(args.set or [])}
+        if args.backend:
+            cli["set"]["backend"] = args.backend
     values.update(cli)
     return options_from_mapping(values)
 

@@ -83,6 +83,36 @@ def preflight(options: StudyOptions) -> None:
         from trainables.train import load_task_for
 
         load_task_for(options.run_config())
+    _prepare_backend(options)
+    if options.sequential and not options.design().can_decide_at(0):
+        import warnings
+
+        warnings.warn(
+            f"--seeds auto: the first look ({options.min_seeds} seeds) cannot decide anything "
+            "at this alpha; raise --min-seeds",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _prepare_backend(options: StudyOptions) -> None:
+    """Build the C++ kernels once, here, before trials start (they then load them from the
+    cache instead of compiling side by side), and reject a backend that cannot run."""
+    import warnings
+
+    from trainables import kernels
+
+    backend = options.run_config().backend
+    if backend == "triton" and not options.gpus_per_trial:
+        raise StudyError("backend 'triton' runs on GPUs: give --gpus-per-trial (or --backend auto)")
+    if options.gpus_per_trial or backend not in ("auto", "cpp"):
+        return
+    try:
+        kernels.load_cpp()
+    except kernels.KernelUnavailable as err:
+        if backend == "cpp":
+            raise StudyError(f"backend 'cpp': {err}") from None
+        warnings.warn(f"{err}; trials use the PyTorch path", RuntimeWarning, stacklevel=2)
 
 
 def _non_empty(path: Path) -> bool:
@@ -124,7 +154,7 @@ def build_searcher(options: StudyOptions):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from study.searcher import OBJECTIVE, PairedSeedSearcher
+    from study.searcher import OBJECTIVE, PairedSeedSearcher, SequentialPlan
 
     storage_path = options.optuna_storage_path
     if "://" in storage_path:
@@ -170,11 +200,24 @@ def build_searcher(options: StudyOptions):
         storage=storage,
         points_to_evaluate=points,
     )
+    plan = None
+    if options.sequential:
+        budget = options.budget_hours * 3600.0 if options.budget_hours else None
+        plan = SequentialPlan(
+            design=options.design(),
+            seeds=tuple(options.seed_values),
+            seeds_per_trial=options.seeds_per_trial,
+            metric=options.decision_metric,
+            budget_seconds=budget,
+            gpus_per_trial=options.gpus_per_trial,
+        )
     paired = PairedSeedSearcher(
         optuna_search,
         seed_blocks=options.seed_blocks,
         max_configs=max_configs,
         objective=options.objective,
+        sequential=plan,
+        key=options.experiment_dir,
     )
     return ConcurrencyLimiter(paired, max_concurrent=_max_concurrent(options))
 
@@ -237,6 +280,7 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
         study=options.experiment_name,
         seeds_per_trial=options.seeds_per_trial,
         objective=options.objective,
+        sequential_key=options.experiment_dir if options.sequential else None,
     )
     if options.resume:
         tuner = tune.Tuner.restore(options.experiment_dir, trainable, resume_errored=True)

@@ -11,17 +11,26 @@ caps the trials running at once (Optuna alone would start them one at a time).
 
 Config ids are derived from the parameters (``config_id``), so a repeated suggestion and a
 restarted study find the same configuration, its runs and its results.
+
+With ``sequential`` (``--seeds auto``) the seeds are not fixed in advance: every configuration
+and its baseline start on the design's first ``min_seeds`` seeds; whenever both have
+finished the same stage, the paired comparison is analysed (``study/sequential.py``) and,
+unless it is decided, at ``max_seeds`` or out of budget, both get the next ``seed_block``
+seeds. Optuna hears a configuration's objective only once it has stopped. While
+configurations wait for their looks, new ones are drawn from Optuna so that no slot idles.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray.tune.search import Searcher
 
-from trainables.contract import H_DETACH, VANILLA, arm_of
+from study import sequential as seq
+from trainables.contract import H_DETACH, LOWER_IS_BETTER, VANILLA, arm_of
 
 OBJECTIVE = "objective"
 
@@ -61,6 +70,38 @@ def objective_value(values: list[float], kind: str = "mean-se") -> float:
     return float(x.mean() - se)
 
 
+@dataclass(frozen=True)
+class SequentialPlan:
+    """``--seeds auto``: the design, the seeds in the order they are used (``max_seeds`` of
+    them), how a stage is split into trials, the decision metric and the compute budget."""
+
+    design: seq.SequentialDesign
+    seeds: tuple[int, ...]
+    seeds_per_trial: int = 1
+    metric: str = "best_val_acc"
+    budget_seconds: float | None = None  # sum of trial seconds; None: no budget
+    gpus_per_trial: float = 0.0
+    power_samples: int = 200  # simulated studies behind the "fixed design" comparison
+
+    def stage_seeds(self, stage: int) -> list[int]:
+        looks = self.design.looks
+        lo = 0 if stage == 0 else looks[stage - 1]
+        return list(self.seeds[lo : looks[stage]])
+
+    @property
+    def stages(self) -> int:
+        return len(self.design.looks)
+
+
+#: Live searchers by study key, for the driver's MLflow callback (both live in the driver;
+#: Tune pickles them apart, so the callback finds the searcher by the study's key).
+_LIVE: dict[str, PairedSeedSearcher] = {}
+
+
+def live_searcher(key: str) -> PairedSeedSearcher | None:
+    return _LIVE.get(key)
+
+
 class PairedSeedSearcher(Searcher):
     """See the module docstring. ``searcher`` is the inner ``OptunaSearch``."""
 
@@ -71,16 +112,24 @@ class PairedSeedSearcher(Searcher):
         seed_blocks: list[list[int]],
         max_configs: int,
         objective: str = "mean-se",
+        sequential: SequentialPlan | None = None,
+        key: str | None = None,
     ):
         self.searcher = searcher
         self.seed_blocks = [list(b) for b in seed_blocks]
         self.max_configs = max_configs
         self.objective = objective
+        self.plan = sequential
+        self.key = key
         self.configs: dict[str, dict[str, Any]] = {}  # config_id -> params + bookkeeping
-        self.queue: list[tuple[str, int]] = []  # (config_id, block index) not yet a trial
-        self.trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (config_id, block)
+        self.queue: list[tuple[str, int]] = []  # (config_id, unit) not yet a trial
+        self.trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (config_id, unit)
         self.suggested = 0  # configurations drawn from Optuna
+        self.trial_seconds = 0.0  # every finished unit's time, for the budget
+        self.budget_spent = False
+        self.stopped: list[str] = []  # configurations stopped, in order (for the callback)
         super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self._register_live()
 
     # -- Tune's Searcher interface --------------------------------------------------------
 
@@ -89,19 +138,20 @@ class PairedSeedSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         while not self.queue:
-            if self.suggested >= self.max_configs:
-                return Searcher.FINISHED
+            if self.suggested >= self.max_configs or self.budget_spent:
+                # Sequentially, a configuration still waiting for a look may need more seeds.
+                return Searcher.FINISHED if self._all_stopped() else None
             optuna_id = f"config-{self.suggested}"
             params = self.searcher.suggest(optuna_id)
             if params is None:
                 return None
             if params == Searcher.FINISHED:
                 self.max_configs = self.suggested
-                return Searcher.FINISHED
+                return Searcher.FINISHED if self._all_stopped() else None
             self.suggested += 1
             self._add(params, optuna_id)
-        cid, block = self.queue.pop(0)
-        self.trials[trial_id] = (cid, block)
+        cid, unit = self.queue.pop(0)
+        self.trials[trial_id] = (cid, unit)
         c = self.configs[cid]
         return {
             "config_id": cid,
@@ -109,27 +159,48 @@ class PairedSeedSearcher(Searcher):
             "p_detach": c["p_detach"],
             "lr": c["lr"],
             "clip": c["clip"],
-            "seeds": list(self.seed_blocks[block]),
-            "block": block,
+            "seeds": list(c["units"][unit]["seeds"]),
+            "block": unit,
         }
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id not in self.trials:
             return
-        cid, block = self.trials.pop(trial_id)
+        cid, unit = self.trials.pop(trial_id)
         result = result or {}
+        seeds = self.configs[cid]["units"][unit]["seeds"]
         # finals at the end; for a block stopped early by a scheduler (censored), its running
         # summary (best over the epochs it ran), or failing that its last validation accuracy.
         scored = result.get("finals") or result.get("summary")
+        members = result.get("members") or []
         if scored:
             values = [f.get("best_val_acc", math.nan) for f in scored]
         else:
-            members = result.get("members") or []
             values = [math.nan if m is None else m.get("val_acc", math.nan) for m in members]
-        if error or len(values) != len(self.seed_blocks[block]):
-            values = [math.nan] * len(self.seed_blocks[block])
-        self.configs[cid]["done"][block] = values
-        self._maybe_report(cid)
+        metric = self.plan.metric if self.plan else "best_val_acc"
+        chosen = _decision_values(metric, scored, members)
+        if error or len(values) != len(seeds):
+            values = [math.nan] * len(seeds)
+        if len(chosen) != len(seeds) or error:
+            chosen = [math.nan] * len(seeds)
+        seconds = float(result.get("time_total_s") or 0.0)
+        c = self.configs[cid]
+        c["done"][unit] = values
+        c["units"][unit]["metric"] = chosen
+        c["units"][unit]["seconds"] = seconds
+        self.trial_seconds += seconds
+        if self.plan is None:
+            self._maybe_report(cid)
+            return
+        if self.plan.budget_seconds is not None and self.trial_seconds >= self.plan.budget_seconds:
+            if not self.budget_spent:
+                self.budget_spent = True
+                self.queue.clear()  # what has not started does not start
+        for other in self._affected(cid):
+            self._look(other)
+        if self.budget_spent:
+            for other in list(self.configs):
+                self._look(other)
 
     # -- state (Tune saves wrappers with get_state, the inner searcher with save) ----------
 
@@ -140,6 +211,7 @@ class PairedSeedSearcher(Searcher):
 
     def set_state(self, state: dict) -> None:
         self.__dict__.update(state)
+        self._register_live()
 
     def save(self, checkpoint_path: str) -> None:
         self.searcher.save(checkpoint_path)
@@ -147,41 +219,270 @@ class PairedSeedSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         self.searcher.restore(checkpoint_path)
 
+    def _register_live(self) -> None:
+        if self.key:
+            _LIVE[self.key] = self
+
+    # -- what the driver's callback reads ------------------------------------------------
+
+    def outcome(self, cid: str) -> dict | None:
+        """A stopped configuration's sequential outcome (None while it may still run)."""
+        c = self.configs.get(cid)
+        if c is None or not c.get("stopped"):
+            return None
+        return c.get("outcome", {})
+
     # -- internals ------------------------------------------------------------------------
 
     def _add(self, params: dict, optuna_id: str | None) -> None:
         p, lr, clip = float(params["p_detach"]), normalise_lr(params["lr"]), bool(params["clip"])
         arm = arm_of(p)
         cid = config_id(arm, p, lr, clip)
+        base = None
         if arm != VANILLA:
             base = config_id(VANILLA, 0.0, lr, clip)
             if base not in self.configs:  # the paired baseline, once per (lr, clip)
-                self._register(base, VANILLA, 0.0, lr, clip, None)
+                self._register(base, VANILLA, 0.0, lr, clip, None, None)
         if cid in self.configs:  # asked again: Optuna hears the known result when it exists
             self.configs[cid]["optuna_ids"].append(optuna_id)
             self._maybe_report(cid)
             return
-        self._register(cid, arm, p, lr, clip, optuna_id)
+        self._register(cid, arm, p, lr, clip, optuna_id, base)
 
-    def _register(self, cid, arm, p, lr, clip, optuna_id) -> None:
+    def _register(self, cid, arm, p, lr, clip, optuna_id, base) -> None:
         self.configs[cid] = {
             "arm": arm,
             "p_detach": p,
             "lr": lr,
             "clip": clip,
+            "baseline": base,
             "optuna_ids": [optuna_id] if optuna_id else [],
             "reported": [],
             "done": {},
+            "units": [],
+            "stages": 0,  # stages queued (sequential)
+            "stopped": False,
         }
-        self.queue.extend((cid, b) for b in range(len(self.seed_blocks)))
+        if self.plan is None:
+            for block in self.seed_blocks:
+                self._queue_unit(cid, block, 0)
+        elif base is not None:
+            # the baseline's seeds first, so the pairs progress together (a baseline stopped
+            # before this configuration came reopens for it)
+            self._queue_stage(base, 0)
+            self._queue_stage(cid, 0)
+        elif arm == VANILLA and optuna_id is not None:
+            self._queue_stage(cid, 0)  # vanilla asked for by Optuna itself: one stage at a time
+
+    def _queue_unit(self, cid: str, seeds: list[int], stage: int) -> None:
+        c = self.configs[cid]
+        c["units"].append({"seeds": list(seeds), "stage": stage})
+        self.queue.append((cid, len(c["units"]) - 1))
+
+    def _queue_stage(self, cid: str, stage: int) -> None:
+        """Queue the trials of stages up to ``stage`` that are not queued, running or done
+        (each unit once; units dropped when their configuration stopped come back)."""
+        c = self.configs[cid]
+        c["stopped"] = False  # a baseline asked for more seeds by a new configuration reopens
+        while c["stages"] <= stage and c["stages"] < self.plan.stages:
+            seeds = self.plan.stage_seeds(c["stages"])
+            k = self.plan.seeds_per_trial
+            for i in range(0, len(seeds), k):
+                self._queue_unit(cid, seeds[i : i + k], c["stages"])
+            c["stages"] += 1
+        for u, unit in enumerate(c["units"]):
+            if unit.get("dropped") and unit["stage"] <= stage:
+                unit["dropped"] = False
+                self.queue.append((cid, u))
+
+    def _complete_stages(self, cid: str) -> int:
+        """How many stages of this configuration have every trial finished."""
+        c = self.configs[cid]
+        n = 0
+        for stage in range(c["stages"]):
+            units = [u for u, unit in enumerate(c["units"]) if unit["stage"] == stage]
+            if not units or any(u not in c["done"] for u in units):
+                break
+            n += 1
+        return n
+
+    def _affected(self, cid: str) -> list[str]:
+        if self.configs[cid]["arm"] == VANILLA:
+            dependents = [k for k, c in self.configs.items() if c.get("baseline") == cid]
+            return [*dependents, cid]
+        return [cid]
+
+    def _seed_values(self, cid: str) -> dict[int, float]:
+        c = self.configs[cid]
+        out = {}
+        for u, unit in enumerate(c["units"]):
+            if u in c["done"]:
+                out.update(zip(unit["seeds"], unit.get("metric", []), strict=False))
+        return out
+
+    def _running(self, cid: str) -> bool:
+        return any(c == cid for c, _ in self.trials.values()) or any(
+            c == cid for c, _ in self.queue
+        )
+
+    def _look(self, cid: str) -> None:
+        """Sequential step of one configuration: analyse, then stop or ask for more seeds."""
+        c = self.configs[cid]
+        if c["stopped"]:
+            return
+        base = c.get("baseline")
+        if base is None:  # a baseline stops when every configuration paired with it has
+            dependents = [k for k, o in self.configs.items() if o.get("baseline") == cid]
+            alone = c["optuna_ids"] and not dependents
+            if alone:  # vanilla as an Optuna configuration of its own: no comparison
+                stages = self._complete_stages(cid)
+                if stages >= self.plan.stages or self.budget_spent:
+                    if not self._running(cid):
+                        self._stop(
+                            cid, seq.STOP_CAPPED if not self.budget_spent else seq.STOP_BUDGET, None
+                        )
+                else:
+                    self._queue_stage(cid, stages)
+                return
+            if all(self.configs[k]["stopped"] for k in dependents):
+                self._drop_queued(cid)
+                if not self._running(cid):
+                    self._stop(cid, "baseline", None)
+            return
+        stages = min(self._complete_stages(cid), self._complete_stages(base))
+        if stages == 0:
+            if self.budget_spent and not self._running(cid):
+                self._stop(cid, seq.STOP_BUDGET, None)
+            return
+        looks = self.plan.design.looks
+        used = self.plan.seeds[: looks[stages - 1]]
+        mine, theirs = self._seed_values(cid), self._seed_values(base)
+        diffs = paired_differences(
+            [mine.get(s, math.nan) for s in used],
+            [theirs.get(s, math.nan) for s in used],
+            higher_is_better=self.plan.metric not in LOWER_IS_BETTER,
+        )
+        analysis = seq.analyse(diffs, self.plan.design, key=cid)
+        if analysis.decision != seq.UNDECIDED:
+            reason = seq.STOP_DECIDED
+        elif stages >= self.plan.stages:
+            reason = seq.STOP_CAPPED
+        elif self.budget_spent:
+            reason = seq.STOP_BUDGET
+        else:
+            self._queue_stage(base, stages)
+            self._queue_stage(cid, stages)
+            return
+        if reason == seq.STOP_DECIDED or not self._running(cid):
+            self._stop(cid, reason, (analysis, diffs))
+            if not self._running(base):
+                self._look(base)
+
+    def _drop_queued(self, cid: str) -> None:
+        """Trials of this configuration not started yet are not run (it needs no more seeds)."""
+        c = self.configs[cid]
+        for k, u in self.queue:
+            if k == cid:
+                c["units"][u]["dropped"] = True
+        self.queue = [(k, u) for k, u in self.queue if k != cid]
+
+    def _stop(self, cid: str, reason: str, analysed) -> None:
+        c = self.configs[cid]
+        self._drop_queued(cid)
+        c["stopped"] = True
+        seconds = sum(unit.get("seconds", 0.0) for unit in c["units"])
+        seeds_run = sorted(
+            s for u, unit in enumerate(c["units"]) if u in c["done"] for s in unit["seeds"]
+        )
+        outcome = {
+            "reason": reason,
+            "seeds": seeds_run,
+            "trial_seconds": seconds,
+            "gpu_seconds": seconds * self.plan.gpus_per_trial,
+            "metric": self.plan.metric,
+        }
+        if analysed is not None:
+            analysis, diffs = analysed
+            outcome.update(self._compare_fixed(cid, analysis, diffs))
+        c["outcome"] = outcome
+        self.stopped.append(cid)
+        self._maybe_report(cid)
+
+    def _compare_fixed(self, cid: str, analysis: seq.Analysis, diffs: np.ndarray) -> dict:
+        """The decision, and what a fixed design of the same power would have cost."""
+        d = np.asarray(diffs[: analysis.seeds], dtype=float)
+        base = self.configs[self.configs[cid]["baseline"]]
+        per_seed = _per_seed_seconds(self.configs[cid]) + _per_seed_seconds(base)
+        effect, sd = float(d.mean()), float(d.std(ddof=1)) if d.size > 1 else math.nan
+        out = {
+            "decision": analysis.decision,
+            "decided_at_look": None if analysis.decided_at is None else analysis.decided_at + 1,
+            "looks": len(analysis.looks),
+            "pairs": int(analysis.seeds),
+            "mean_difference": effect,
+            "sd_difference": sd,
+            "pair_seconds_per_seed": per_seed,
+        }
+        if math.isfinite(sd) and sd > 0 and effect != 0:
+            sim = seq.simulate(self.plan.design, abs(effect), sd,
+                               studies=self.plan.power_samples, seed=0)  # fmt: skip
+            power = min(max(sim.better_rate, 0.05), 0.99)
+            n_fixed = seq.fixed_seeds(abs(effect), sd, self.plan.design.alpha, power)
+            out.update(
+                design_power=sim.better_rate,
+                design_mean_seeds=sim.mean_seeds,
+                fixed_design_seeds=n_fixed,
+                fixed_design_seconds=None if n_fixed is None else n_fixed * per_seed,
+            )
+        return out
+
+    def _all_stopped(self) -> bool:
+        if self.plan is None:
+            return True
+        return all(c["stopped"] for c in self.configs.values())
 
     def _maybe_report(self, cid: str) -> None:
         c = self.configs[cid]
-        if len(c["done"]) < len(self.seed_blocks):
-            return
-        values = [v for b in sorted(c["done"]) for v in c["done"][b]]
+        if self.plan is None:
+            if len(c["done"]) < len(self.seed_blocks):
+                return
+            values = [v for b in sorted(c["done"]) for v in c["done"][b]]
+        else:
+            if not c["stopped"]:
+                return
+            values = [v for b in sorted(c["done"]) for v in c["done"][b]]
         c["objective"] = objective_value(values, self.objective)
         for optuna_id in c["optuna_ids"]:
             if optuna_id not in c["reported"]:
                 self.searcher.on_trial_complete(optuna_id, {OBJECTIVE: c["objective"]})
                 c["reported"].append(optuna_id)
+
+
+def paired_differences(config, baseline, *, higher_is_better: bool = True) -> np.ndarray:
+    """``config - baseline`` per seed, signed so that positive is better. A failed or diverged
+    run (NaN) counts as the worst value seen (0 for accuracies, which are in [0, 1])."""
+    a, b = np.asarray(config, dtype=float), np.asarray(baseline, dtype=float)
+    both = np.concatenate([a, b])
+    finite = both[np.isfinite(both)]
+    if higher_is_better:
+        worst = min(0.0, float(finite.min())) if finite.size else 0.0
+    else:
+        worst = float(finite.max()) if finite.size else 0.0
+    a, b = np.where(np.isfinite(a), a, worst), np.where(np.isfinite(b), b, worst)
+    return a - b if higher_is_better else b - a
+
+
+def _decision_values(metric: str, finals, members) -> list[float]:
+    """Per seed: the metric from the seed's finals, else from its last epoch record (NaN for
+    a member that diverged)."""
+    if finals and metric in finals[0]:
+        return [f.get(metric, math.nan) for f in finals]
+    if metric == "best_val_acc":
+        metric = "val_acc"
+    return [math.nan if m is None else m.get(metric, math.nan) for m in members]
+
+
+def _per_seed_seconds(c: dict) -> float:
+    done = [unit for u, unit in enumerate(c["units"]) if u in c["done"]]
+    seeds = sum(len(unit["seeds"]) for unit in done)
+    return sum(unit.get("seconds", 0.0) for unit in done) / seeds if seeds else 0.0

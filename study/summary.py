@@ -8,7 +8,15 @@ import math
 import numpy as np
 
 from study.tracking import StudyTracker
-from trainables.contract import BASELINE_TAG, CHILD, PARENT, prob_better
+from trainables.contract import (
+    BASELINE_TAG,
+    CHILD,
+    DECISION_TAG,
+    PARENT,
+    STOP_TAG,
+    VANILLA,
+    prob_better,
+)
 
 
 def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
@@ -34,6 +42,10 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
             if np.isfinite(values).any()
             else math.nan,
             "baseline": parent.tags.get(BASELINE_TAG),
+            "decision": parent.tags.get(DECISION_TAG),
+            "stopped_by": parent.tags.get(STOP_TAG),
+            "decided_at_look": parent.metrics.get("decided_at_look"),
+            "fixed_design_seeds": parent.metrics.get("fixed_design_seeds"),
         }
         base = best.get(row["baseline"] or "", {})
         common = sorted(set(seeds) & set(base))
@@ -59,6 +71,17 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
             f"{i:>4}  {r['config_id']:<28} {r['seeds']:>5} {_pct(r['objective']):>9} "
             f"{_pct(r['mean_best_val_acc']):>9}  {vanilla:>14} {better:>9}"
         )
+    sequential = [r for r in rows if r["decision"] and r["arm"] != VANILLA]
+    if sequential:
+        lines += ["", "Sequential seeds (--seeds auto): decision against the paired baseline"]
+        for r in sequential:
+            look = r["decided_at_look"]
+            when = f"at look {int(look)}" if look else f"stopped by {r['stopped_by']}"
+            fixed = r["fixed_design_seeds"]
+            vs = f"; a fixed design of the same power: {int(fixed)} seeds" if fixed else ""
+            lines.append(
+                f"  {r['config_id']:<28} {r['decision']:<10} {when}, {r['seeds']} seeds{vs}"
+            )
     return rows, "\n".join(lines)
 
 

@@ -101,6 +101,42 @@ def transfer_ratio(metric: str) -> int | None:
 
 #: Per-epoch metrics of a parent run: the seed aggregate of ``val_acc``.
 PARENT_EPOCH_METRICS = ("val_acc_mean", "val_acc_min", "val_acc_max", "seeds")
+#: Final metrics where lower is better (every other comparison metric: higher is better).
+LOWER_IS_BETTER = frozenset({"test_ppl_at_best", "best_val_ppl", "epochs_to_threshold"})
+#: Final metrics of a parent run of a sequential study (``--seeds auto``): the seeds it ran,
+#: the look that decided it, its compute, and what a fixed design of the same power would
+#: have needed (seeds and the pair's trial seconds).
+SEQUENTIAL_METRICS = (
+    "seeds_used",
+    "trial_seconds",
+    "gpu_seconds",
+    "looks",
+    "decided_at_look",
+    "mean_difference",
+    "sd_difference",
+    "design_power",
+    "fixed_design_seeds",
+    "fixed_design_seconds",
+    "pair_seconds_per_seed",
+    "pair_seconds",
+)
+#: Tags of such a parent: the decision (better, worse, equivalent, undecided) and why it
+#: stopped (decided, max_seeds, budget; "baseline" for a baseline).
+DECISION_TAG, STOP_TAG, DECISION_METRIC_TAG = "decision", "stopped_by", "decision_metric"
+#: The same outcome on each child run of the configuration, as metrics (the report's data
+#: are the child runs): ``sequential_decision`` +1 better, -1 worse, 0 equivalent (absent:
+#: undecided); ``sequential_stop`` 0 decided, 1 max_seeds, 2 budget.
+SEQUENTIAL_DECISIONS = {"better": 1.0, "worse": -1.0, "equivalent": 0.0}
+SEQUENTIAL_STOPS = {"decided": 0.0, "max_seeds": 1.0, "budget": 2.0}
+SEQUENTIAL_CHILD_METRICS = {
+    "sequential_decision": "decision",
+    "sequential_stop": "reason",
+    "sequential_look": "decided_at_look",
+    "sequential_seeds": "seeds_used",
+    "sequential_pair_seconds": "pair_seconds",
+    "sequential_fixed_seeds": "fixed_design_seeds",
+    "sequential_fixed_seconds": "fixed_design_seconds",
+}
 
 # -- runs: kinds, tags, statuses -----------------------------------------------------------
 

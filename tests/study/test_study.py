@@ -249,8 +249,11 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
 def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     experiment, db = "kill-driver", tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
+    # Long enough trials (the C++ engine trains a smoke epoch in well under a second) that
+    # the kill comes while some are still running.
+    epochs = 10
     args = _study_args(
-        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=6, batches=100
+        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=epochs, batches=300
     )
     proc = _start(args, tmp_path)
     client = MlflowClient(uri)
@@ -286,7 +289,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
     assert len({(c.data.tags["config_id"], c.data.tags["seed"]) for c in children}) == 6
     for child in children:  # no epoch missing, none twice
-        assert _steps(client, child.info.run_id, "val_acc") == [1, 2, 3, 4, 5, 6]
+        assert _steps(client, child.info.run_id, "val_acc") == list(range(1, epochs + 1))
     states = _trial_states(tmp_path / "runs" / experiment / "main")
     assert len(states) == 6
     for config, seed in finished_before:  # seeds_per_trial = 1: the block index is the seed
@@ -311,6 +314,16 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         (["--task", "seq_mnist", "--data-dir", "nowhere"], "MNIST not found"),
         (["--task", "copying", "--tracking-uri", "file:./mlruns"], "file"),
         (["--task", "copying", "--tracking-uri", "sqlite:///no/such/dir/m.db"], "no/such/dir"),
+        (["--task", "copying", "--backend", "triton"], "backend 'triton' runs on GPUs"),
+        (
+            ["--task", "copying", "--seeds", "auto", "--min-seeds", "9", "--max-seeds", "8"],
+            "min_seeds (9) must be <= max_seeds (8)",
+        ),
+        (["--task", "copying", "--seeds", "auto", "--seed-block", "0"], "seed_block must be"),
+        (["--task", "copying", "--seeds", "auto", "--budget-hours", "0"], "budget_hours must be"),
+        (["--task", "copying", "--seeds", "auto", "--asha"], "cannot be combined with --asha"),
+        (["--task", "copying", "--seeds", "some"], "must be a number of seeds or 'auto'"),
+        (["--task", "copying", "--set", "backend=fast"], "backend must be one of auto, cpp"),
     ],
 )
 def test_bad_input_exits_2_and_creates_nothing(tmp_path, extra, needle):
