@@ -46,9 +46,9 @@ tag.<key>                  string            every other tag except ``mlflow.*``
 ``history`` table: one row per (run_id, epoch)
 ----------------------------------------------
 ``experiment``, ``task`` (partition), ``run_id`` (string), ``epoch`` (int64, 1-based, the
-MLflow step) and the contract's ``EPOCH_METRICS`` (double). The epochs are those
-whose ``epoch`` bookkeeping marker MLflow holds; a metric missing at such an epoch was
-non-finite (the study does not log those) and is NaN, as is MLflow's stand-in for
+MLflow step) and the contract's ``EPOCH_METRICS`` and ``TASK_EPOCH_METRICS`` (double). The
+epochs are those whose ``epoch`` bookkeeping marker MLflow holds; a metric missing at such an
+epoch was non-finite (the study does not log those) and is NaN, as is MLflow's stand-in for
 +/-inf (+/-1.8e308).
 
 """
@@ -71,7 +71,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from trainables.contract import EPOCH_METRICS, FINAL_METRICS
+from trainables.contract import EPOCH_METRICS, FINAL_METRICS, TASK_EPOCH_METRICS
 
 FORMAT_VERSION = 2
 TABLES = ("runs", "history")
@@ -113,7 +113,7 @@ RUN_COLUMNS: dict[str, pa.DataType] = {
 HISTORY_COLUMNS: dict[str, pa.DataType] = {
     "run_id": pa.string(),
     "epoch": pa.int64(),
-    **{key: pa.float64() for key in EPOCH_METRICS},
+    **{key: pa.float64() for key in (*EPOCH_METRICS, *TASK_EPOCH_METRICS)},
 }
 COLUMNS = {"runs": RUN_COLUMNS, "history": HISTORY_COLUMNS}
 
@@ -278,6 +278,9 @@ def read_partition(root: str | os.PathLike, experiment: str) -> dict[str, pd.Dat
     out = {}
     for name in TABLES:
         frame = _read(base / name, COLUMNS[name])
+        for column in COLUMNS[name]:  # written before the column existed: absent values
+            if column not in frame.columns:
+                frame[column] = None
         frame.insert(0, "experiment", experiment)
         leading = ["experiment", "task", *COLUMNS[name]]
         out[name] = frame[leading + [c for c in frame.columns if c not in leading]]

@@ -143,7 +143,10 @@ def export(
             return result
 
         fetched, result.history_requests = mlflow_runs.fetch_histories(
-            client, need_history, {r: states[r]["epochs_logged"] for r in need_history}
+            client,
+            need_history,
+            {r: states[r]["epochs_logged"] for r in need_history},
+            {r: states[r]["task"] for r in need_history},
         )
         result.fetched = list(need_history)
         old = dataset.read_partition(root, experiment) if stored else None

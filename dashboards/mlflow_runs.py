@@ -26,11 +26,14 @@ from trainables.contract import (
     EPOCH_METRICS,
     RUN_KIND_TAG,
     SEED_TAG,
+    TASK_EPOCH_METRICS,
     arm_of,
+    epoch_metrics_of,
 )
 
 UNKNOWN_TASK = "unknown"
-HISTORY_KEYS = (*EPOCH_METRICS, EPOCH_MARKER)
+HISTORY_METRICS = (*EPOCH_METRICS, *TASK_EPOCH_METRICS)
+HISTORY_KEYS = (*HISTORY_METRICS, EPOCH_MARKER)
 #: MLflow's SQL stores keep +/-inf as +/-1.797e308; anything this large was not finite.
 _INF_STANDIN = 1e308
 _PAGE_SIZE = 2_500
@@ -213,24 +216,40 @@ def _bulk_history(client: MlflowClient, run_ids: Sequence[str], key: str) -> Ite
 
 
 def fetch_histories(
-    client: MlflowClient, run_ids: Sequence[str], epochs_logged: Mapping[str, int]
+    client: MlflowClient,
+    run_ids: Sequence[str],
+    epochs_logged: Mapping[str, int],
+    tasks: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, int]:
-    """The history rows of `run_ids` and the number of MLflow requests made for them."""
+    """The history rows of `run_ids` and the number of MLflow requests made for them.
+
+    A run's keys are the per-epoch metrics of its task (``tasks[run_id]``; all of them where
+    the task is not given) and the epoch marker.
+    """
     points: list[tuple] = []  # (run_id, key, step, value, ts)
     requests = 0
+
+    def keys_of(run_id: str) -> tuple[str, ...]:
+        if tasks is None:
+            return HISTORY_KEYS
+        return (*epoch_metrics_of(tasks.get(run_id)), EPOCH_MARKER)
+
     # The bulk call samples beyond 2,500 points per run: such long runs go one by one.
     bulk_ids = [r for r in run_ids if epochs_logged[r] < _BULK_MAX_RESULTS]
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for run_id in bulk_ids:
+        groups.setdefault(keys_of(run_id), []).append(run_id)
     try:
-        for start in range(0, len(bulk_ids), _BULK_RUNS):
-            chunk = bulk_ids[start : start + _BULK_RUNS]
-            for key in HISTORY_KEYS:
-                requests += 1
-                points.extend(_bulk_history(client, chunk, key))
+        for keys, ids in groups.items():
+            for start in range(0, len(ids), _BULK_RUNS):
+                for key in keys:
+                    requests += 1
+                    points.extend(_bulk_history(client, ids[start : start + _BULK_RUNS], key))
     except LookupError:
         points, requests, bulk_ids = [], 0, []
     in_bulk = set(bulk_ids)
     for run_id in (r for r in run_ids if r not in in_bulk):
-        for key in HISTORY_KEYS:
+        for key in keys_of(run_id):
             requests += 1
             points.extend(
                 (run_id, key, m.step, m.value, m.timestamp)
@@ -255,10 +274,10 @@ def _wide_history(long: pd.DataFrame) -> pd.DataFrame:
         # (not written by the study) keep every step they have.
         with_marker = wide.groupby(level="run_id")[EPOCH_MARKER].transform("count") > 0
         wide = wide[wide[EPOCH_MARKER].notna() | ~with_marker]
-    wide = wide.reindex(columns=list(EPOCH_METRICS))
+    wide = wide.reindex(columns=list(HISTORY_METRICS))
     values = np.array(wide.to_numpy(dtype=float))
     values[~np.isfinite(values) | (np.abs(values) >= _INF_STANDIN)] = np.nan
-    out = pd.DataFrame(values, columns=list(EPOCH_METRICS))
+    out = pd.DataFrame(values, columns=list(HISTORY_METRICS))
     index = wide.index.to_frame(index=False)
     out.insert(0, "epoch", index["epoch"].to_numpy(dtype=np.int64))
     out.insert(0, "run_id", index["run_id"].to_numpy())

@@ -2,8 +2,10 @@
 
 For every setup in the data (largest first, at most ``MAX_SETUPS``): validation accuracy and
 loss against the epoch per arm (each seed thin, the mean with its 95% band thick, the paper's
-Fig 2/3 style), epochs to the runs' threshold per arm as Kaplan-Meier curves (censored runs
-marked), and one sentence computed from the statistics. Where several learning rates ran on
+Fig 2/3 style; validation perplexity for the language model, CIDEr-D and BLEU-4 for
+captioning), epochs to the runs' threshold per arm as Kaplan-Meier curves (censored runs
+marked; classification tasks only), and one sentence computed from the statistics (on the
+task's headline metric, ``HEADLINES``). Where several learning rates ran on
 otherwise the same setup, best validation accuracy against the learning rate per arm.
 """
 
@@ -20,10 +22,48 @@ from dashboards import figures, stats, survival
 from dashboards import runs as runs_mod
 from dashboards.sections import Figure
 from dashboards.setups import Setup, SetupIndex, lr_text
-from trainables.contract import TASKS, VANILLA
+from trainables.contract import LOWER_IS_BETTER, TASKS, TEXT_TASKS, VANILLA
 
 MAX_SETUPS = 8
 _ARM_KEYS = ("arm", "p_detach", "c_detach", "damp")
+
+
+@dataclass(frozen=True)
+class Curve:
+    column: str  # a history column
+    ylabel: str
+    what: str  # "Validation accuracy"
+    percent: bool = False
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The final metric a setup's sentence compares (direction: the contract)."""
+
+    column: str
+    words: str  # "best validation accuracy"
+    percent: bool = False
+
+
+_LOSS = Curve("val_loss", "val loss", "Validation loss")
+#: Per task: the curves drawn per setup and the metric its sentence compares.
+CURVES = {
+    "language_model": (
+        Curve("val_ppl", "val perplexity", "Validation perplexity"),
+        Curve("val_loss", "val loss (nats/token)", "Validation loss"),
+    ),
+    "captioning": (
+        Curve("val_cider", "val CIDEr-D (x100)", "Validation CIDEr-D (greedy)"),
+        Curve("val_bleu4", "val BLEU-4 (x100)", "Validation BLEU-4 (greedy)"),
+        _LOSS,
+    ),
+}
+_DEFAULT_CURVES = (Curve("val_acc", "val acc (%)", "Validation accuracy", percent=True), _LOSS)
+HEADLINES = {
+    "language_model": Headline("test_perplexity", "test perplexity at the best validation epoch"),
+    "captioning": Headline("test_cider", "test CIDEr-D (x100) at the best validation CIDEr"),
+}
+_DEFAULT_HEADLINE = Headline("best_val_acc", "best validation accuracy", percent=True)
 
 
 @dataclass(frozen=True)
@@ -82,21 +122,29 @@ def _sentence(
         text = _time_sentence(setup, base, treatments, index, threshold, rng, n_resamples)
         if text is not None:
             return text
+    head = HEADLINES.get(setup.task, _DEFAULT_HEADLINE)
+    sign = -1.0 if head.column in LOWER_IS_BETTER else 1.0
+
+    def shown(x: np.ndarray) -> str:
+        return f"{100 * np.mean(x):.1f}%" if head.percent else f"{np.mean(x):.3g}"
+
     clauses = []
     for label, _, runs_t in treatments:
-        if "best_val_acc" not in runs_t.columns:
+        if head.column not in runs_t.columns:
             continue
-        a, b, paired = runs_mod.paired_values(runs_t, base[2], "best_val_acc")
+        a, b, paired = runs_mod.paired_values(runs_t, base[2], head.column)
         if a.size and b.size:
-            p = stats.compare(a, b, rng, paired=paired, n_resamples=n_resamples).p_improve
+            p = stats.compare(
+                sign * a, sign * b, rng, paired=paired, n_resamples=n_resamples
+            ).p_improve
             clauses.append(
-                f"{label} {100 * np.mean(a):.1f}% (vanilla {100 * np.mean(b):.1f}%), "
+                f"{label} {shown(a)} (vanilla {shown(b)}), "
                 f"P({label} better) = {p.value:.2f} [{p.low:.2f}, {p.high:.2f}], "
                 + (f"{a.size} paired seeds" if paired else f"{a.size} vs {b.size} seeds")
             )
     if not clauses:
         return f"At {setup.short()}: no treatment to compare with vanilla yet."
-    return f"At {setup.short()}, best validation accuracy (mean): " + "; ".join(clauses) + "."
+    return f"At {setup.short()}, {head.words} (mean): " + "; ".join(clauses) + "."
 
 
 def _reach_text(km: survival.KaplanMeier, event: np.ndarray, horizon: int) -> str:
@@ -185,26 +233,26 @@ def setup_sections(
         groups = arms(frame)
         words = setup.words()
         out: list[Figure] = []
-        for column, ylabel, percent in (("val_acc", "val acc (%)", True),
-                                         ("val_loss", "val loss", False)):  # fmt: skip
+        for curve in CURVES.get(setup.task, _DEFAULT_CURVES):
             colours = figures.config_colours([arm for _, arm, _ in groups])
             series = [
-                figures.Series(label, arm, index.matrix(g["run_id"].tolist(), column), c)
+                figures.Series(label, arm, index.matrix(g["run_id"].tolist(), curve.column), c)
                 for (label, arm, g), c in zip(groups, colours, strict=True)
                 if "run_id" in g.columns
             ]
             series = [s for s in series if s.values.size]
             if not series:
                 continue
-            fig = figures.band_curves([("", series)], ylabel=ylabel, percent=percent,
+            fig = figures.band_curves([("", series)], ylabel=curve.ylabel, percent=curve.percent,
                                       max_curves=max_curves, rng=rng)  # fmt: skip
-            what = "Validation accuracy" if percent else "Validation loss"
+            what = curve.what
             out.append(Figure(
                 f"{what} per epoch", figures.png_data_uri(fig),
                 f"{what} per epoch at {words}: each seed a thin line (at most {max_curves} "
                 "per arm), the mean over seeds thick with its pointwise 95% t-interval.",
             ))  # fmt: skip
-        threshold = _threshold(frame)
+        # Reaching a validation accuracy is no question for captions or text.
+        threshold = None if setup.task in TEXT_TASKS else _threshold(frame)
         if threshold is not None and "run_id" in frame.columns:
             panel = _success_panel(groups, index, threshold, frame)
             if panel is not None:

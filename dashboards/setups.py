@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import pandas as pd
 
 from trainables.contract import (
     SETUP_KEYS,
+    TASK_SETUP_KEYS,
     TRANSFER_PREFIX,
     transfer_delay,
     transfer_ratio_metric,
@@ -126,7 +128,18 @@ class Setup:
         get = self.get
         parts = [self.task]
         task = self.task
-        if task == "copying":
+        if task == "language_model":
+            corpus, level = get("corpus"), get("level")
+            if corpus is not None:
+                parts[0] += f" {Path(str(corpus)).name}" + (f" {level}-level" if level else "")
+            if get("seq_len") is not None:
+                parts[0] += f" ({_int(get('seq_len'))}-step windows)"
+        elif task == "captioning":
+            if get("corpus") is not None:
+                parts[0] += f" {get('corpus')}"
+            if get("decoder") is not None:
+                parts[0] += f" {str(get('decoder')).replace('_', ' ')}"
+        elif task == "copying":
             if get("seq_len") is not None:
                 parts[0] += f" T={_int(get('seq_len'))}"
             if get("one_hot") is True:
@@ -147,8 +160,9 @@ class Setup:
             text = f"{_int(get('epochs'))} epochs"
             if isinstance(get("batches_per_epoch"), float):
                 text += f" x {_int(get('batches_per_epoch'))} batches"
-            elif get("train_size") is not None:
-                text += f" on {_int(get('train_size')):,} examples"
+            elif get("train_size") is not None and task != "language_model":
+                unit = "images" if task == "captioning" else "examples"
+                text += f" on {_int(get('train_size')):,} {unit}"
             if get("batch_size") is not None:
                 text += f" of {_int(get('batch_size'))}"
             parts.append(text)
@@ -186,8 +200,16 @@ class SetupIndex:
 
     def __init__(self, runs: pd.DataFrame, exclude: Sequence[str] = ()):
         keys = setup_keys(runs, exclude)
-        # Plain Python values (a float column would turn a normalised None back into NaN).
-        columns = [[normalise(v) for v in runs[k].tolist()] for k in keys]
+        tasks = runs["task"].tolist() if "task" in runs.columns else [None] * len(runs)
+        # Plain Python values (a float column would turn a normalised None back into NaN); a
+        # task-only key is absent for the other tasks.
+        columns = [
+            [
+                normalise(v) if k not in TASK_SETUP_KEYS or t in TASK_SETUP_KEYS[k] else None
+                for v, t in zip(runs[k].tolist(), tasks, strict=True)
+            ]
+            for k in keys
+        ]
         rows = zip(*columns, strict=True) if keys else [()] * len(runs)
         found: dict[tuple, int] = {}
         self.setups: list[Setup] = []

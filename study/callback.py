@@ -31,11 +31,13 @@ from trainables.contract import (
     DECISION_TAG,
     EPOCH_METRICS,
     RUN_TAGS,
+    SCORE_METRIC,
     SEQUENTIAL_CHILD_METRICS,
     SEQUENTIAL_DECISIONS,
     SEQUENTIAL_METRICS,
     SEQUENTIAL_STOPS,
     STOP_TAG,
+    TASK_EPOCH_METRICS,
     TERMINAL_STATUSES,
     VANILLA,
 )
@@ -161,6 +163,7 @@ class MlflowStudyCallback(tune.Callback):
         for run_id, record in zip(run_ids, result.get("members") or [], strict=False):
             if record is not None:
                 row = {"epoch": record["epoch"], **{k: record[k] for k in EPOCH_METRICS}}
+                row |= {k: record[k] for k in TASK_EPOCH_METRICS if k in record}
                 self.tracker.log_epochs(run_id, [row])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -246,10 +249,12 @@ class MlflowStudyCallback(tune.Callback):
         parent = self.tracker.parent_run(cid, {}, {})
         self.tracker.log_parent_epochs(parent, rows)
         best = [c.metrics.get("best_val_acc", math.nan) for c in done]
+        score = [c.metrics.get(SCORE_METRIC, c.metrics.get("best_val_acc", math.nan)) for c in done]
         test = [c.metrics.get("test_acc_at_best", math.nan) for c in done]
         diverged = [c.metrics.get("diverged", 0.0) for c in done]
         finals = {
-            "objective": objective_value(best, self.objective),
+            "objective": objective_value(score, self.objective),
+            "best_val_score_mean": _nanmean(score),
             "best_val_acc_mean": _nanmean(best),
             "best_val_acc_min": float(np.nanmin(best)) if np.isfinite(best).any() else math.nan,
             "test_acc_at_best_mean": _nanmean(test),

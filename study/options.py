@@ -23,14 +23,27 @@ from typing import Any
 import yaml
 
 from trainables.config import BACKENDS, PRESETS, ConfigError, OneLineParser, RunConfig
-from trainables.contract import EPOCH_METRICS, FINAL_METRICS, TASKS, transfer_delay
+from trainables.contract import (
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    SCORE_METRIC,
+    TASK_EPOCH_METRICS,
+    TASK_FINAL_METRICS,
+    TASKS,
+    transfer_delay,
+)
 
 SEARCHES = ("tpe", "grid", "fixed")
 OBJECTIVES = ("mean-se", "mean", "iqm", "worst")
 ALPHA_SPENDING = ("pocock", "obrien-fleming")
 #: What a sequential comparison can be decided on: a final metric of each seed (its best
 #: checkpoint), or a per-epoch metric at the last epoch (direction: trainables.contract).
-DECISION_METRICS = (*FINAL_METRICS, *EPOCH_METRICS)
+DECISION_METRICS = (
+    *FINAL_METRICS,
+    *EPOCH_METRICS,
+    *TASK_EPOCH_METRICS,
+    *(m for names in TASK_FINAL_METRICS.values() for m in names),
+)
 PAPER_P_VALUES = (0.1, 0.25, 0.4, 0.5)
 PAPER_LR_VALUES = (1e-3, 5e-4, 1e-4)
 
@@ -56,7 +69,7 @@ class StudyOptions:
     alpha: float = 0.05  # --seeds auto: error of a wrong "better"/"worse", over all looks
     alpha_spending: str = "pocock"
     margin: float | None = None  # --seeds auto: stop as "equivalent" when surely within
-    decision_metric: str = "best_val_acc"
+    decision_metric: str = SCORE_METRIC
     budget_hours: float | None = None  # --seeds auto: sum of trial hours, then stop
     seed_offset: int = 0
     seed_list: list[int] | None = None
@@ -336,7 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="--seeds auto: error of a wrong decision")
     p.add_argument("--alpha-spending", choices=ALPHA_SPENDING, help="--seeds auto: when to spend")
     p.add_argument("--margin", type=float, help="--seeds auto: stop as equivalent within this")
-    p.add_argument("--decision-metric", help="--seeds auto: final metric compared (best_val_acc)")
+    p.add_argument(
+        "--decision-metric",
+        help="--seeds auto: final metric compared (best_val_score: the task's selection value)",
+    )
     p.add_argument("--budget-hours", type=float, help="--seeds auto: trial hours, then stop")
     p.add_argument("--seed-offset", type=int, help="first seed (fresh seeds: raise it)")
     p.add_argument("--seeds-per-trial", type=int, help="seed members per trial process (K)")

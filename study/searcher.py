@@ -30,7 +30,14 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from study import sequential as seq
-from trainables.contract import H_DETACH, LOWER_IS_BETTER, VANILLA, arm_of
+from trainables.contract import (
+    EPOCH_SCORE,
+    H_DETACH,
+    LOWER_IS_BETTER,
+    SCORE_METRIC,
+    VANILLA,
+    arm_of,
+)
 
 OBJECTIVE = "objective"
 
@@ -174,9 +181,9 @@ class PairedSeedSearcher(Searcher):
         scored = result.get("finals") or result.get("summary")
         members = result.get("members") or []
         if scored:
-            values = [f.get("best_val_acc", math.nan) for f in scored]
+            values = [f.get(SCORE_METRIC, f.get("best_val_acc", math.nan)) for f in scored]
         else:
-            values = [math.nan if m is None else m.get("val_acc", math.nan) for m in members]
+            values = [math.nan if m is None else _epoch_score(m) for m in members]
         metric = self.plan.metric if self.plan else "best_val_acc"
         chosen = _decision_values(metric, scored, members)
         if error or len(values) != len(seeds):
@@ -472,11 +479,18 @@ def paired_differences(config, baseline, *, higher_is_better: bool = True) -> np
     return a - b if higher_is_better else b - a
 
 
+def _epoch_score(record: dict) -> float:
+    """An epoch record's model-selection value (its validation accuracy where it has none)."""
+    return record.get(EPOCH_SCORE, record.get("val_acc", math.nan))
+
+
 def _decision_values(metric: str, finals, members) -> list[float]:
     """Per seed: the metric from the seed's finals, else from its last epoch record (NaN for
     a member that diverged)."""
     if finals and metric in finals[0]:
         return [f.get(metric, math.nan) for f in finals]
+    if metric == SCORE_METRIC:
+        return [math.nan if m is None else _epoch_score(m) for m in members]
     if metric == "best_val_acc":
         metric = "val_acc"
     return [math.nan if m is None else m.get(metric, math.nan) for m in members]

@@ -23,8 +23,9 @@ from ray import tune
 
 from study.searcher import OBJECTIVE, objective_value
 from trainables.config import RunConfig
+from trainables.contract import EPOCH_SCORE
 from trainables.runtime import keep_freed_memory
-from trainables.train import Trainer
+from trainables.train import Trainer, trainer_for
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -47,7 +48,10 @@ def summary(records: list[dict | None], kind: str) -> dict:
     acc = [r["val_acc"] for r in live]
     # Tune insists on the searcher's metric in every result: the block's running value.
     # Optuna itself hears the configuration's value over all its seeds (study/searcher.py).
-    objective = [math.nan if r is None or r.get("diverged") else r["val_acc"] for r in records]
+    objective = [
+        math.nan if r is None or r.get("diverged") else r.get(EPOCH_SCORE, r["val_acc"])
+        for r in records
+    ]
     return {
         OBJECTIVE: objective_value(objective, kind),
         "val_acc_mean": sum(acc) / len(acc) if acc else math.nan,
@@ -64,7 +68,7 @@ def train_block(config: dict) -> None:
     cpus = max(1, int(config["cpus_per_trial"]))
     torch.set_num_threads(cpus)
     cfg = run_config_for(config)
-    trainer = Trainer(cfg)
+    trainer = trainer_for(cfg)
     kind = config["objective"]
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

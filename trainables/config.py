@@ -34,6 +34,7 @@ from trainables.contract import PIXEL_POOLS, TASKS, arm_of
 BACKENDS = ("auto", "cpp", "torch", "triton")
 
 PRESETS = ("paper", "reduced", "smoke")
+DECODERS = ("show_and_tell", "soft_attention")
 OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop")
 
 
@@ -84,6 +85,19 @@ class RunConfig:
     shuffle_seed: int | None = None  # required for a plain IDX-pair directory (mnist5k)
     test_size: int | None = None  # MNIST: a prefix of the test set (smoke runs)
     pixel_pool: int = 1  # MNIST: average k x k pixel blocks first (smoke only; paper: 1)
+    # language model (task "language_model"): corpus, tokens, embedding, regularisation
+    # language model: "ptb", "wikitext-2", "pydoc" or a UTF-8 text file; captioning: the
+    # dataset's name ("coco", "digit_scenes", ...), checked against the split file's
+    corpus: str = "pydoc"
+    level: str = "char"  # "word" or "char"
+    embedding_size: int = 128
+    dropout: float = 0.0
+    tie_weights: bool = False
+    min_count: int = 1  # vocabulary: tokens seen at least this often in training
+    # captioning (task "captioning"): decoder and decoding
+    decoder: str = "show_and_tell"  # or "soft_attention"
+    beam_size: int = 3
+    max_caption_len: int = 16  # tokens kept per training caption; decoding stops there too
     # evaluation
     threshold: float = 0.99
     transfer_delays: tuple[int, ...] = (200, 400, 500, 1000, 2000, 5000)
@@ -191,6 +205,16 @@ class RunConfig:
             )
         for delay in self.transfer_delays:
             _check_int("transfer delay", delay, minimum=1)
+        if self.level not in ("word", "char"):
+            fail("level", self.level, "must be 'word' or 'char'")
+        if self.decoder not in DECODERS:
+            fail("decoder", self.decoder, f"must be one of {', '.join(DECODERS)}")
+        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
+            fail("dropout", self.dropout, "must be in [0, 1)")
+        for name in ("embedding_size", "min_count", "beam_size", "max_caption_len"):
+            _check_int(name, getattr(self, name), minimum=1)
+        if not isinstance(self.corpus, str) or not self.corpus:
+            fail("corpus", self.corpus, "must name a corpus or a text file")
         if self.batch_size > self.train_size:
             fail("batch_size", self.batch_size, f"must be <= train_size ({self.train_size})")
         return self
@@ -306,7 +330,58 @@ _PRESETS: dict[str, dict[str, dict]] = {
         "reduced": {**_MNIST_REDUCED, "threshold": 0.8},
         "smoke": _MNIST_SMOKE,
     },
-}
+    # The paper gives no language-modelling setup ("tried, no benefit"). paper: the standard
+    # small word-level PTB model (Zaremba et al. 2014: 2 x 200 units, SGD lr 1, BPTT 35,
+    # batch 20, clip 5, 13 epochs); reduced and smoke: character level on the built-in pydoc
+    # corpus (trainables/tasks/text.py), minutes on one CPU.
+    "language_model": {
+        "paper": {
+            "corpus": "ptb", "level": "word", "hidden_size": 200, "embedding_size": 200,
+            "num_layers": 2, "optimizer": "sgd", "lr": 1.0, "batch_size": 20, "seq_len": 35,
+            "epochs": 13, "batches_per_epoch": None, "clip": True, "clip_norm": 5.0,
+            "dropout": 0.0, "train_size": 1_000_000, "threshold": 1.0,
+        },
+        "reduced": {
+            "corpus": "pydoc", "level": "char", "hidden_size": 256, "embedding_size": 64,
+            "num_layers": 1, "optimizer": "adam", "lr": 2e-3, "batch_size": 32, "seq_len": 64,
+            "epochs": 10, "batches_per_epoch": None, "clip": True, "clip_norm": 1.0,
+            "dropout": 0.1, "train_size": 1_000_000, "threshold": 1.0,
+        },
+        "smoke": {
+            "corpus": "pydoc", "level": "char", "hidden_size": 64, "embedding_size": 32,
+            "num_layers": 1, "optimizer": "adam", "lr": 5e-3, "batch_size": 32, "seq_len": 50,
+            "epochs": 5, "batches_per_epoch": 150, "clip": True, "clip_norm": 1.0,
+            "dropout": 0.0, "train_size": 1_000_000, "threshold": 1.0,
+        },
+    },
+    # Captioning: the paper's setup (Karpathy split, 80,000 / 5,000 / 5,000 images, 512 units,
+    # Adam 1e-4, early stopping on validation CIDEr); reduced and smoke shrink the splits.
+    "captioning": {
+        "paper": {
+            "corpus": "coco", "hidden_size": 512, "embedding_size": 512, "optimizer": "adam",
+            "lr": 1e-4,
+            "batch_size": 32, "epochs": 20, "batches_per_epoch": None, "clip": True,
+            "clip_norm": 5.0, "train_size": 80_000, "val_size": 5_000, "test_size": 5_000,
+            "min_count": 5, "beam_size": 3, "max_caption_len": 16, "threshold": 1.0,
+            "eval_batch_size": 500,
+        },
+        "reduced": {
+            "corpus": "coco", "hidden_size": 256, "embedding_size": 256, "optimizer": "adam",
+            "lr": 4e-4,
+            "batch_size": 32, "epochs": 10, "batches_per_epoch": None, "clip": True,
+            "clip_norm": 5.0, "train_size": 10_000, "val_size": 1_000, "test_size": 1_000,
+            "min_count": 5, "beam_size": 3, "max_caption_len": 16, "threshold": 1.0,
+            "eval_batch_size": 500,
+        },
+        "smoke": {
+            "corpus": "coco", "hidden_size": 64, "embedding_size": 64, "optimizer": "adam",
+            "lr": 2e-3, "batch_size": 16, "epochs": 3, "batches_per_epoch": 20, "clip": True,
+            "clip_norm": 5.0, "train_size": 200, "val_size": 50, "test_size": 50,
+            "min_count": 1, "beam_size": 2, "max_caption_len": 12, "threshold": 1.0,
+            "eval_batch_size": 100,
+        },
+    },
+}  # fmt: skip
 
 
 def preset_table() -> dict[str, dict[str, dict]]:

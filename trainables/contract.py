@@ -20,7 +20,11 @@ import numpy as np
 
 # -- tasks and arms ------------------------------------------------------------------------
 
-TASKS = ("copying", "seq_mnist", "pmnist")
+TASKS = ("copying", "seq_mnist", "pmnist", "captioning", "language_model")
+#: Tasks whose output is text (their own data, trainers and metrics), and the others: the
+#: sequence classifications of ``trainables.tasks.load_task``.
+TEXT_TASKS = ("captioning", "language_model")
+CLASSIFICATION_TASKS = tuple(t for t in TASKS if t not in TEXT_TASKS)
 #: MNIST images are 28 x 28; ``pixel_pool`` averages k x k blocks for a k dividing 28.
 PIXEL_POOLS = (1, 2, 4, 7, 14, 28)
 
@@ -51,6 +55,17 @@ EPOCH_METRICS = (
     "detached_fraction",  # fraction of steps whose h_{t-1} was blocked
     "epoch_seconds",  # wall-clock seconds of the epoch's training
 )
+#: Per-epoch metrics of the tasks that have them besides EPOCH_METRICS: validation perplexity
+#: (language model) and greedy-decoded validation CIDEr-D and BLEU-4 (captioning).
+TASK_EPOCH_METRICS = ("val_ppl", "val_cider", "val_bleu4")
+_TASK_EPOCH_METRICS = {"language_model": ("val_ppl",), "captioning": ("val_cider", "val_bleu4")}
+
+
+def epoch_metrics_of(task: str | None) -> tuple[str, ...]:
+    """Every per-epoch metric a run of `task` logs (EPOCH_METRICS and the task's own)."""
+    return (*EPOCH_METRICS, *_TASK_EPOCH_METRICS.get(task or "", ()))
+
+
 #: Bookkeeping metric logged with every epoch (value = step = epoch) in the same batch as its
 #: values: the latest one says exactly which epochs MLflow holds.
 EPOCH_MARKER = "epoch"
@@ -58,7 +73,10 @@ EPOCH_MARKER = "epoch"
 #: Final metrics of a child run, logged once when its trial ends (``TRANSFER_PREFIX<T>`` are
 #: added for copying runs, one per evaluated delay T).
 FINAL_METRICS = (
-    "best_val_acc",  # best validation accuracy over the epochs run
+    "best_val_acc",  # validation accuracy at the best epoch
+    # the model-selection value at the best epoch, higher is better: validation accuracy
+    # (copying, MNIST), validation CIDEr-D (captioning), 1 / perplexity (language model)
+    "best_val_score",
     "best_epoch",  # first epoch reaching it
     "test_acc_at_best",  # test accuracy of the best-validation weights (NaN: no test set)
     "epochs_to_threshold",  # first epoch with val_acc >= the run's threshold (NaN: never)
@@ -68,6 +86,20 @@ FINAL_METRICS = (
     "max_grad_norm",  # largest gradient norm before clipping
     "censored",  # 1 if a scheduler stopped the run before its planned epochs
 )
+#: Final metrics of the tasks that have them besides FINAL_METRICS.
+TASK_FINAL_METRICS = {
+    "language_model": ("test_loss", "test_perplexity", "best_val_perplexity"),
+    "captioning": (
+        *(f"test_bleu{n}" for n in range(1, 5)),
+        "test_meteor",
+        "test_rouge_l",
+        "test_cider",
+        "best_val_cider",
+    ),
+}
+#: The search's objective comes from this final metric of each seed (and from this record
+#: key of each epoch while a block runs).
+SCORE_METRIC, EPOCH_SCORE = "best_val_score", "val_score"
 TRANSFER_PREFIX = "transfer_acc_T"
 _TRANSFER = re.compile(rf"^{TRANSFER_PREFIX}(\d+)$")
 
@@ -102,7 +134,9 @@ def transfer_ratio(metric: str) -> int | None:
 #: Per-epoch metrics of a parent run: the seed aggregate of ``val_acc``.
 PARENT_EPOCH_METRICS = ("val_acc_mean", "val_acc_min", "val_acc_max", "seeds")
 #: Final metrics where lower is better (every other comparison metric: higher is better).
-LOWER_IS_BETTER = frozenset({"test_ppl_at_best", "best_val_ppl", "epochs_to_threshold"})
+LOWER_IS_BETTER = frozenset(
+    {"test_perplexity", "test_loss", "best_val_perplexity", "epochs_to_threshold", "val_ppl"}
+)
 #: Final metrics of a parent run of a sequential study (``--seeds auto``): the seeds it ran,
 #: the look that decided it, its compute, and what a fixed design of the same power would
 #: have needed (seeds and the pair's trial seconds).
@@ -178,6 +212,22 @@ SETUP_KEYS = (
 )
 #: Runs of two arms compare seed by seed when these columns match (the seed last).
 PAIR_KEYS = (*SETUP_KEYS, "seed")
+#: Setup keys that only some tasks have: the corpus and tokens of the language model, the
+#: decoder of captioning. A run of any other task counts them as absent (every run logs
+#: every option, and these must not split the setups of tasks that ignore them).
+_LM, _CAPTIONING = ("language_model",), ("captioning",)
+TASK_SETUP_KEYS = {
+    "corpus": (*_LM, *_CAPTIONING),
+    "level": _LM,
+    "dropout": _LM,
+    "tie_weights": _LM,
+    "decoder": _CAPTIONING,
+    "max_caption_len": _CAPTIONING,
+    "beam_size": _CAPTIONING,
+    "embedding_size": (*_LM, *_CAPTIONING),
+    "min_count": (*_LM, *_CAPTIONING),
+}
+SETUP_KEYS = (*SETUP_KEYS, *TASK_SETUP_KEYS)
 
 # -- derived quantities (one definition each) ----------------------------------------------
 

@@ -1,11 +1,12 @@
 """Seed streams: one run seed, separate random streams for each source of randomness.
 
-A run seed ``s`` derives three independent ``torch.Generator`` streams by hashing
+A run seed ``s`` derives independent ``torch.Generator`` streams by hashing
 ``"hdetach-study/<stream>/<s>"`` (SHA-256, first 63 bits):
 
 * ``init``  - weight initialisation of the LSTM and its output layer;
 * ``data``  - the order of training examples (minibatch draws or epoch permutations);
-* ``masks`` - the h-detach / c-detach Bernoulli draws.
+* ``masks`` - the h-detach / c-detach Bernoulli draws;
+* ``dropout`` - dropout masks (the language model's), apart so that they never shift the others.
 
 Because the streams are separate, a vanilla run (p = 0, no mask draws) and an h-detach run
 with the same seed start from identical weights and see identical minibatches, so the two arms
@@ -19,7 +20,7 @@ import hashlib
 
 import torch
 
-STREAMS = ("init", "data", "masks")
+STREAMS = ("init", "data", "masks", "dropout")
 
 
 def stream_seed(run_seed: int, stream: str) -> int:

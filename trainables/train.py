@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from trainables.config import (
     BACKENDS,
+    DECODERS,
     OPTIMIZERS,
     PRESETS,
     ConfigError,
@@ -110,10 +111,10 @@ class Trainer:
             data = load_task_for(cfg)
         self.data = data.to(self.device)
         K = cfg.members
-        singles = [build_member(cfg, data.input_size, data.num_classes, s) for s in cfg.seeds]
-        self.lstm = HDetachLSTM.from_members([m[0] for m in singles]).to(self.device)
-        self.head = MemberLinear.from_members([m[1] for m in singles]).to(self.device)
-        self.params = [*self.lstm.parameters(), *self.head.parameters()]
+        self.modules = self._build_modules()  # name -> module with a member axis
+        for name, module in self.modules.items():
+            setattr(self, name, module)
+        self.params = [p for m in self.modules.values() for p in m.parameters()]
         self.optimizer = make_optimizer(cfg, self.params)
         self.data_gens = [stream_generator(s, "data") for s in cfg.seeds]
         self.mask_gens = [stream_generator(s, "masks") for s in cfg.seeds]
@@ -121,8 +122,60 @@ class Trainer:
         self.history: list[list[dict]] = [[] for _ in range(K)]
         self.diverged_epoch: list[int | None] = [None] * K
         self.best_val_acc = [-math.inf] * K
+        self.best_score = [-math.inf] * K  # the task's model-selection value, higher better
         self.best_epoch = [0] * K
         self.best_params = [p.detach().clone() for p in self.params]
+
+    # -- what a task family defines (classification here; text and captions subclass) ----
+
+    #: Per-epoch metrics of the task beyond the contract's EPOCH_METRICS.
+    extra_epoch_metrics: tuple[str, ...] = ()
+
+    def _build_modules(self) -> dict[str, nn.Module]:
+        """The model: each seed's LSTM and output layer, stacked as members."""
+        data, cfg = self.data, self.cfg
+        singles = [build_member(cfg, data.input_size, data.num_classes, s) for s in cfg.seeds]
+        return {
+            "lstm": HDetachLSTM.from_members([m[0] for m in singles]).to(self.device),
+            "head": MemberLinear.from_members([m[1] for m in singles]).to(self.device),
+        }
+
+    def _epoch_start(self) -> None:
+        """Before an epoch's first minibatch (the language model resets its state)."""
+
+    def _batch_losses(self, idx: Tensor):
+        """Mean loss per member ``(K,)`` of one minibatch, and the masks drawn for it."""
+        data = self.data
+        idx = idx.to(self.device)
+        x = data.train.x[idx].permute(2, 0, 1, 3)  # (K, B, T, I) -> (T, K, B, I)
+        y = data.train.y[idx]
+        masks = self.lstm.sample_masks(x.shape[0], x.shape[2], self.mask_gens)
+        out, _ = self.lstm(x, masks=masks, output_steps=None if data.loss_every_step else 1)
+        return self._member_losses(self.head(out), y), masks
+
+    def _validate(self) -> dict[str, list[float]]:
+        """Per member: ``val_loss``, ``val_acc``, the selection ``score`` (higher is better)
+        and any ``extra_epoch_metrics``."""
+        val_loss, val_acc = self.evaluate(self.data.val)
+        return {"val_loss": val_loss, "val_acc": val_acc, "score": val_acc}
+
+    def _final_metrics(self, finals: list[dict]) -> None:
+        """Add the task's metrics of the best-validation weights (loaded) to ``finals``."""
+        cfg, K = self.cfg, self.cfg.members
+        if self.data.test is not None:
+            _, test_acc = self.evaluate(self.data.test)
+            for k in range(K):
+                finals[k]["test_acc_at_best"] = test_acc[k]
+        if cfg.task == "copying" and cfg.transfer_delays:
+            from trainables.tasks.copying import transfer_sets
+
+            for delay in cfg.transfer_delays:  # one at a time: T=5000 alone is ~300 MB
+                (split,) = transfer_sets(
+                    (delay,), cfg.transfer_size, seed=cfg.data_seed, one_hot=cfg.one_hot
+                ).values()
+                _, acc = self.evaluate(split.to(self.device), steps=self.data.acc_steps)
+                for k in range(K):
+                    finals[k][transfer_metric(delay)] = acc[k]
 
     # -- one epoch ----------------------------------------------------------------------
 
@@ -144,13 +197,18 @@ class Trainer:
                     [torch.randint(n, (cfg.batch_size,), generator=g) for g in self.data_gens]
                 )
         else:  # a fresh permutation each epoch, as the reference's SubsetRandomSampler
-            orders = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens])
-            count = cfg.batches_per_epoch or math.ceil(n / cfg.batch_size)
-            for b in range(count):
-                chunk = orders[:, b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                if chunk.shape[1] == 0:
-                    break
-                yield chunk
+            yield from self._permuted_batches(n)
+
+    def _permuted_batches(self, n: int) -> Iterator[Tensor]:
+        """``(K, B)`` indices into ``n`` examples: a fresh permutation per member and epoch."""
+        cfg = self.cfg
+        orders = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens])
+        count = cfg.batches_per_epoch or math.ceil(n / cfg.batch_size)
+        for b in range(count):
+            chunk = orders[:, b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            if chunk.shape[1] == 0:
+                break
+            yield chunk
 
     def _member_losses(self, logits: Tensor, y: Tensor) -> Tensor:
         """Mean cross-entropy per member: ``logits (T', K, B, C)``, ``y`` -> ``(K,)``."""
@@ -166,21 +224,17 @@ class Trainer:
 
     def train_epoch(self) -> list[dict | None]:
         """Train one epoch; returns each member's epoch record (``None`` once diverged)."""
-        cfg, data, K = self.cfg, self.data, self.cfg.members
+        cfg, K = self.cfg, self.cfg.members
         anneal = cfg.anneal_p > 0 and self.epoch > cfg.epochs - cfg.anneal_p
         self.lstm.p_detach = 0.0 if anneal else cfg.p_detach
         start = time.perf_counter()
         zeros = lambda: torch.zeros(K, dtype=torch.float64, device=self.device)  # noqa: E731
         loss_sum, norm_sum, norm_max, detached = zeros(), zeros(), zeros(), zeros()
         steps = 0
+        self._epoch_start()
         batches = list(self._batches())
-        for idx in _progress(batches, self.progress, f"epoch {self.epoch + 1}/{cfg.epochs}"):
-            idx = idx.to(self.device)
-            x = data.train.x[idx].permute(2, 0, 1, 3)  # (K, B, T, I) -> (T, K, B, I)
-            y = data.train.y[idx]
-            masks = self.lstm.sample_masks(x.shape[0], x.shape[2], self.mask_gens)
-            out, _ = self.lstm(x, masks=masks, output_steps=None if data.loss_every_step else 1)
-            losses = self._member_losses(self.head(out), y)
+        for batch in _progress(batches, self.progress, f"epoch {self.epoch + 1}/{cfg.epochs}"):
+            losses, masks = self._batch_losses(batch)
             self.optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             norms = self._clip_per_member()
@@ -192,7 +246,8 @@ class Trainer:
                 detached += masks.detached_fraction().to(self.device)
             steps += 1
         seconds = time.perf_counter() - start
-        val_loss, val_acc = self.evaluate(data.val)
+        val = self._validate()
+        val_loss, val_acc, score = val["val_loss"], val["val_acc"], val["score"]
         self.epoch += 1
 
         records: list[dict | None] = []
@@ -211,13 +266,16 @@ class Trainer:
                 "grad_norm_max": grad_max[k],
                 "detached_fraction": det[k],
                 "epoch_seconds": seconds,
+                "val_score": score[k],
+                **{name: val[name][k] for name in self.extra_epoch_metrics},
             }
             finite = all(math.isfinite(record[m]) for m in ("train_loss", "grad_norm_max"))
             if not finite or not math.isfinite(record["val_loss"]):
                 self.diverged_epoch[k] = self.epoch
                 record["diverged"] = True
-            elif val_acc[k] > self.best_val_acc[k]:
-                self.best_val_acc[k], self.best_epoch[k] = val_acc[k], self.epoch
+            elif score[k] > self.best_score[k]:
+                self.best_score[k], self.best_epoch[k] = score[k], self.epoch
+                self.best_val_acc[k] = val_acc[k]
                 for best, p in zip(self.best_params, self.params, strict=True):
                     best[k].copy_(p.detach()[k])
             self.history[k].append(record)
@@ -284,7 +342,7 @@ class Trainer:
 
     def finish(self) -> list[dict]:
         """Final metrics per member, from its best-validation weights."""
-        cfg, K = self.cfg, self.cfg.members
+        K = self.cfg.members
         finals = [self.summary(k) for k in range(K)]
         if not any(f["last_epoch"] > 0 for f in finals):
             return finals
@@ -293,20 +351,7 @@ class Trainer:
             for p, best in zip(self.params, self.best_params, strict=True):
                 p.copy_(best)
         try:
-            if self.data.test is not None:
-                _, test_acc = self.evaluate(self.data.test)
-                for k in range(K):
-                    finals[k]["test_acc_at_best"] = test_acc[k]
-            if cfg.task == "copying" and cfg.transfer_delays:
-                from trainables.tasks.copying import transfer_sets
-
-                for delay in cfg.transfer_delays:  # one at a time: T=5000 alone is ~300 MB
-                    (split,) = transfer_sets(
-                        (delay,), cfg.transfer_size, seed=cfg.data_seed, one_hot=cfg.one_hot
-                    ).values()
-                    _, acc = self.evaluate(split.to(self.device), steps=self.data.acc_steps)
-                    for k in range(K):
-                        finals[k][transfer_metric(delay)] = acc[k]
+            self._final_metrics(finals)
         finally:
             with torch.no_grad():
                 for p, saved in zip(self.params, current, strict=True):
@@ -320,6 +365,7 @@ class Trainer:
         return {
             "seed": self.cfg.seeds[k],
             "best_val_acc": self.best_val_acc[k] if self.best_epoch[k] else math.nan,
+            "best_val_score": self.best_score[k] if self.best_epoch[k] else math.nan,
             "best_epoch": self.best_epoch[k],
             "epochs_to_threshold": epochs_to_threshold(
                 [r["val_acc"] for r in history], self.cfg.threshold
@@ -338,17 +384,22 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
-            "lstm": self.lstm.state_dict(),
-            "head": self.head.state_dict(),
+            **{name: module.state_dict() for name, module in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "data_rng": [g.get_state() for g in self.data_gens],
             "mask_rng": [g.get_state() for g in self.mask_gens],
             "history": self.history,
             "diverged_epoch": self.diverged_epoch,
             "best_val_acc": self.best_val_acc,
+            "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "best_params": self.best_params,
+            **self._extra_state(),
         }
+
+    def _extra_state(self) -> dict:
+        """What else the next epoch depends on (a subclass's own state)."""
+        return {}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -359,8 +410,8 @@ class Trainer:
         if saved.replace(**execution) != self.cfg:
             raise ConfigError("checkpoint was written by a different configuration")
         self.epoch = state["epoch"]
-        self.lstm.load_state_dict(state["lstm"])
-        self.head.load_state_dict(state["head"])
+        for name, module in self.modules.items():
+            module.load_state_dict(state[name])
         self.optimizer.load_state_dict(state["optimizer"])
         for g, s in zip(self.data_gens, state["data_rng"], strict=True):
             g.set_state(s)
@@ -369,10 +420,15 @@ class Trainer:
         self.history = state["history"]
         self.diverged_epoch = state["diverged_epoch"]
         self.best_val_acc = state["best_val_acc"]
+        self.best_score = state.get("best_score", state["best_val_acc"])
         self.best_epoch = state["best_epoch"]
         with torch.no_grad():
             for best, saved_best in zip(self.best_params, state["best_params"], strict=True):
                 best.copy_(saved_best)
+        self._load_extra_state(state)
+
+    def _load_extra_state(self, state: dict) -> None:
+        """Restore what ``_extra_state`` saved."""
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the checkpoint atomically (a killed write never leaves a corrupt file)."""
@@ -391,8 +447,30 @@ class Trainer:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
 
 
-def load_task_for(cfg: RunConfig) -> TaskData:
+def trainer_for(cfg: RunConfig, data=None, *, progress: bool = False) -> Trainer:
+    """The trainer of the configuration's task: sequence classification (copying, MNIST),
+    the language model or captioning."""
+    if cfg.task == "language_model":
+        from trainables.language_model import LanguageModelTrainer
+
+        return LanguageModelTrainer(cfg, data, progress=progress)
+    if cfg.task == "captioning":
+        from trainables.captioning import CaptioningTrainer
+
+        return CaptioningTrainer(cfg, data, progress=progress)
+    return Trainer(cfg, data, progress=progress)
+
+
+def load_task_for(cfg: RunConfig):
     """The task's data as the configuration describes it."""
+    if cfg.task == "language_model":
+        from trainables.language_model import load_corpus_for
+
+        return load_corpus_for(cfg)
+    if cfg.task == "captioning":
+        from trainables.captioning import load_captions_for
+
+        return load_captions_for(cfg)
     if cfg.task == "copying":
         return load_task(
             "copying",
@@ -484,6 +562,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--train-size", type=int)
     p.add_argument("--val-size", type=int)
+    p.add_argument("--test-size", type=int)
+    p.add_argument("--corpus", help="language_model: ptb, wikitext-2, pydoc or a text file")
+    p.add_argument("--level", choices=("word", "char"), help="language_model tokens")
+    p.add_argument("--embedding-size", type=int, help="language_model / captioning")
+    p.add_argument("--dropout", type=float, help="language_model dropout")
+    p.add_argument("--tie-weights", action="store_true", default=None, help="language_model")
+    p.add_argument("--min-count", type=int, help="vocabulary: words seen fewer times -> <unk>")
+    p.add_argument("--decoder", choices=DECODERS, help="captioning decoder")
+    p.add_argument("--beam-size", type=int, help="captioning test decoding (1 = greedy)")
+    p.add_argument("--max-caption-len", type=int, help="captioning: words per caption")
     p.add_argument("--anneal-p", type=int, help="reference code's --anneal-p (0 = off)")
     p.add_argument("--permutation", choices=("fixed", "per_seed"))
     p.add_argument(
@@ -533,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and (args.checkpoint is None or not args.checkpoint.exists()):
             raise ConfigError(f"--resume needs an existing --checkpoint, got {args.checkpoint}")
         keep_freed_memory()
-        trainer = Trainer(cfg, progress=not args.quiet)
+        trainer = trainer_for(cfg, progress=not args.quiet)
         if args.resume:
             trainer.load(args.checkpoint)
     except ValueError as err:  # ConfigError, DataNotFoundError, bad checkpoint: user-fixable

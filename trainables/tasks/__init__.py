@@ -1,4 +1,5 @@
-"""The paper's task data, by name: ``load_task("copying" | "seq_mnist" | "pmnist", ...)``.
+"""The paper's classification task data, by name: ``load_task("copying" | "seq_mnist" |
+"pmnist", ...)`` (the text tasks' data: ``text.py``, ``captions.py``).
 
 Each task module builds a ``TaskData`` (``base.py``): whole splits as tensors plus how the
 trainer scores them. Nothing here trains or knows about models.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from trainables.contract import TASKS
+from trainables.contract import CLASSIFICATION_TASKS as TASKS
 
 from .base import DataNotFoundError, Split, TaskData
 from .copying import generate_copying, load_copying, transfer_sets
