@@ -33,6 +33,8 @@ from trainables.contract import (
 PAPER, REDUCED, OTHER = "paper scale", "reduced scale", "other scale"
 #: The setup values that measure size: a reduced setup has none above the paper's.
 SIZE_KEYS = ("seq_len", "hidden_size", "num_layers", "epochs", "batches_per_epoch", "train_size")
+#: The setup values that name the data: with another one a setup is never "reduced scale".
+DATA_KEYS = ("corpus", "level")
 
 
 def normalise(value: Any) -> Any:
@@ -111,6 +113,9 @@ class Setup:
         mine = dict(self.values)
         if all(k in mine and _same(mine[k], v) for k, v in wanted.items()):
             return PAPER
+        for key in DATA_KEYS:  # another dataset is not a smaller version of the paper's
+            if key in wanted and key in mine and not _same(mine[key], wanted[key]):
+                return OTHER
         for key in SIZE_KEYS:
             ours, theirs = mine.get(key), wanted.get(key)
             if isinstance(ours, float) and isinstance(theirs, float) and ours > theirs:
@@ -164,7 +169,8 @@ class Setup:
                 unit = "images" if task == "captioning" else "examples"
                 text += f" on {_int(get('train_size')):,} {unit}"
             if get("batch_size") is not None:
-                text += f" of {_int(get('batch_size'))}"
+                joint = " of " if " x " in text or " on " in text else ", batch "
+                text += f"{joint}{_int(get('batch_size'))}"
             parts.append(text)
         optimizer = get("optimizer")
         if optimizer not in (None, "adam"):

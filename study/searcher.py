@@ -18,6 +18,9 @@ finished the same stage, the paired comparison is analysed (``study/sequential.p
 unless it is decided, at ``max_seeds`` or out of budget, both get the next ``seed_block``
 seeds. Optuna hears a configuration's objective only once it has stopped. While
 configurations wait for their looks, new ones are drawn from Optuna so that no slot idles.
+
+One file (over 400 lines): fixed and sequential seed allocation share the searcher's
+bookkeeping (configurations, seed blocks, resume state) and must change together.
 """
 
 from __future__ import annotations

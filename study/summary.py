@@ -12,9 +12,11 @@ from trainables.contract import (
     BASELINE_TAG,
     CHILD,
     DECISION_TAG,
+    LOWER_IS_BETTER,
     PARENT,
     STOP_TAG,
     VANILLA,
+    headline_metric,
     prob_better,
 )
 
@@ -22,9 +24,17 @@ from trainables.contract import (
 def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
     """Rows (one per configuration, best first) and the table as text."""
     parents = {p.config_id: p for p in tracker.find_runs(PARENT)}
+    tasks = {p.params.get("task") or p.tags.get("task") for p in parents.values()}
+    task = tasks.pop() if len(tasks) == 1 else None
+    # The task's headline metric (best validation accuracy; test perplexity for the language
+    # model, test CIDEr-D for captioning); the objective is the task's selection score.
+    metric = headline_metric(task)
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    show = _pct if metric == "best_val_acc" else _num
+    objective = _pct if metric == "best_val_acc" else _num
     best: dict[str, dict[int, float]] = {}
     for child in tracker.find_runs(CHILD):
-        value = child.metrics.get("best_val_acc", math.nan)
+        value = child.metrics.get(metric, math.nan)
         best.setdefault(child.config_id, {})[child.seed] = value
     rows = []
     for cid, parent in parents.items():
@@ -38,9 +48,8 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
             "clip": parent.params.get("clip", "?"),
             "seeds": len(seeds),
             "objective": parent.metrics.get("objective", math.nan),
-            "mean_best_val_acc": float(np.nanmean(values))
-            if np.isfinite(values).any()
-            else math.nan,
+            "metric": metric,
+            "mean": float(np.nanmean(values)) if np.isfinite(values).any() else math.nan,
             "baseline": parent.tags.get(BASELINE_TAG),
             "decision": parent.tags.get(DECISION_TAG),
             "stopped_by": parent.tags.get(STOP_TAG),
@@ -54,22 +63,25 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
             b = np.array([base[s] for s in common], dtype=float)
             ok = np.isfinite(a) & np.isfinite(b)
             row["baseline_mean"] = float(b[ok].mean()) if ok.any() else math.nan
-            row["p_better"] = float(prob_better(a[ok], b[ok])) if ok.any() else math.nan
+            row["p_better"] = (
+                float(prob_better(sign * a[ok], sign * b[ok])) if ok.any() else math.nan
+            )
             row["pairs"] = int(ok.sum())
         rows.append(row)
     rows.sort(key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
 
     lines = [
-        "Configurations, best first (objective = seed-robust value given to Optuna):",
-        f"{'rank':>4}  {'config':<28} {'seeds':>5} {'objective':>9} {'mean best':>9}  "
+        "Configurations, best first (objective = seed-robust value given to Optuna; "
+        f"mean = {'mean best' if metric == 'best_val_acc' else metric} over seeds):",
+        f"{'rank':>4}  {'config':<28} {'seeds':>5} {'objective':>9} {'mean':>9}  "
         f"{'paired vanilla':>14} {'P(better)':>9}",
     ]
     for i, r in enumerate(rows, 1):
-        vanilla = f"{100 * r['baseline_mean']:.2f}%" if "baseline_mean" in r else "-"
+        vanilla = show(r["baseline_mean"]) if "baseline_mean" in r else "-"
         better = f"{r['p_better']:.2f} ({r['pairs']})" if "p_better" in r else "-"
         lines.append(
-            f"{i:>4}  {r['config_id']:<28} {r['seeds']:>5} {_pct(r['objective']):>9} "
-            f"{_pct(r['mean_best_val_acc']):>9}  {vanilla:>14} {better:>9}"
+            f"{i:>4}  {r['config_id']:<28} {r['seeds']:>5} {objective(r['objective']):>9} "
+            f"{show(r['mean']):>9}  {vanilla:>14} {better:>9}"
         )
     sequential = [r for r in rows if r["decision"] and r["arm"] != VANILLA]
     if sequential:
@@ -87,3 +99,7 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
 
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}%" if math.isfinite(value) else "-"
+
+
+def _num(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "-"

@@ -97,6 +97,15 @@ TASK_FINAL_METRICS = {
         "best_val_cider",
     ),
 }
+#: The final metric that summaries and report sentences compare per task (default
+#: ``best_val_acc``): what the paper's tables report for that task.
+HEADLINE_METRICS = {"language_model": "test_perplexity", "captioning": "test_cider"}
+
+
+def headline_metric(task: str | None) -> str:
+    return HEADLINE_METRICS.get(task or "", "best_val_acc")
+
+
 #: The search's objective comes from this final metric of each seed (and from this record
 #: key of each epoch while a block runs).
 SCORE_METRIC, EPOCH_SCORE = "best_val_score", "val_score"

@@ -31,6 +31,9 @@ derivatives, weight gradients) is done for all steps at once in large ops. A blo
 skips its ``W_hh^T dgates`` product, which is where h-detach saves computation (claim C9).
 Parameters use ``torch.nn.LSTM``'s names, shapes and gate layout ``[i, f, g, o]`` so weights
 copy both ways with ``load_state_dict``.
+
+One file (over 400 lines): the layer, its seed members and the backend dispatch share the
+mask and parameter layout; the kernels themselves live in ``trainables/kernels``.
 """
 
 from __future__ import annotations

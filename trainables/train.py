@@ -19,6 +19,9 @@ never stopped (bitwise on CPU; only the wall-clock ``epoch_seconds`` differ).
 
 One file on purpose (nanoGPT's rule): the loop, its metrics, evaluation, checkpoints and the
 command line read top to bottom; splitting them would scatter one story over several files.
+
+One file (over 400 lines): the loop, its checkpoint format and the CLI that drives it change
+together; the text tasks' trainers subclass it through the hooks it documents.
 """
 
 from __future__ import annotations
@@ -577,7 +580,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--one-hot", action="store_true", default=None, help="copying: one-hot token input"
     )
-    p.add_argument("--data-dir", help="MNIST root (torchvision layout) or an IDX-pair folder")
+    p.add_argument(
+        "--data-dir",
+        help="MNIST root (torchvision layout) or an IDX-pair folder; captioning: the split "
+        "file + features; language_model: the corpus files",
+    )
     p.add_argument(
         "--download", action="store_true", default=None, help="download MNIST if missing"
     )

@@ -167,3 +167,34 @@ def test_ten_seeds_and_more_use_the_bootstrap():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(7)
+
+
+def test_text_task_setups_name_corpus_and_decoder_and_keep_their_keys_to_themselves():
+    lm = make_runs("language_model", "vanilla", [1.1, 1.2], seq_len=64, epochs=10, lr=2e-3)
+    lm = lm.assign(corpus="pydoc", level="char", hidden_size="256", batch_size="32",
+                   decoder="show_and_tell")  # fmt: skip
+    cap = make_runs("captioning", "vanilla", [90.0, 95.0], epochs=5, lr=1e-3)
+    cap = cap.assign(corpus="coco", decoder="soft_attention", hidden_size="512",
+                     batch_size="32", train_size="80000", level="char")  # fmt: skip
+    # every run logs every option: a copying run's (unused) decoder must not split its setup
+    cp = copying("vanilla", [0.5, 0.6], seq_len=20).assign(corpus="pydoc")
+    cp.loc[cp.index[0], "decoder"], cp.loc[cp.index[1], "decoder"] = "show_and_tell", "other"
+    found = {s.task: s for s, _ in setups.split(pd.concat([lm, cap, cp], ignore_index=True))}
+    assert set(found) == {"language_model", "captioning", "copying"}
+    assert found["language_model"].words() == (
+        "language_model pydoc char-level (64-step windows), 256 units, 10 epochs, batch 32, "
+        "lr 2e-3, clip 1.0"
+    )
+    assert (
+        found["captioning"]
+        .words()
+        .startswith("captioning coco soft attention, 512 units, 5 epochs on 80,000 images of 32")
+    )
+    assert found["copying"].get("decoder") is None and found["copying"].get("corpus") is None
+    ptb = claim("C10").checks[0].paper_setup
+    assert found["language_model"].scale(ptb) == setups.OTHER  # 64-step windows > PTB's 35
+    coco = claim("C8").checks[0].paper_setup
+    assert found["captioning"].scale(coco) == setups.REDUCED  # smaller in every size
+    digits = cap.assign(corpus="digit_scenes")
+    ((other, _),) = setups.split(digits)
+    assert other.scale(coco) == setups.OTHER  # another dataset is not a reduced COCO

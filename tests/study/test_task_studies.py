@@ -20,20 +20,20 @@ from tests.trainables.caption_files import write_captions, write_ptb
 EPOCHS = 2
 
 
-def _study(tmp_path: Path, task: str, p: str, *extra: str) -> tuple[MlflowClient, str]:
+def _study(tmp_path: Path, task: str, p: str, *extra: str) -> tuple[MlflowClient, str, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [
         *RUN, "--task", task, "--preset", "smoke", "--search", "grid", "--p-values", p,
         "--lr-values", "0.01", "--clip-values", "true", "--trials", "1", "--seeds", "3",
         "--seeds-per-trial", "3", "--cpus-per-trial", "1", "--epochs", str(EPOCHS),
         "--tracking-uri", uri, "--experiment", task, "--storage-path", str(tmp_path / "runs"),
-        "--verbose", "0", *extra,
+        "--verbose", "1", *extra,
     ]  # fmt: skip
     result = subprocess.run(
         args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return MlflowClient(uri), uri
+    return MlflowClient(uri), uri, result.stdout
 
 
 def _report(tmp_path: Path, uri: str, experiment: str) -> dict:
@@ -56,7 +56,7 @@ def _mean_se(values: list[float]) -> float:
 @pytest.mark.slow
 def test_language_model_study(tmp_path):
     write_ptb(tmp_path / "ptb")
-    client, uri = _study(
+    client, uri, out = _study(
         tmp_path, "language_model", "0.25", "--data-dir", str(tmp_path / "ptb"),
         "--set", "corpus=ptb", "--set", "level=word", "--set", "hidden_size=24",
         "--set", "embedding_size=16", "--set", "batches_per_epoch=30", "--set", "seq_len=20",
@@ -64,6 +64,7 @@ def test_language_model_study(tmp_path):
     children = _children(client, "language_model")
     assert len(children) == 6
     by_config: dict[str, list] = {}
+    perplexity: dict[str, list] = {}
     for child in children:
         m = child.data.metrics
         assert _steps(client, child.info.run_id, "val_ppl") == list(range(1, EPOCHS + 1))
@@ -71,10 +72,16 @@ def test_language_model_study(tmp_path):
         assert m["best_val_score"] == pytest.approx(1 / m["best_val_perplexity"], rel=1e-6)
         assert child.data.params["corpus"] == "ptb" and child.data.params["level"] == "word"
         by_config.setdefault(child.data.tags["config_id"], []).append(m["best_val_score"])
+        perplexity.setdefault(child.data.tags["config_id"], []).append(m["test_perplexity"])
     exp = client.get_experiment_by_name("language_model")
     for parent in client.search_runs([exp.experiment_id], "tags.run_kind = 'parent'"):
         scores = by_config[parent.data.tags["config_id"]]
         assert parent.data.metrics["objective"] == pytest.approx(_mean_se(scores))
+    # the console summary ranks on that objective and shows the task's own metric
+    assert "mean = test_perplexity over seeds" in out
+    row = next(line for line in out.splitlines() if "vanilla_p0_lr1.000e-02_clip" in line)
+    mean = float(np.mean(perplexity["vanilla_p0_lr1.000e-02_clip"]))
+    assert f"{mean:.4g}" in row.split()
 
     c10 = _report(tmp_path, uri, "language_model")["claims"]["C10"]["checks"]
     (check,) = c10.values()
@@ -85,7 +92,7 @@ def test_language_model_study(tmp_path):
 @pytest.mark.slow
 def test_captioning_study(tmp_path):
     write_captions(tmp_path / "coco", sizes=(40, 10, 10))  # the paper's p for Soft Attention
-    client, uri = _study(
+    client, uri, _ = _study(
         tmp_path, "captioning", "0.4", "--data-dir", str(tmp_path / "coco"),
         "--set", "decoder=soft_attention", "--set", "hidden_size=24",
         "--set", "embedding_size=16", "--set", "batches_per_epoch=10",

@@ -294,3 +294,53 @@ def test_resume_is_bitwise(coco, tmp_path, decoder):
     assert _without_timing(resumed.history) == _without_timing(straight.history)
     for a, b in zip(resumed.params, straight.params, strict=True):
         assert torch.equal(a, b)
+
+
+def test_soft_attention_step_is_an_lstm_cell_on_word_and_context(coco):
+    trainer = CaptioningTrainer(_cfg(coco, decoder="soft_attention", seeds=(0, 1)))
+    K, B, H = 2, 3, 24
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(K, B, 4, 8, generator=g)
+    word, h, c = (torch.randn(K, B, n, generator=g) for n in (16, H, H))
+    with torch.no_grad():
+        h1, c1 = trainer._attention_step(feats, word, h, c, None, 0)
+        w_ih, w_hh, b_ih, b_hh = trainer.lstm.layer_parameters(0)
+        for k in range(K):
+            energy = trainer.att_score.member(k)(
+                torch.tanh(
+                    trainer.att_feat.member(k)(feats[k])
+                    + trainer.att_hidden.member(k)(h[k])[:, None]
+                )
+            ).squeeze(-1)  # (B, R)
+            context = (torch.softmax(energy, dim=1)[..., None] * feats[k]).sum(1)
+            cell = torch.nn.LSTMCell(16 + 8, H)
+            for name, value in (("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih),
+                                ("bias_hh", b_hh)):  # fmt: skip
+                getattr(cell, name).copy_(value[k])
+            want_h, want_c = cell(torch.cat([word[k], context], -1), (h[k], c[k]))
+            assert torch.allclose(h1[k], want_h, atol=1e-6)
+            assert torch.allclose(c1[k], want_c, atol=1e-6)
+
+
+def test_soft_attention_detach_blocks_the_recurrent_gradient(coco):
+    """With every h_{t-1} and c_{t-1} blocked, nothing before the last step gets gradient
+    from the last step's loss: not the initial state's projections, not the first words."""
+    cfg = _cfg(coco, decoder="soft_attention", p_detach=1.0, c_detach=1.0)
+    trainer = CaptioningTrainer(cfg)
+    train = trainer.data.train
+    captions = train.captions[:4].unsqueeze(0)
+    feats = trainer._features(train, train.caption_image[:4].unsqueeze(0))
+
+    def grads(masks):
+        for p in trainer.params:
+            p.grad = None
+        logits = trainer._logits(feats, captions, masks)
+        logits[-1].logsumexp(-1).sum().backward()  # the last step only
+        return {n: p.grad for n, p in (("init_h", trainer.init_h.weight),
+                                       ("att_hidden", trainer.att_hidden.weight))}  # fmt: skip
+
+    free = grads(None)
+    blocked = grads(trainer.lstm.sample_masks(captions.shape[-1] - 1, 4, trainer.mask_gens))
+    assert free["init_h"].abs().sum() > 0 and free["att_hidden"].abs().sum() > 0
+    assert blocked["init_h"] is None or blocked["init_h"].abs().sum() == 0
+    assert blocked["att_hidden"].abs().sum() > 0  # the last step's own attention still learns

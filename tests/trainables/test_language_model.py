@@ -50,6 +50,17 @@ def test_ptb_layout_vocabulary_and_unknown_words(tmp_path):
     assert rare.vocab == (UNK, EOS) or rare.vocab == (UNK,)
 
 
+def test_wikitext2_layout(tmp_path):
+    lines = [" = Valkyria Chronicles = ", "", " the game @-@ play is <unk> . "]
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"wiki.{split}.tokens").write_text("\n".join(lines) + "\n")
+    data = load_text("wikitext-2", data_dir=tmp_path, level="word")
+    words = [data.vocab[i] for i in data.train.tolist()]
+    assert words == ["=", "Valkyria", "Chronicles", "=", EOS, "the", "game", "@-@", "play", "is",
+                     UNK, ".", EOS]  # fmt: skip
+    assert data.vocab.count(UNK) == 1  # the corpus's own <unk> is the vocabulary's
+
+
 def test_char_level_any_text_file_splits_losslessly(tmp_path):
     text = "".join(f"line {i}: the quick brown fox\n" for i in range(200))
     path = tmp_path / "book.txt"
@@ -182,3 +193,17 @@ def test_smoke_preset_runs_offline_on_the_builtin_corpus():
     assert trainer.data.meta["source"] == "pydoc_data.topics"
     trainer.run()
     assert trainer.history[0][0]["val_ppl"] < trainer.data.vocab_size  # better than uniform
+
+
+@pytest.mark.parametrize(
+    "optimizer, lr", [("sgd", 1.0), ("momentum", 0.3), ("rmsprop", 3e-3), ("adam", 1e-2)]
+)
+def test_every_optimizer_of_the_source_document_lowers_perplexity(tmp_path, optimizer, lr):
+    write_ptb(tmp_path)
+    trainer = LanguageModelTrainer(_cfg(tmp_path, optimizer=optimizer, lr=lr, epochs=8))
+    trainer.run()
+    ppl = [r["val_ppl"] for r in trainer.history[0]]
+    assert ppl[-1] < 0.8 * ppl[0] and ppl[-1] < 0.5 * trainer.data.vocab_size, ppl
+    kind = {"momentum": "sgd"}.get(optimizer, optimizer)
+    assert type(trainer.optimizer).__name__.lower() == kind
+    assert (trainer.optimizer.param_groups[0].get("momentum", 0) > 0) == (optimizer == "momentum")
