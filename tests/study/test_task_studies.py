@@ -79,7 +79,8 @@ def test_language_model_study(tmp_path):
         assert parent.data.metrics["objective"] == pytest.approx(_mean_se(scores))
     # the console summary ranks on that objective and shows the task's own metric
     assert "mean = test_perplexity over seeds" in out
-    row = next(line for line in out.splitlines() if "vanilla_p0_lr1.000e-02_clip" in line)
+    summary = out[out.index("Configurations, best first") :].splitlines()
+    row = next(line for line in summary if "vanilla_p0_lr1.000e-02_clip" in line)
     mean = float(np.mean(perplexity["vanilla_p0_lr1.000e-02_clip"]))
     assert f"{mean:.4g}" in row.split()
 
