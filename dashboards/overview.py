@@ -5,7 +5,7 @@ loss against the epoch per arm (each seed thin, the mean with its 95% band thick
 Fig 2/3 style; validation perplexity for the language model, CIDEr-D and BLEU-4 for
 captioning), epochs to the runs' threshold per arm as Kaplan-Meier curves (censored runs
 marked; classification tasks only), and one sentence computed from the statistics (on the
-task's headline metric, ``HEADLINES``). Where several learning rates ran on
+task's headline metric, ``contract.headline_metric``). Where several learning rates ran on
 otherwise the same setup, best validation accuracy against the learning rate per arm.
 """
 
@@ -22,7 +22,7 @@ from dashboards import figures, stats, survival
 from dashboards import runs as runs_mod
 from dashboards.sections import Figure
 from dashboards.setups import Setup, SetupIndex, lr_text
-from trainables.contract import LOWER_IS_BETTER, TASKS, TEXT_TASKS, VANILLA
+from trainables.contract import LOWER_IS_BETTER, TASKS, TEXT_TASKS, VANILLA, headline_metric
 
 MAX_SETUPS = 8
 _ARM_KEYS = ("arm", "p_detach", "c_detach", "damp")
@@ -33,15 +33,6 @@ class Curve:
     column: str  # a history column
     ylabel: str
     what: str  # "Validation accuracy"
-    percent: bool = False
-
-
-@dataclass(frozen=True)
-class Headline:
-    """The final metric a setup's sentence compares (direction: the contract)."""
-
-    column: str
-    words: str  # "best validation accuracy"
     percent: bool = False
 
 
@@ -59,11 +50,12 @@ CURVES = {
     ),
 }
 _DEFAULT_CURVES = (Curve("val_acc", "val acc (%)", "Validation accuracy", percent=True), _LOSS)
-HEADLINES = {
-    "language_model": Headline("test_perplexity", "test perplexity at the best validation epoch"),
-    "captioning": Headline("test_cider", "test CIDEr-D (x100) at the best validation CIDEr"),
+#: How a sentence names each task's headline metric (``contract.headline_metric``).
+HEADLINE_WORDS = {
+    "test_perplexity": "test perplexity at the best validation epoch",
+    "test_cider": "test CIDEr-D (x100) at the best validation CIDEr",
+    "best_val_acc": "best validation accuracy",
 }
-_DEFAULT_HEADLINE = Headline("best_val_acc", "best validation accuracy", percent=True)
 
 
 @dataclass(frozen=True)
@@ -122,17 +114,17 @@ def _sentence(
         text = _time_sentence(setup, base, treatments, index, threshold, rng, n_resamples)
         if text is not None:
             return text
-    head = HEADLINES.get(setup.task, _DEFAULT_HEADLINE)
-    sign = -1.0 if head.column in LOWER_IS_BETTER else 1.0
+    column = headline_metric(setup.task)
+    sign = -1.0 if column in LOWER_IS_BETTER else 1.0
 
-    def shown(x: np.ndarray) -> str:
-        return f"{100 * np.mean(x):.1f}%" if head.percent else f"{np.mean(x):.3g}"
+    def shown(x: np.ndarray) -> str:  # accuracies are fractions; the others in their units
+        return f"{100 * np.mean(x):.1f}%" if column == "best_val_acc" else f"{np.mean(x):.3g}"
 
     clauses = []
     for label, _, runs_t in treatments:
-        if head.column not in runs_t.columns:
+        if column not in runs_t.columns:
             continue
-        a, b, paired = runs_mod.paired_values(runs_t, base[2], head.column)
+        a, b, paired = runs_mod.paired_values(runs_t, base[2], column)
         if a.size and b.size:
             p = stats.compare(
                 sign * a, sign * b, rng, paired=paired, n_resamples=n_resamples
@@ -144,7 +136,7 @@ def _sentence(
             )
     if not clauses:
         return f"At {setup.short()}: no treatment to compare with vanilla yet."
-    return f"At {setup.short()}, {head.words} (mean): " + "; ".join(clauses) + "."
+    return f"At {setup.short()}, {HEADLINE_WORDS[column]} (mean): " + "; ".join(clauses) + "."
 
 
 def _reach_text(km: survival.KaplanMeier, event: np.ndarray, horizon: int) -> str:

@@ -249,7 +249,7 @@ class MlflowStudyCallback(tune.Callback):
         parent = self.tracker.parent_run(cid, {}, {})
         self.tracker.log_parent_epochs(parent, rows)
         best = [c.metrics.get("best_val_acc", math.nan) for c in done]
-        score = [c.metrics.get(SCORE_METRIC, c.metrics.get("best_val_acc", math.nan)) for c in done]
+        score = [c.metrics.get(SCORE_METRIC, math.nan) for c in done]
         test = [c.metrics.get("test_acc_at_best", math.nan) for c in done]
         diverged = [c.metrics.get("diverged", 0.0) for c in done]
         finals = {

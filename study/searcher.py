@@ -88,7 +88,7 @@ class SequentialPlan:
     design: seq.SequentialDesign
     seeds: tuple[int, ...]
     seeds_per_trial: int = 1
-    metric: str = "best_val_acc"
+    metric: str = SCORE_METRIC
     budget_seconds: float | None = None  # sum of trial seconds; None: no budget
     gpus_per_trial: float = 0.0
     power_samples: int = 200  # simulated studies behind the "fixed design" comparison
@@ -183,11 +183,8 @@ class PairedSeedSearcher(Searcher):
         # summary (best over the epochs it ran), or failing that its last validation accuracy.
         scored = result.get("finals") or result.get("summary")
         members = result.get("members") or []
-        if scored:
-            values = [f.get(SCORE_METRIC, f.get("best_val_acc", math.nan)) for f in scored]
-        else:
-            values = [math.nan if m is None else _epoch_score(m) for m in members]
-        metric = self.plan.metric if self.plan else "best_val_acc"
+        values = _decision_values(SCORE_METRIC, scored, members)
+        metric = self.plan.metric if self.plan else SCORE_METRIC
         chosen = _decision_values(metric, scored, members)
         if error or len(values) != len(seeds):
             values = [math.nan] * len(seeds)
@@ -482,21 +479,13 @@ def paired_differences(config, baseline, *, higher_is_better: bool = True) -> np
     return a - b if higher_is_better else b - a
 
 
-def _epoch_score(record: dict) -> float:
-    """An epoch record's model-selection value (its validation accuracy where it has none)."""
-    return record.get(EPOCH_SCORE, record.get("val_acc", math.nan))
-
-
 def _decision_values(metric: str, finals, members) -> list[float]:
     """Per seed: the metric from the seed's finals, else from its last epoch record (NaN for
     a member that diverged)."""
     if finals and metric in finals[0]:
         return [f.get(metric, math.nan) for f in finals]
-    if metric == SCORE_METRIC:
-        return [math.nan if m is None else _epoch_score(m) for m in members]
-    if metric == "best_val_acc":
-        metric = "val_acc"
-    return [math.nan if m is None else m.get(metric, math.nan) for m in members]
+    key = {SCORE_METRIC: EPOCH_SCORE, "best_val_acc": "val_acc"}.get(metric, metric)
+    return [math.nan if m is None else m.get(key, math.nan) for m in members]
 
 
 def _per_seed_seconds(c: dict) -> float:

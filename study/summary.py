@@ -30,8 +30,7 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
     # model, test CIDEr-D for captioning); the objective is the task's selection score.
     metric = headline_metric(task)
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    show = _pct if metric == "best_val_acc" else _num
-    objective = _pct if metric == "best_val_acc" else _num
+    show = _pct if metric == "best_val_acc" else _num  # accuracies (and their score) in %
     best: dict[str, dict[int, float]] = {}
     for child in tracker.find_runs(CHILD):
         value = child.metrics.get(metric, math.nan)
@@ -80,7 +79,7 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
         vanilla = show(r["baseline_mean"]) if "baseline_mean" in r else "-"
         better = f"{r['p_better']:.2f} ({r['pairs']})" if "p_better" in r else "-"
         lines.append(
-            f"{i:>4}  {r['config_id']:<28} {r['seeds']:>5} {objective(r['objective']):>9} "
+            f"{i:>4}  {r['config_id']:<28} {r['seeds']:>5} {show(r['objective']):>9} "
             f"{show(r['mean']):>9}  {vanilla:>14} {better:>9}"
         )
     sequential = [r for r in rows if r["decision"] and r["arm"] != VANILLA]

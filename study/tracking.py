@@ -16,9 +16,6 @@ run's final `diverged` metric says so too.
 
 One file on purpose: every write the driver makes to MLflow is here, so what a restarted
 driver may replay, and why that is harmless, can be checked in one reading.
-
-One file (over 400 lines): every MLflow write of a study, and the idempotence that lets a
-replaying driver repeat any of them, must be read together.
 """
 
 from __future__ import annotations

@@ -48,10 +48,7 @@ def summary(records: list[dict | None], kind: str) -> dict:
     acc = [r["val_acc"] for r in live]
     # Tune insists on the searcher's metric in every result: the block's running value.
     # Optuna itself hears the configuration's value over all its seeds (study/searcher.py).
-    objective = [
-        math.nan if r is None or r.get("diverged") else r.get(EPOCH_SCORE, r["val_acc"])
-        for r in records
-    ]
+    objective = [math.nan if r is None or r.get("diverged") else r[EPOCH_SCORE] for r in records]
     return {
         OBJECTIVE: objective_value(objective, kind),
         "val_acc_mean": sum(acc) / len(acc) if acc else math.nan,

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainables import caption_metrics
+from trainables.contract import EXTRA_EPOCH_METRICS
 from trainables.engine import HDetachLSTM, MemberLinear
 from trainables.language_model import MemberEmbedding, init_embedding
 from trainables.seeds import stream_generator
@@ -96,7 +97,16 @@ def beam_search(
 class CaptioningTrainer(Trainer):
     """``Trainer`` for ``task="captioning"`` (see the module docstring)."""
 
-    extra_epoch_metrics = ("val_cider", "val_bleu4")
+    extra_epoch_metrics = EXTRA_EPOCH_METRICS["captioning"]
+
+    @staticmethod
+    def load_data(cfg) -> CaptionData:
+        kind = "spatial" if cfg.decoder == "soft_attention" else "pooled"
+        return load_captions(
+            cfg.data_dir, feature_kind=kind, train_size=cfg.train_size, val_size=cfg.val_size,
+            test_size=cfg.test_size, min_count=cfg.min_count, max_len=cfg.max_caption_len,
+            dataset=cfg.corpus,
+        )  # fmt: skip
 
     def _build_modules(self) -> dict[str, nn.Module]:
         cfg, data = self.cfg, self.data
@@ -151,20 +161,24 @@ class CaptioningTrainer(Trainer):
             first = self.image(feats).unsqueeze(0)  # (1, K, B, E)
             out, _ = self.lstm(torch.cat([first, words]), masks=masks)
             return self.head(out[1:])
-        h, c = self._attention_start(feats)
+        h, c, keys = self._attention_start(feats)
         outs = []
         for t in range(words.shape[0]):
-            h, c = self._attention_step(feats, words[t], h, c, masks, t)
+            h, c = self._attention_step(feats, keys, words[t], h, c, masks, t)
             outs.append(h)
         return self.head(torch.stack(outs))
 
-    def _attention_start(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+    def _attention_start(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The initial ``h``, ``c`` from the mean feature, and the attention keys of the
+        regions ``(R, K, B, A)`` (they do not depend on the step: computed once)."""
         mean = feats.mean(dim=2)  # (K, B, D)
-        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+        keys = self.att_feat(feats.permute(2, 0, 1, 3))
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), keys
 
-    def _attention_step(self, feats, word, h, c, masks, t: int):
-        """One Soft Attention step for every member: ``feats (K, B, R, D)``, ``word``,
-        ``h``, ``c`` ``(K, B, .)``; the masks of step ``t`` block ``h_{t-1}`` / ``c_{t-1}``."""
+    def _attention_step(self, feats, keys, word, h, c, masks, t: int):
+        """One Soft Attention step for every member: ``feats (K, B, R, D)``, their ``keys``,
+        ``word``, ``h``, ``c`` ``(K, B, .)``; the masks of step ``t`` block ``h_{t-1}`` /
+        ``c_{t-1}``."""
         lstm = self.lstm
         if masks is not None and masks.h is not None:
             h = _blocked(h, masks.h, t)
@@ -172,7 +186,6 @@ class CaptioningTrainer(Trainer):
             h = h * (1.0 - lstm.damp) + h.detach() * lstm.damp  # same value, damped gradient
         if masks is not None and masks.c is not None:
             c = _blocked(c, masks.c, t)
-        keys = self.att_feat(feats.permute(2, 0, 1, 3))  # (R, K, B, A)
         energy = self.att_score(torch.tanh(keys + self.att_hidden(h).unsqueeze(0)))
         alpha = torch.softmax(energy.squeeze(-1), dim=0)  # over regions
         context = torch.einsum("rkb,kbrd->kbd", alpha, feats)
@@ -259,12 +272,13 @@ class CaptioningTrainer(Trainer):
 
             state = (h, c)
         else:
-            state = self._attention_start(rep)
+            h, c, keys = self._attention_start(rep)
+            state = (h, c)
 
             def step(state, tokens):
                 h, c = state
                 word = self.embedding(tokens.view(K, -1))
-                h, c = self._attention_step(rep, word, h, c, None, 0)
+                h, c = self._attention_step(rep, keys, word, h, c, None, 0)
                 return torch.log_softmax(self.head(h), -1).view(K * n * beam, -1), (h, c)
 
             def reorder(state, origin):
@@ -309,13 +323,4 @@ def _blocked(state: Tensor, mask: Tensor, t: int) -> Tensor:
     return torch.where(m, state.detach(), state)
 
 
-def load_captions_for(cfg) -> CaptionData:
-    kind = "spatial" if cfg.decoder == "soft_attention" else "pooled"
-    return load_captions(
-        cfg.data_dir, feature_kind=kind, train_size=cfg.train_size, val_size=cfg.val_size,
-        test_size=cfg.test_size, min_count=cfg.min_count, max_len=cfg.max_caption_len,
-        dataset=cfg.corpus,
-    )  # fmt: skip
-
-
-__all__ = ["CaptioningTrainer", "beam_search", "load_captions_for"]
+__all__ = ["CaptioningTrainer", "beam_search"]

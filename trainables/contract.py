@@ -57,13 +57,13 @@ EPOCH_METRICS = (
 )
 #: Per-epoch metrics of the tasks that have them besides EPOCH_METRICS: validation perplexity
 #: (language model) and greedy-decoded validation CIDEr-D and BLEU-4 (captioning).
-TASK_EPOCH_METRICS = ("val_ppl", "val_cider", "val_bleu4")
-_TASK_EPOCH_METRICS = {"language_model": ("val_ppl",), "captioning": ("val_cider", "val_bleu4")}
+EXTRA_EPOCH_METRICS = {"language_model": ("val_ppl",), "captioning": ("val_cider", "val_bleu4")}
+TASK_EPOCH_METRICS = tuple(m for names in EXTRA_EPOCH_METRICS.values() for m in names)
 
 
 def epoch_metrics_of(task: str | None) -> tuple[str, ...]:
     """Every per-epoch metric a run of `task` logs (EPOCH_METRICS and the task's own)."""
-    return (*EPOCH_METRICS, *_TASK_EPOCH_METRICS.get(task or "", ()))
+    return (*EPOCH_METRICS, *EXTRA_EPOCH_METRICS.get(task or "", ()))
 
 
 #: Bookkeeping metric logged with every epoch (value = step = epoch) in the same batch as its

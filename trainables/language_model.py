@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainables.config import ConfigError
+from trainables.contract import EXTRA_EPOCH_METRICS
 from trainables.engine import HDetachLSTM, MemberLinear, _copy_member, _stack_parameters
 from trainables.seeds import stream_generator
 from trainables.tasks.text import TextData, batchify, load_text
@@ -90,7 +91,13 @@ def member_dropout(x: Tensor, p: float, gens: Sequence[torch.Generator]) -> Tens
 class LanguageModelTrainer(Trainer):
     """``Trainer`` for ``task="language_model"`` (see the module docstring)."""
 
-    extra_epoch_metrics = ("val_ppl",)
+    extra_epoch_metrics = EXTRA_EPOCH_METRICS["language_model"]
+
+    @staticmethod
+    def load_data(cfg) -> TextData:
+        return load_text(
+            cfg.corpus, data_dir=cfg.data_dir, level=cfg.level, min_count=cfg.min_count
+        )
 
     def _build_modules(self) -> dict[str, nn.Module]:
         cfg, data = self.cfg, self.data
@@ -217,7 +224,3 @@ class LanguageModelTrainer(Trainer):
 
 def _perplexity(nll: float) -> float:
     return math.exp(nll) if math.isfinite(nll) and nll < 700 else math.inf
-
-
-def load_corpus_for(cfg) -> TextData:
-    return load_text(cfg.corpus, data_dir=cfg.data_dir, level=cfg.level, min_count=cfg.min_count)

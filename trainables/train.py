@@ -19,9 +19,6 @@ never stopped (bitwise on CPU; only the wall-clock ``epoch_seconds`` differ).
 
 One file on purpose (nanoGPT's rule): the loop, its metrics, evaluation, checkpoints and the
 command line read top to bottom; splitting them would scatter one story over several files.
-
-One file (over 400 lines): the loop, its checkpoint format and the CLI that drives it change
-together; the text tasks' trainers subclass it through the hooks it documents.
 """
 
 from __future__ import annotations
@@ -57,7 +54,7 @@ from trainables.seeds import stream_generator, stream_seeds
 from trainables.tasks import load_task
 from trainables.tasks.base import Split, TaskData
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: per-task modules and the selection score
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,7 +108,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.progress = progress
         if data is None:
-            data = load_task_for(cfg)
+            data = self.load_data(cfg)
         self.data = data.to(self.device)
         K = cfg.members
         self.modules = self._build_modules()  # name -> module with a member axis
@@ -133,6 +130,32 @@ class Trainer:
 
     #: Per-epoch metrics of the task beyond the contract's EPOCH_METRICS.
     extra_epoch_metrics: tuple[str, ...] = ()
+
+    @staticmethod
+    def load_data(cfg: RunConfig) -> TaskData:
+        """The task's data as the configuration describes it (copying, MNIST)."""
+        if cfg.task == "copying":
+            return load_task(
+                "copying",
+                T=cfg.seq_len,
+                train_size=cfg.train_size,
+                val_size=cfg.val_size,
+                data_seed=cfg.data_seed,
+                one_hot=cfg.one_hot,
+            )
+        return load_task(
+            cfg.task,
+            data_dir=cfg.data_dir,
+            download=cfg.download,
+            permutation_seed=cfg.permutation_seed,
+            permutation=cfg.permutation,
+            run_seed=cfg.seeds[0],
+            train_size=cfg.train_size,
+            val_size=cfg.val_size,
+            shuffle_seed=cfg.shuffle_seed,
+            test_size=cfg.test_size,
+            pool=cfg.pixel_pool,
+        )
 
     def _build_modules(self) -> dict[str, nn.Module]:
         """The model: each seed's LSTM and output layer, stacked as members."""
@@ -423,7 +446,7 @@ class Trainer:
         self.history = state["history"]
         self.diverged_epoch = state["diverged_epoch"]
         self.best_val_acc = state["best_val_acc"]
-        self.best_score = state.get("best_score", state["best_val_acc"])
+        self.best_score = state["best_score"]
         self.best_epoch = state["best_epoch"]
         with torch.no_grad():
             for best, saved_best in zip(self.best_params, state["best_params"], strict=True):
@@ -450,52 +473,28 @@ class Trainer:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
 
 
-def trainer_for(cfg: RunConfig, data=None, *, progress: bool = False) -> Trainer:
-    """The trainer of the configuration's task: sequence classification (copying, MNIST),
-    the language model or captioning."""
-    if cfg.task == "language_model":
+def trainer_class(task: str) -> type[Trainer]:
+    """The trainer of a task: sequence classification (copying, MNIST), the language model
+    or captioning (each class also loads its own data: ``load_data``)."""
+    if task == "language_model":
         from trainables.language_model import LanguageModelTrainer
 
-        return LanguageModelTrainer(cfg, data, progress=progress)
-    if cfg.task == "captioning":
+        return LanguageModelTrainer
+    if task == "captioning":
         from trainables.captioning import CaptioningTrainer
 
-        return CaptioningTrainer(cfg, data, progress=progress)
-    return Trainer(cfg, data, progress=progress)
+        return CaptioningTrainer
+    return Trainer
+
+
+def trainer_for(cfg: RunConfig, data=None, *, progress: bool = False) -> Trainer:
+    """A trainer for the configuration's task."""
+    return trainer_class(cfg.task)(cfg, data, progress=progress)
 
 
 def load_task_for(cfg: RunConfig):
     """The task's data as the configuration describes it."""
-    if cfg.task == "language_model":
-        from trainables.language_model import load_corpus_for
-
-        return load_corpus_for(cfg)
-    if cfg.task == "captioning":
-        from trainables.captioning import load_captions_for
-
-        return load_captions_for(cfg)
-    if cfg.task == "copying":
-        return load_task(
-            "copying",
-            T=cfg.seq_len,
-            train_size=cfg.train_size,
-            val_size=cfg.val_size,
-            data_seed=cfg.data_seed,
-            one_hot=cfg.one_hot,
-        )
-    return load_task(
-        cfg.task,
-        data_dir=cfg.data_dir,
-        download=cfg.download,
-        permutation_seed=cfg.permutation_seed,
-        permutation=cfg.permutation,
-        run_seed=cfg.seeds[0],
-        train_size=cfg.train_size,
-        val_size=cfg.val_size,
-        shuffle_seed=cfg.shuffle_seed,
-        test_size=cfg.test_size,
-        pool=cfg.pixel_pool,
-    )
+    return trainer_class(cfg.task).load_data(cfg)
 
 
 def _progress(items: list, enabled: bool, desc: str):

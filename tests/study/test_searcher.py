@@ -31,7 +31,7 @@ def _searcher(max_configs=2, blocks=((0, 1), (2, 3)), space=None, sampler=None):
 
 
 def _finals(values):
-    return {"finals": [{"best_val_acc": v} for v in values]}
+    return {"finals": [{"best_val_acc": v, "best_val_score": v} for v in values]}
 
 
 def test_each_configuration_runs_on_every_seed_block_after_its_baseline():
@@ -86,7 +86,9 @@ def test_a_censored_block_is_scored_on_its_last_validation_accuracy():
     searcher = _searcher(max_configs=1, blocks=((0,),))
     trials = {f"t{i}": searcher.suggest(f"t{i}") for i in range(2)}
     hd = next(tid for tid, t in trials.items() if t["arm"] == "h-detach")
-    searcher.on_trial_complete(hd, {"members": [{"val_acc": 0.4}]})  # no finals: stopped early
+    searcher.on_trial_complete(
+        hd, {"members": [{"val_acc": 0.4, "val_score": 0.4}]}
+    )  # no finals: stopped early
     assert searcher.searcher._ot_study.trials[0].value == pytest.approx(0.4)
 
 

@@ -134,6 +134,11 @@ def _searcher(points, design, budget=None) -> PairedSeedSearcher:
     )
 
 
+def _finals(value: float) -> dict:
+    """A seed's finals as the trainer reports them (the score is the accuracy here)."""
+    return {"best_val_acc": value, "best_val_score": value}
+
+
 def _value(config: dict, seed: int) -> float:
     """Simulated best validation accuracy: the large-effect configuration (lr 1e-2) is 10
     points above its baseline on every seed; the other (lr 1e-3) equals its baseline in
@@ -161,7 +166,7 @@ def _drive(searcher: PairedSeedSearcher, slots: int = 3, stop_after: int | None 
             assert searcher.suggest("final") == Searcher.FINISHED
             return started
         trial_id, config = running.pop(0)
-        finals = [{"best_val_acc": _value(config, s)} for s in config["seeds"]]
+        finals = [_finals(_value(config, s)) for s in config["seeds"]]
         searcher.on_trial_complete(trial_id, {"finals": finals, "time_total_s": 10.0})
         finished += 1
         if stop_after is not None and finished == stop_after:
@@ -207,7 +212,7 @@ def test_a_study_resumed_from_the_searcher_state_decides_the_same():
     resumed.set_state(state)
     resumed.searcher = first.searcher  # Tune restores Optuna's study through save/restore
     for trial_id, config in running:  # Tune resumes the trials that were running
-        finals = [{"best_val_acc": _value(config, s)} for s in config["seeds"]]
+        finals = [_finals(_value(config, s)) for s in config["seeds"]]
         resumed.on_trial_complete(trial_id, {"finals": finals, "time_total_s": 10.0})
     _drive(resumed)
     for cid in straight.configs:

@@ -3,7 +3,6 @@ BPTT with the state carried across windows, perplexity, resume, and bad data."""
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.trainables.caption_files import write_ptb
-from tests.trainables.test_train import _without_timing
+from tests.trainables.test_train import assert_resumes_bitwise
 from trainables.config import ConfigError, RunConfig
 from trainables.language_model import LanguageModelTrainer
 from trainables.tasks.base import DataNotFoundError
@@ -154,18 +153,7 @@ def test_members_train_like_single_runs(tmp_path):
 def test_resume_is_bitwise(tmp_path):
     write_ptb(tmp_path / "data")
     cfg = _cfg(tmp_path / "data", epochs=3, p_detach=0.4, dropout=0.3)
-    straight = LanguageModelTrainer(cfg)
-    straight.run()
-    first = LanguageModelTrainer(cfg)
-    first.train_epoch()
-    first.save(tmp_path / "ck.pt")
-    resumed = LanguageModelTrainer(cfg)
-    resumed.load(tmp_path / "ck.pt")
-    resumed.run()
-    assert _without_timing(resumed.history) == _without_timing(straight.history)
-    for a, b in zip(resumed.params, straight.params, strict=True):
-        assert torch.equal(a, b)
-    assert json.dumps(resumed.finish()) == json.dumps(straight.finish())  # NaN-aware
+    assert_resumes_bitwise(lambda: LanguageModelTrainer(cfg), tmp_path / "ck.pt", 1)
 
 
 @pytest.mark.parametrize(
