@@ -73,7 +73,7 @@ import pyarrow.parquet as pq
 
 from trainables.contract import EPOCH_METRICS, FINAL_METRICS, TASK_EPOCH_METRICS
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the text tasks' per-epoch metrics in history
 TABLES = ("runs", "history")
 STATE_FILE = "state.json"
 _STAGING = ".staging"
@@ -278,9 +278,6 @@ def read_partition(root: str | os.PathLike, experiment: str) -> dict[str, pd.Dat
     out = {}
     for name in TABLES:
         frame = _read(base / name, COLUMNS[name])
-        for column in COLUMNS[name]:  # written before the column existed: absent values
-            if column not in frame.columns:
-                frame[column] = None
         frame.insert(0, "experiment", experiment)
         leading = ["experiment", "task", *COLUMNS[name]]
         out[name] = frame[leading + [c for c in frame.columns if c not in leading]]

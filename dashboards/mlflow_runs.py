@@ -219,20 +219,18 @@ def fetch_histories(
     client: MlflowClient,
     run_ids: Sequence[str],
     epochs_logged: Mapping[str, int],
-    tasks: Mapping[str, str] | None = None,
+    tasks: Mapping[str, str],
 ) -> tuple[pd.DataFrame, int]:
     """The history rows of `run_ids` and the number of MLflow requests made for them.
 
-    A run's keys are the per-epoch metrics of its task (``tasks[run_id]``; all of them where
-    the task is not given) and the epoch marker.
+    A run's keys are the per-epoch metrics of its task (``tasks[run_id]``) and the epoch
+    marker.
     """
     points: list[tuple] = []  # (run_id, key, step, value, ts)
     requests = 0
 
     def keys_of(run_id: str) -> tuple[str, ...]:
-        if tasks is None:
-            return HISTORY_KEYS
-        return (*epoch_metrics_of(tasks.get(run_id)), EPOCH_MARKER)
+        return (*epoch_metrics_of(tasks[run_id]), EPOCH_MARKER)
 
     # The bulk call samples beyond 2,500 points per run: such long runs go one by one.
     bulk_ids = [r for r in run_ids if epochs_logged[r] < _BULK_MAX_RESULTS]
