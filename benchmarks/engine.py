@@ -126,6 +126,11 @@ def build_cases(shape: Shape, members: list[int]) -> list[Case]:
     if "cpp" in backends:
         bound = _bound_step(shape, x, head, target, mask_gen)
         cases.append(Case("GEMM-only bound (cpp loop), p=0.25", "b", bound))
+        if torch.ops.hdetach.set_kernels("") == "avx2":  # the same layer, generic kernels
+            generic = engine_case("cpp generic kernels, p=0.25", "c", p_detach=0.25, backend="cpp")
+            cases.append(Case(generic.label, generic.group, _generic(generic.run)))
+            generic_bound = _generic(_bound_step(shape, x, head, target, mask_gen))
+            cases.append(Case("GEMM-only bound, generic (BLAS), p=0.25", "b", generic_bound))
 
     fastest = backends[-1]
     for K in members:
@@ -157,12 +162,26 @@ def _runs(backend: str, shape: Shape) -> bool:
     return True
 
 
+def _generic(run: Callable[[], float]) -> Callable[[], float]:
+    """``run`` with the C++ backend's generic kernels (the BLAS for the per-step products,
+    compiler-vectorised pointwise passes) instead of its AVX2 ones."""
+
+    def step() -> float:
+        torch.ops.hdetach.set_kernels("generic")
+        try:
+            return run()
+        finally:
+            torch.ops.hdetach.set_kernels("auto")
+
+    return step
+
+
 def _bound_step(shape: Shape, x, head, target, mask_gen) -> Callable[[], float]:
     """The GEMMs of the C++ backend's training step at p=0.25, plus the same head and loss."""
     model = HDetachLSTM(shape.I, shape.H, p_detach=0.25, backend="cpp")
     w_ih = model.weight_ih_l0.detach().unsqueeze(0)
     w_hh = model.weight_hh_l0.detach().unsqueeze(0)
-    xk = x.unsqueeze(0).contiguous()
+    xk = x.unsqueeze(1).contiguous()  # (T, K=1, B, I), as the layer takes it
     out = torch.zeros(shape.T, shape.B, shape.H, requires_grad=True)
 
     def step() -> float:

@@ -548,7 +548,8 @@ class HDetachLSTM(nn.Module):
         # (K, T, H, B) -> the caller's layout, contiguous as torch.nn.LSTM's output is.
         if self.members is None:
             h_n, c_n = h_n[:, 0], c_n[:, 0]
-            out = layer_in[0].permute(2, 0, 1) if self.batch_first else layer_in[0].transpose(1, 2)
+            out = layer_in.squeeze(0)  # a view (see _forward_kernels)
+            out = out.permute(2, 0, 1) if self.batch_first else out.transpose(1, 2)
         else:
             out = layer_in.permute(3, 0, 1, 2) if self.batch_first else layer_in.permute(1, 0, 3, 2)
         return out.contiguous(), (h_n, c_n)
@@ -597,7 +598,10 @@ class HDetachLSTM(nn.Module):
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)
         if self.members is None:
             h_n, c_n = h_n[:, 0], c_n[:, 0]
-            out = layer_in[:, 0].transpose(0, 1) if self.batch_first else layer_in[:, 0]
+            # squeeze, not [:, 0]: the gradient of a view is a view, where indexing's backward
+            # would zero-fill a (T, 1, B, H) buffer and copy the output's gradient into it.
+            out = layer_in.squeeze(1)
+            out = out.transpose(0, 1) if self.batch_first else out
         else:
             out = layer_in.permute(2, 1, 0, 3) if self.batch_first else layer_in
         return out.contiguous(), (h_n, c_n)

@@ -34,6 +34,8 @@ from trainables.config import BACKENDS
 __all__ = ["BACKENDS", "KernelUnavailable", "cpp_available", "load_cpp", "resolve"]
 
 SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
+#: Included by SOURCE (the fp32 AVX2 kernels): part of the cache key.
+HEADERS = (Path(__file__).with_name("lstm_avx2.h"),)
 #: No -march: the binary runs on any x86-64; the fp32 pointwise passes carry their own AVX2 /
 #: AVX-512 clones. -fno-trapping-math lets the compiler vectorise the branch-free selects.
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
@@ -53,6 +55,8 @@ def cache_dir() -> Path:
 
 def _build_name() -> str:
     digest = hashlib.sha256(SOURCE.read_bytes())
+    for header in HEADERS:
+        digest.update(header.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     digest.update(f"{torch.__version__} {sys.version_info[:2]}".encode())
     return f"hdetach_lstm_cpu_{digest.hexdigest()[:12]}"

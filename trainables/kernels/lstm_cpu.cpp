@@ -23,13 +23,23 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__SSE__)
 #include <xmmintrin.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HDETACH_AVX2 1
+#include "lstm_avx2.h"
+#else
+#define HDETACH_AVX2 0
 #endif
 
 extern "C" {
@@ -42,6 +52,8 @@ void dgemm_(const char*, const char*, const int*, const int*, const int*, const 
 }
 
 namespace {
+
+void check(bool ok, const char* what) { TORCH_CHECK(ok, "hdetach lstm_cpu: ", what); }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define HDETACH_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -192,6 +204,23 @@ inline void step_forward(double* g, const double* cp, double* co, double* tc, do
 // ckeep[b] when given), writes the gate gradients dg (nb x 4H), and adds their column sums
 // to db_acc and, for one input feature x, their x-weighted sums to dwi_acc (both 4H).
 // Branch-free inner loops (dh goes through `scratch`), so they vectorise.
+// One row of a step backward: the gate gradients dg (4H) from dh = dL/dh_t, and dc
+// (dL/dc_t in, dL/dc_{t-1} out, times ck).
+template <typename T>
+static inline __attribute__((always_inline)) void row_backward(
+    const T* __restrict g, const T* __restrict tc, const T* __restrict cp,
+    const T* __restrict dh, T* __restrict dc, T* __restrict dg, T ck, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = g[j], f = g[H + j], u = g[2 * H + j], o = g[3 * H + j], t = tc[j], h = dh[j];
+    const T dcj = dc[j] + h * o * (T(1) - t * t);
+    dg[3 * H + j] = h * t * (o - o * o);
+    dg[j] = dcj * u * (i - i * i);
+    dg[H + j] = dcj * cp[j] * (f - f * f);
+    dg[2 * H + j] = dcj * i * (T(1) - u * u);
+    dc[j] = dcj * f * ck;
+  }
+}
+
 template <typename T>
 static inline __attribute__((always_inline)) void step_backward_body(
     const T* __restrict dy, const T* __restrict rec, const T* __restrict rowscale,
@@ -201,13 +230,6 @@ static inline __attribute__((always_inline)) void step_backward_body(
     int64_t H) {
   const int64_t G = 4 * H;
   for (int64_t b = 0; b < nb; ++b) {
-    const T* gi = g + b * G;
-    const T *gf = gi + H, *gg = gf + H, *go = gg + H;
-    T* di = dg + b * G;
-    T *df = di + H, *du = df + H, *dout = du + H;
-    const T* tcb = tc + b * H;
-    const T* cpb = c_prev + b * H;
-    T* dcb = dc + b * H;
     const T* dh = dy + b * H;
     if (have_rec) {
       const T s = rowscale[b];
@@ -217,15 +239,7 @@ static inline __attribute__((always_inline)) void step_backward_body(
       dh = scratch;
     }
     const T ck = ckeep ? ckeep[b] : T(1);
-    for (int64_t j = 0; j < H; ++j) {
-      T i = gi[j], f = gf[j], u = gg[j], o = go[j], t = tcb[j], h = dh[j];
-      T dcj = dcb[j] + h * o * (T(1) - t * t);
-      dout[j] = h * t * (o - o * o);
-      di[j] = dcj * u * (i - i * i);
-      df[j] = dcj * cpb[j] * (f - f * f);
-      du[j] = dcj * i * (T(1) - u * u);
-      dcb[j] = dcj * f * ck;
-    }
+    row_backward<T>(g + b * G, tc + b * H, c_prev + b * H, dh, dc + b * H, dg + b * G, ck, H);
     const T* drow = dg + b * G;
     for (int64_t j = 0; j < G; ++j) db_acc[j] += drow[j];
     if (x != nullptr) {
@@ -269,6 +283,161 @@ void project_one(T* g, const T* x, const T* w, const T* bias, int64_t nb, int64_
 }
 
 // ---------------------------------------------------------------------------------------
+// Which kernels run a call's steps. "generic": the BLAS for the per-step products and the
+// compiler-vectorised pointwise passes above (any CPU, fp32 and fp64). "avx2": the fp32
+// kernels of lstm_avx2.h, chosen by default where the CPU has AVX2 and FMA but not AVX-512
+// (there the BLAS's AVX-512 kernels run near the core's peak, so the generic path stays).
+// `set_kernels` (and HDETACH_CPU_KERNELS=auto|avx2|generic at load time) overrides it.
+enum KernelChoice : int { kAuto = 0, kGeneric = 1, kAvx2 = 2 };
+
+KernelChoice choice_from_env() {
+  const char* env = std::getenv("HDETACH_CPU_KERNELS");
+  if (env != nullptr && std::strcmp(env, "generic") == 0) return kGeneric;
+  if (env != nullptr && std::strcmp(env, "avx2") == 0) return kAvx2;
+  return kAuto;
+}
+std::atomic<int> kernel_choice{choice_from_env()};
+
+bool avx2_can() {
+#if HDETACH_AVX2
+  return avx2::cpu_can();
+#else
+  return false;
+#endif
+}
+
+bool avx2_chosen() {
+  const int choice = kernel_choice.load(std::memory_order_relaxed);
+  if (choice == kGeneric || !avx2_can()) return false;
+#if HDETACH_AVX2
+  return choice == kAvx2 || !__builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+// The kernels of one call (chosen once, so a call never mixes them), with member k's
+// recurrent weights W_hh ready for the per-step products: packed for the AVX2 kernels, read
+// in place by the BLAS.
+template <typename T>
+struct StepKernels {
+  const T* w;
+  int64_t G, H;
+  bool avx2 = false;
+  at::Tensor packed;  // per member: W^T (H x G) for forward, W (G x H) for backward
+  const float *fwd = nullptr, *bwd = nullptr;
+  int64_t fwd_size = 0, bwd_size = 0;
+
+  StepKernels(const at::Tensor& w_hh, bool for_forward, bool for_backward)
+      : w(w_hh.data_ptr<T>()), G(w_hh.size(1)), H(w_hh.size(2)) {
+#if HDETACH_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      avx2 = avx2_chosen();
+      if (!avx2) return;
+      const int64_t K = w_hh.size(0);
+      fwd_size = for_forward ? avx2::packed_size(H, G) : 0;
+      bwd_size = for_backward ? avx2::packed_size(G, H) : 0;
+      packed = at::empty({K * (fwd_size + bwd_size)}, w_hh.options());
+      float* f = packed.data_ptr<float>();
+      float* b = f + K * fwd_size;
+      at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          const float* wk = w + k * G * H;
+          if (for_forward) avx2::pack(H, G, wk, 1, H, f + k * fwd_size);
+          if (for_backward) avx2::pack(G, H, wk, H, 1, b + k * bwd_size);
+        }
+      });
+      fwd = f;
+      bwd = b;
+    }
+#endif
+  }
+
+  // g (nb x G) = in + h (nb x H) W_k^T, `in` being g itself unless given (the AVX2 kernels
+  // only: the generic path has in == g); with `x` (one input feature: nb values) in is the
+  // input projection bias + x w^T (w, bias: G values), as project_one.
+  void forward(int64_t k, int64_t nb, const T* h, T* g, const T* x = nullptr,
+               const T* w_in = nullptr, const T* bias = nullptr, const T* in = nullptr) const {
+#if HDETACH_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx2) {
+        const float* panels = fwd + k * fwd_size;
+        if (x == nullptr)
+          return avx2::gemm_packed(nb, G, H, h, H, panels, g, G, avx2::kLoad, {}, in);
+        return avx2::gemm_packed(nb, G, H, h, H, panels, g, G, avx2::kProject, {x, w_in, bias});
+      }
+    }
+#endif
+    check(in == nullptr || in == g, "the generic forward product accumulates in place");
+    if (x != nullptr) project_one(g, x, w_in, bias, nb, G);
+    gemm<T>(false, true, nb, G, H, T(1), h, H, w + k * G * H, H, T(1), g, G);
+  }
+
+  // rec (nb x H) = dg (nb x G) W_k
+  void backward(int64_t k, int64_t nb, const T* dg, T* rec) const {
+#if HDETACH_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx2) return avx2::gemm_packed(nb, H, G, dg, G, bwd + k * bwd_size, rec, H, avx2::kZero);
+    }
+#endif
+    gemm<T>(false, false, nb, H, G, T(1), dg, G, w + k * G * H, H, T(0), rec, H);
+  }
+
+  // c (m x n) += at^T b, at (k x m) and b (k x n) row-major: the weight gradients.
+  void weight_grad(int64_t m, int64_t n, int64_t k, const T* at, int64_t lda, const T* b,
+                   int64_t ldb, T* c, int64_t ldc) const {
+#if HDETACH_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx2) return avx2::gemm_tn(m, n, k, at, lda, b, ldb, c, ldc);
+    }
+#endif
+    gemm<T>(true, false, m, n, k, T(1), at, lda, b, ldb, T(1), c, ldc);
+  }
+
+  // The gates in g become activations in place; with `keep` (streaming(): AVX2 only) they
+  // are also streamed there, and tc_out is streamed.
+  void pointwise_forward(T* g, T* keep, const T* c_prev, T* c_out, T* tc_out, T* h_out,
+                         int64_t nb) const {
+#if HDETACH_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx2) return avx2::step_forward(g, keep, c_prev, c_out, tc_out, h_out, nb, H);
+    }
+#endif
+    check(keep == nullptr, "the generic pointwise pass works in place");
+    step_forward(g, c_prev, c_out, tc_out, h_out, nb, H);
+  }
+
+  // Whether the training forward can keep each step's gates in a scratch block and stream
+  // them (and tanh(c)) to the saved buffers (AVX2, H % 8 == 0, aligned buffers).
+  bool streaming(const T* gates, const T* tanh_c) const {
+#if HDETACH_AVX2
+    if constexpr (std::is_same<T, float>::value) return avx2 && avx2::can_stream(gates, tanh_c, H);
+#endif
+    return false;
+  }
+
+  void fence() const {
+#if HDETACH_AVX2
+    if (avx2) avx2::stream_fence();
+#endif
+  }
+
+  void pointwise_backward(const T* dy, const T* rec, const T* rowscale, bool have_rec,
+                          const T* g, const T* tc, const T* c_prev, T* dc, const T* ckeep,
+                          T* dg, T* scratch, const T* x, T* db, T* dwi, int64_t nb) const {
+#if HDETACH_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx2)
+        return avx2::step_backward(dy, rec, rowscale, have_rec, g, tc, c_prev, dc, ckeep, dg, x,
+                                   db, dwi, nb, H);
+    }
+#endif
+    step_backward(dy, rec, rowscale, have_rec, g, tc, c_prev, dc, ckeep, dg, scratch, x, db, dwi,
+                  nb, H);
+  }
+};
+
+// ---------------------------------------------------------------------------------------
 // Work items: (member k, rows b0 .. b0 + nb) of the batch.
 
 struct Item {
@@ -303,8 +472,6 @@ void for_items(const std::vector<Item>& work, F fn) {
     for (int64_t w = begin; w < end; ++w) fn(work[w]);
   });
 }
-
-void check(bool ok, const char* what) { TORCH_CHECK(ok, "hdetach lstm_cpu: ", what); }
 
 // Ask for the n values at p to be brought into cache (for writing when `write`). Each step
 // touches a block of the whole-sequence buffers that no hardware prefetcher predicts (the
@@ -349,7 +516,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
                                                      : at::zeros({K, G}, opt);
   const auto work = items(K, B);
   at::Tensor hT = at::empty({K, B, H}, opt), cT = at::empty({K, B, H}, opt);
-  const T* whh = w_hh.data_ptr<T>();
+  const StepKernels<T> kernels(w_hh, true, false);
   const T* wih = w_ih.data_ptr<T>();
   const T* xb = x.data_ptr<T>();
   const T* bb = b.data_ptr<T>();
@@ -369,25 +536,34 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
     at::Tensor y = at::empty({Tn, K, B, H}, opt);
     T *gp = gates.data_ptr<T>(), *cp = cells.data_ptr<T>(), *tp = tanh_c.data_ptr<T>();
     T* yp = y.data_ptr<T>();
+    // Streaming (AVX2): each step works in a scratch block that stays in cache, and the
+    // gates and tanh(c) it keeps for backward go to memory without being read first.
+    const bool stream = kernels.streaming(gp, tp);
     for_items(work, [&](const Item& it) {
       const int64_t k = it.k, nb = it.nb;
       const T* h_prev = h0p + (k * B + it.b0) * H;
       const T* c_prev = c0p + (k * B + it.b0) * H;
+      at::Tensor scratch = stream ? at::empty({nb * G}, opt) : at::Tensor();
       for (int64_t t = 0; t < Tn; ++t) {
         const int64_t row = (k * Tn + t) * B + it.b0, out = xrow(t, k, it.b0);
-        T* g = gp + row * G;
-        if (I == 1) project_one(g, xb + out, wih + k * G, bb + k * G, nb, G);
-        if (t + 1 < Tn) {  // the next step's blocks, while this step's GEMM runs
-          prefetch(g + B * G, nb * G, I == 1);
+        T* keep = gp + row * G;  // the step's gates, as backward reads them
+        T* g = stream ? scratch.data_ptr<T>() : keep;
+        if (!stream && t + 1 < Tn) {  // the next step's blocks, while this step's GEMM runs
+          prefetch(keep + B * G, nb * G, I == 1);
           prefetch(cp + (row + B) * H, nb * H, true);
           prefetch(tp + (row + B) * H, nb * H, true);
           prefetch(yp + (out + K * B) * H, nb * H, true);
         }
-        gemm<T>(false, true, nb, G, H, T(1), h_prev, H, whh + k * G * H, H, T(1), g, G);
-        step_forward(g, c_prev, cp + row * H, tp + row * H, yp + out * H, nb, H);
+        if (I == 1)  // the input projection, bias + x w_ih^T, with the recurrent product
+          kernels.forward(k, nb, h_prev, g, xb + out, wih + k * G, bb + k * G);
+        else
+          kernels.forward(k, nb, h_prev, g, nullptr, nullptr, nullptr, keep);
+        kernels.pointwise_forward(g, stream ? keep : nullptr, c_prev, cp + row * H,
+                                  tp + row * H, yp + out * H, nb);
         h_prev = yp + out * H;
         c_prev = cp + row * H;
       }
+      kernels.fence();
       std::memcpy(hT.data_ptr<T>() + (k * B + it.b0) * H, h_prev, nb * H * sizeof(T));
       std::memcpy(cT.data_ptr<T>() + (k * B + it.b0) * H, c_prev, nb * H * sizeof(T));
     });
@@ -408,15 +584,15 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
     const T* wk = wih + k * G * I;
     for (int64_t t = 0; t < Tn; ++t) {
       const T* xt = xb + xrow(t, k, it.b0) * I;
-      if (I == 1) {
-        project_one(g, xt, wk, bb + k * G, nb, G);
+      if (I == 1) {  // as in training, so both give the same bits
+        kernels.forward(k, nb, h, g, xt, wk, bb + k * G);
       } else {
         for (int64_t r = 0; r < nb; ++r) std::memcpy(g + r * G, bb + k * G, G * sizeof(T));
         gemm<T>(false, true, nb, G, I, T(1), xt, I, wk, I, T(1), g, G);
+        kernels.forward(k, nb, h, g);
       }
-      gemm<T>(false, true, nb, G, H, T(1), h, H, whh + k * G * H, H, T(1), g, G);
       T* out = t >= first_kept ? yp + (((t - first_kept) * K + k) * B + it.b0) * H : h;
-      step_forward(g, c, c, tc, out, nb, H);
+      kernels.pointwise_forward(g, nullptr, c, c, tc, out, nb);
       if (out != h) std::memcpy(h, out, nb * H * sizeof(T));
     }
     std::memcpy(hT.data_ptr<T>() + (k * B + it.b0) * H, h, nb * H * sizeof(T));
@@ -458,7 +634,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& dh
   auto opt = x.options();
   at::Tensor dh0 = at::empty({K, B, H}, opt), dc0 = dcT.clone();
   at::Tensor dx = need_dx ? at::empty({Tn, K, B, I}, opt) : at::Tensor();
-  const T *whh = w_hh.data_ptr<T>(), *wih = w_ih.data_ptr<T>();
+  const T* wih = w_ih.data_ptr<T>();
+  const StepKernels<T> kernels(w_hh, false, true);
   const T *gp = gates.data_ptr<T>(), *cp = cells.data_ptr<T>(), *tp = tanh_c.data_ptr<T>();
   const T *dyp = dy.data_ptr<T>(), *dhTp = dhT.data_ptr<T>(), *c0p = c0.data_ptr<T>();
   const T *xp = x.data_ptr<T>(), *yp = y.data_ptr<T>(), *h0p = h0.data_ptr<T>();
@@ -496,9 +673,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& dh
       const T* c_prev = t > 0 ? cp + (row - B) * H : c0p + (k * B + it.b0) * H;
       const T* h_prev = t > 0 ? yp + (out - K * B) * H : h0p + (k * B + it.b0) * H;
       const T* ck = keep_rows<T>(c_keep, k, t, it, keep_c.data());
-      step_backward(dyt, rec.data(), rowscale.data(), have_rec, gp + row * G, tp + row * H,
-                    c_prev, dc, ck, dg, scratch.data(), I == 1 ? xp + out : nullptr, db, dwi,
-                    nb, H);
+      kernels.pointwise_backward(dyt, rec.data(), rowscale.data(), have_rec, gp + row * G,
+                                 tp + row * H, c_prev, dc, ck, dg, scratch.data(),
+                                 I == 1 ? xp + out : nullptr, db, dwi, nb);
       // dL/dh_{t-1} through the recurrence, skipped outright when h_{t-1} was blocked for
       // every row of the item.
       if (t > 0) {  // the previous step's blocks, while this step's GEMMs run
@@ -517,10 +694,10 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& dh
       }
       if (have_rec) {
         for (int64_t r = 0; r < nb; ++r) rowscale[r] = scale * (hk ? hk[r] : T(1));
-        gemm<T>(false, false, nb, H, G, T(1), dg, G, whh + k * G * H, H, T(0), rec.data(), H);
+        kernels.backward(k, nb, dg, rec.data());
       }
-      gemm<T>(true, false, G, H, nb, T(1), dg, G, h_prev, H, T(1), dwh, H);
-      if (I > 1) gemm<T>(true, false, G, I, nb, T(1), dg, G, xp + out * I, I, T(1), dwi, I);
+      kernels.weight_grad(G, H, nb, dg, G, h_prev, H, dwh, H);
+      if (I > 1) kernels.weight_grad(G, I, nb, dg, G, xp + out * I, I, dwi, I);
       if (need_dx)
         gemm<T>(false, false, nb, I, G, T(1), dg, G, wih + k * G * I, I, T(0), dxp + out * I, I);
     }
@@ -577,14 +754,22 @@ void gemm_bound_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tens
   // Allocated as the layer allocates its buffers (uninitialised: the GEMM timings do not
   // depend on the values, denormals are flushed), so the bound is not padded by zero-filling.
   at::Tensor gates = at::empty({K, Tn, B, G}, opt), hs = at::empty({K, Tn, B, H}, opt);
-  const T* whh = w_hh.data_ptr<T>();
   T *gp = gates.data_ptr<T>(), *hp = hs.data_ptr<T>();
   const auto work = items(K, B);
+  const StepKernels<T> kernels(w_hh, true, true);
+  // The AVX2 tiles start from the input projection (one input feature), as the layer's do;
+  // the generic path adds it before its GEMM, outside the bound.
+  const bool project = kernels.avx2 && I == 1;
+  const T *xp = x.data_ptr<T>(), *wih = w_ih.data_ptr<T>();
+  at::Tensor bias = at::zeros({K, G}, opt);
   for_items(work, [&](const Item& it) {
     for (int64_t t = 0; t < Tn; ++t) {
-      const int64_t row = (it.k * Tn + t) * B + it.b0;
-      gemm<T>(false, true, it.nb, G, H, T(1), hp + row * H, H, whh + it.k * G * H, H, T(1),
-              gp + row * G, G);
+      const int64_t row = (it.k * Tn + t) * B + it.b0, in = (t * K + it.k) * B + it.b0;
+      const T* b = bias.data_ptr<T>() + it.k * G;
+      if (project)
+        kernels.forward(it.k, it.nb, hp + row * H, gp + row * G, xp + in, wih + it.k * G, b);
+      else
+        kernels.forward(it.k, it.nb, hp + row * H, gp + row * G);
     }
   });
   std::vector<T> scratch(B);
@@ -595,12 +780,10 @@ void gemm_bound_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tens
       const int64_t row = (it.k * Tn + t) * B + it.b0;
       const T* dg = gp + row * G;
       const T* hk = keep_rows<T>(h_keep, it.k, t, it, scratch.data() + it.b0);
-      if (hk == nullptr || hk[0] != T(0))
-        gemm<T>(false, false, it.nb, H, G, T(1), dg, G, whh + it.k * G * H, H, T(0), rec, H);
-      gemm<T>(true, false, G, H, it.nb, T(1), dg, G, hp + row * H, H, T(1), dwh, H);
+      if (hk == nullptr || hk[0] != T(0)) kernels.backward(it.k, it.nb, dg, rec);
+      kernels.weight_grad(G, H, it.nb, dg, G, hp + row * H, H, dwh, H);
       if (I > 1)
-        gemm<T>(true, false, G, I, it.nb, T(1), dg, G,
-                x.data_ptr<T>() + ((t * K + it.k) * B + it.b0) * I, I, T(1), dwi, I);
+        kernels.weight_grad(G, I, it.nb, dg, G, xp + ((t * K + it.k) * B + it.b0) * I, I, dwi, I);
     }
   });
 }
@@ -616,6 +799,64 @@ void gemm_bound(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w
 
 bool blas_linked() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
+// Which kernels run the fp32 steps: "auto" (AVX2 where the CPU has it and lacks AVX-512),
+// "avx2" or "generic"; "" only asks. Returns the kernels now in use, "avx2" or "generic".
+std::string set_kernels(c10::string_view kind) {
+  if (kind == "auto") {
+    kernel_choice = kAuto;
+  } else if (kind == "generic") {
+    kernel_choice = kGeneric;
+  } else if (kind == "avx2") {
+    check(avx2_can(), "the avx2 kernels need an x86-64 CPU with AVX2 and FMA (and GCC)");
+    kernel_choice = kAvx2;
+  } else {
+    check(kind.empty(), "set_kernels takes auto, avx2, generic or '' (ask only)");
+  }
+  return avx2_chosen() ? "avx2" : "generic";
+}
+
+// The AVX2 GEMM tiles on their own, for the tests: "packed" gives c + a (m x k) @ b (k x n)
+// through the packed path (c ignored unless `accumulate`), "tn" c + a^T b with a (k x m),
+// "project" x w^T + bias + a @ b with x = c[:, 0], w = c[0, 1:], bias = c[1, 1:] (c: m x n+1).
+at::Tensor avx2_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
+                     c10::string_view kind, bool accumulate) {
+  check(avx2_can(), "the avx2 kernels need an x86-64 CPU with AVX2 and FMA (and GCC)");
+  check(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
+            c.scalar_type() == at::kFloat && a.dim() == 2 && b.dim() == 2 && c.dim() == 2,
+        "avx2_gemm takes 2-d float32 tensors");
+#if HDETACH_AVX2
+  auto A = a.contiguous(), Bm = b.contiguous(), Cin = c.contiguous();
+  const int64_t k = Bm.size(0), n = Bm.size(1);
+  const int64_t m = kind == "tn" ? A.size(1) : A.size(0);
+  check(A.size(kind == "tn" ? 0 : 1) == k, "a and b disagree on k");
+  at::Tensor C = kind == "project" ? at::empty({m, n}, A.options()) : Cin.clone();
+  if (kind == "tn") {
+    check(accumulate && C.size(0) == m && C.size(1) == n, "tn: c (m, n), accumulating");
+    avx2::gemm_tn(m, n, k, A.data_ptr<float>(), m, Bm.data_ptr<float>(), n, C.data_ptr<float>(),
+                  n);
+    return C;
+  }
+  at::Tensor packed = at::empty({avx2::packed_size(k, n)}, A.options());
+  avx2::pack(k, n, Bm.data_ptr<float>(), n, 1, packed.data_ptr<float>());
+  if (kind == "packed") {
+    check(C.size(0) == m && C.size(1) == n, "packed: c (m, n)");
+    avx2::gemm_packed(m, n, k, A.data_ptr<float>(), k, packed.data_ptr<float>(),
+                      C.data_ptr<float>(), n, accumulate ? avx2::kLoad : avx2::kZero);
+    return C;
+  }
+  check(kind == "project" && Cin.size(0) == m && Cin.size(1) == n + 1 && m >= 2,
+        "project: c (m, n + 1), m >= 2");
+  at::Tensor xs = Cin.select(1, 0).contiguous(), w = Cin[0].slice(0, 1).contiguous();
+  at::Tensor bias = Cin[1].slice(0, 1).contiguous();
+  avx2::gemm_packed(m, n, k, A.data_ptr<float>(), k, packed.data_ptr<float>(),
+                    C.data_ptr<float>(), n, avx2::kProject,
+                    {xs.data_ptr<float>(), w.data_ptr<float>(), bias.data_ptr<float>()});
+  return C;
+#else
+  return c;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY(hdetach, m) {
@@ -628,6 +869,9 @@ TORCH_LIBRARY(hdetach, m) {
       "Tensor? h_keep, Tensor? c_keep, float h_scale, bool need_dx, bool has_bias) -> Tensor[]");
   m.def("gemm_bound(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? h_keep) -> ()");
   m.def("blas_linked() -> bool", &blas_linked);
+  m.def("set_kernels(str kind) -> str", &set_kernels);
+  m.def("avx2_gemm(Tensor a, Tensor b, Tensor c, str kind, bool accumulate) -> Tensor",
+        &avx2_gemm);
 }
 
 TORCH_LIBRARY_IMPL(hdetach, CPU, m) {
