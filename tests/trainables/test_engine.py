@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -59,6 +61,45 @@ def test_fast_path_gradients_equal_the_oracle(mode, num_layers, scope, every_ste
     for name, a, b in zip(names, fast, slow, strict=True):
         assert (a - b).abs().max() <= 1e-10, name
     assert any(g.abs().max() > 0 for g in fast)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "n_in,hidden,batch", [(1, 16, 13), (3, 20, 7)], ids=["I1-H16-B13", "I3-H20-B7"]
+)
+def test_fp32_gradients_match_the_fp64_oracle(mode, n_in, hidden, batch, backend):
+    """The precision users train in. Shapes that reach every branch of the CPU kernels: one
+    input feature (projection folded into the GEMM tile) and several, H a multiple of 16 (the
+    streamed forward) and not (8- and 16-wide column tails), batches that leave partial row
+    tiles in both threads' slices; two layers, loss at every step."""
+    steps = 11
+    torch.manual_seed(3)
+    lstm = HDetachLSTM(n_in, hidden, 2, **MODES[mode], backend=backend)
+    ref = copy.deepcopy(lstm).double()
+    x = torch.randn(steps, batch, n_in)
+    masks = lstm.sample_masks(steps, batch, torch.Generator().manual_seed(4))
+    y, (h, c) = lstm(x, masks=masks)
+    grads = _grads(_loss(y, h, c, True), list(lstm.parameters()))
+    y_ref, (h_ref, c_ref) = oracle_lstm(ref, x.double(), masks=masks)
+    grads_ref = _grads(_loss(y_ref, h_ref, c_ref, True), list(ref.parameters()))
+    assert (y.double() - y_ref).abs().max() <= 2e-6
+    names = [n for n, _ in lstm.named_parameters()]
+    for name, g, r in zip(names, grads, grads_ref, strict=True):
+        assert (g.double() - r).abs().max() <= 1e-5 * max(1.0, r.abs().max().item()), name
+
+
+def test_nan_propagates_through_the_layer(backend):
+    """A diverged run must show as NaN, not be squashed by a saturating activation: a NaN
+    input reaches every later output of its sample and no other sample's."""
+    lstm = HDetachLSTM(2, 16, backend=backend)
+    x = torch.randn(6, 3, 2)
+    x[2, 1, 0] = float("nan")
+    with torch.no_grad():
+        y_eval, _ = lstm(x)
+    y_train, _ = lstm(x)
+    for y in (y_eval, y_train.detach()):
+        assert torch.isnan(y[2:, 1]).all()
+        assert torch.isfinite(y[:2]).all() and torch.isfinite(y[:, [0, 2]]).all()
 
 
 def test_blocking_changes_the_gradient(backend):

@@ -124,3 +124,74 @@ def test_the_gpu_check_script_runs_its_checks_and_benchmark(tmp_path):
         assert (shape, "engine triton + CUDA graphs K=2, p=0.25") in cases
         assert (shape, "authors' loop (oracle) K=1, p=0.25") in cases
     assert set(payload["summary"]) == {"copying", "mnist"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+needs_cpp = pytest.mark.skipif(
+    not kernels.cpp_available(), reason="the C++ kernels do not run here"
+)
+
+
+@needs_cpp
+def test_auto_picks_the_avx2_kernels_exactly_where_the_cpu_lacks_avx512():
+    """The documented rule: AVX2 + FMA without AVX-512 -> the own kernels; otherwise the BLAS
+    and the compiler-vectorised passes. HDETACH_CPU_KERNELS overrides it for a process."""
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to check the rule against")
+    expected = "avx2" if {"avx2", "fma"} <= flags and "avx512f" not in flags else "generic"
+    assert torch.ops.hdetach.set_kernels("") == expected
+    probe = "from trainables import kernels; import torch; kernels.load_cpp(); "
+    probe += "print('KERNELS', torch.ops.hdetach.set_kernels(''))"
+    result = _python(probe, {"HDETACH_CPU_KERNELS": "generic"})
+    assert result.returncode == 0, result.stderr
+    assert "KERNELS generic" in result.stdout
+    with pytest.raises(RuntimeError, match="set_kernels takes auto, avx2, generic"):
+        torch.ops.hdetach.set_kernels("fast")
+    assert torch.ops.hdetach.set_kernels("") == expected
+
+
+@needs_cpp
+@pytest.mark.parametrize("kind", ["packed", "packed+", "tn", "project"])
+def test_the_avx2_gemm_tiles_equal_a_float64_product(kind):
+    """Every row and column remainder of the 6x16 and 12x8 tiles (m, n = 1..17, 25, 50, 100,
+    128; k short and long), against the product in float64."""
+    try:
+        torch.ops.hdetach.avx2_gemm(
+            torch.ones(1, 1), torch.ones(1, 1), torch.ones(1, 1), "tn", True
+        )
+    except RuntimeError as err:
+        pytest.skip(str(err))
+    gen = torch.Generator().manual_seed(0)
+    sizes = [*range(1, 18), 25, 50, 100, 128]
+    for m in sizes:
+        for n in sizes:
+            k = 1 + (m * 7 + n * 3) % 130  # 1..130, varied over the pairs
+            a = torch.randn(m, k, generator=gen)
+            b = torch.randn(k, n, generator=gen)
+            c = torch.randn(m, n + 1 if kind == "project" else n, generator=gen)
+            exact = a.double() @ b.double()
+            if kind == "packed":
+                out = torch.ops.hdetach.avx2_gemm(a, b, c, "packed", False)
+            elif kind == "packed+":
+                out = torch.ops.hdetach.avx2_gemm(a, b, c, "packed", True)
+                exact += c.double()
+            elif kind == "tn":
+                out = torch.ops.hdetach.avx2_gemm(a.t().contiguous(), b, c, "tn", True)
+                exact += c.double()
+            else:
+                if m < 2:
+                    continue
+                out = torch.ops.hdetach.avx2_gemm(a, b, c, "project", False)
+                exact += c[:, :1].double() * c[0, 1:].double() + c[1, 1:].double()
+            assert out.shape == exact.shape
+            assert (out.double() - exact).abs().max() <= 1e-5 * k**0.5, (m, n, k)

@@ -65,89 +65,115 @@ struct Projection {
   const float* bias;  // one per column
 };
 
-// C[R x 16] = start + sum_kk a(i, kk) B[kk][0..16), a(i, kk) = A[i * ars + kk * acs], B's rows
-// ldb apart; kLoad starts from Cin (rows ldc apart; C itself unless given). FULL: all 16
-// columns; otherwise the first n (loads and stores masked).
-template <int R, bool FULL>
-inline __attribute__((always_inline)) void tile(int64_t k, const float* A, int64_t ars,
-                                                int64_t acs, const float* B, int64_t ldb,
-                                                float* C, int64_t ldc, Start start,
-                                                const Projection& pr, int64_t n,
-                                                const float* Cin) {
-  __m256 c0[R], c1[R];
-  __m256i m0 = _mm256_set1_epi32(-1), m1 = m0;
-  if (!FULL) {
-    m0 = lanes(std::min<int64_t>(n, 8));
-    m1 = lanes(std::max<int64_t>(n - 8, 0));
-  }
+// C[R x 8V] = start + sum_kk a(i, kk) B[kk][0..8V), a(i, kk) = A[i * lda + kk] (or, AT,
+// A[kk * lda + i]: A given transposed), B's rows ldb apart; kLoad starts from Cin (rows ldc
+// apart). V = 2 (16 columns, 6 rows: the main tile) or 1 (8 columns, up to 12 rows: a last
+// strip of at most 8 columns, e.g. H = 100). FULL: all 8V columns; otherwise the first n
+// (loads and stores masked).
+template <int R, int V, bool FULL, bool AT>
+inline __attribute__((always_inline)) void tile(int64_t k, const float* A, int64_t lda,
+                                                const float* B, int64_t ldb, float* C,
+                                                int64_t ldc, Start start, const Projection& pr,
+                                                int64_t n, const float* Cin) {
+  const int64_t ars = AT ? 1 : lda, acs = AT ? lda : 1;
+  __m256 c[V][R];
+  __m256i m[V];
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v)
+    m[v] = FULL ? _mm256_set1_epi32(-1) : lanes(std::clamp<int64_t>(n - 8 * v, 0, 8));
   if (start == kProject) {
-    const __m256 w0 = _mm256_maskload_ps(pr.w, m0), w1 = _mm256_maskload_ps(pr.w + 8, m1);
-    const __m256 b0 = _mm256_maskload_ps(pr.bias, m0);
-    const __m256 b1 = _mm256_maskload_ps(pr.bias + 8, m1);
-#pragma GCC unroll 6
-    for (int i = 0; i < R; ++i) {
-      const __m256 x = _mm256_broadcast_ss(pr.x + i);
-      c0[i] = _mm256_fmadd_ps(x, w0, b0);
-      c1[i] = _mm256_fmadd_ps(x, w1, b1);
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) {
+      const __m256 w = _mm256_maskload_ps(pr.w + 8 * v, m[v]);
+      const __m256 b = _mm256_maskload_ps(pr.bias + 8 * v, m[v]);
+#pragma GCC unroll 12
+      for (int i = 0; i < R; ++i) c[v][i] = _mm256_fmadd_ps(_mm256_broadcast_ss(pr.x + i), w, b);
     }
   } else {
-#pragma GCC unroll 6
+#pragma GCC unroll 12
     for (int i = 0; i < R; ++i) {
-      if (start == kZero) {
-        c0[i] = _mm256_setzero_ps();
-        c1[i] = _mm256_setzero_ps();
-      } else if (FULL) {
-        c0[i] = _mm256_loadu_ps(Cin + i * ldc);
-        c1[i] = _mm256_loadu_ps(Cin + i * ldc + 8);
-      } else {
-        c0[i] = _mm256_maskload_ps(Cin + i * ldc, m0);
-        c1[i] = _mm256_maskload_ps(Cin + i * ldc + 8, m1);
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) {
+        const float* in = Cin + i * ldc + 8 * v;
+        if (start == kZero)
+          c[v][i] = _mm256_setzero_ps();
+        else
+          c[v][i] = FULL ? _mm256_loadu_ps(in) : _mm256_maskload_ps(in, m[v]);
       }
     }
   }
   for (int64_t kk = 0; kk < k; ++kk) {
     const float* b = B + kk * ldb;
-    const __m256 b0 = FULL ? _mm256_loadu_ps(b) : _mm256_maskload_ps(b, m0);
-    const __m256 b1 = FULL ? _mm256_loadu_ps(b + 8) : _mm256_maskload_ps(b + 8, m1);
-#pragma GCC unroll 6
+    __m256 bv[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v)
+      bv[v] = FULL ? _mm256_loadu_ps(b + 8 * v) : _mm256_maskload_ps(b + 8 * v, m[v]);
+#pragma GCC unroll 12
     for (int i = 0; i < R; ++i) {
       const __m256 a = _mm256_broadcast_ss(A + i * ars + kk * acs);
-      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
-      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) c[v][i] = _mm256_fmadd_ps(a, bv[v], c[v][i]);
     }
   }
-#pragma GCC unroll 6
+#pragma GCC unroll 12
   for (int i = 0; i < R; ++i) {
-    if (FULL) {
-      _mm256_storeu_ps(C + i * ldc, c0[i]);
-      _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
-    } else {
-      _mm256_maskstore_ps(C + i * ldc, m0, c0[i]);
-      _mm256_maskstore_ps(C + i * ldc + 8, m1, c1[i]);
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) {
+      float* out = C + i * ldc + 8 * v;
+      if (FULL)
+        _mm256_storeu_ps(out, c[v][i]);
+      else
+        _mm256_maskstore_ps(out, m[v], c[v][i]);
     }
   }
 }
 
-// Tiles down m rows (6 at a time, then the rest) of one 16-column strip.
-template <bool FULL>
-void strip(int64_t m, int64_t k, const float* A, int64_t ars, int64_t acs, const float* B,
-           int64_t ldb, float* C, int64_t ldc, Start start, Projection pr, int64_t n,
-           const float* Cin) {
-  int64_t r = 0;
-  for (; r + MR <= m; r += MR, pr.x += MR)
-    tile<MR, FULL>(k, A + r * ars, ars, acs, B, ldb, C + r * ldc, ldc, start, pr, n,
-                   Cin + r * ldc);
-  A += r * ars;
-  C += r * ldc;
-  Cin += r * ldc;
-  switch (m - r) {
-    case 5: tile<5, FULL>(k, A, ars, acs, B, ldb, C, ldc, start, pr, n, Cin); break;
-    case 4: tile<4, FULL>(k, A, ars, acs, B, ldb, C, ldc, start, pr, n, Cin); break;
-    case 3: tile<3, FULL>(k, A, ars, acs, B, ldb, C, ldc, start, pr, n, Cin); break;
-    case 2: tile<2, FULL>(k, A, ars, acs, B, ldb, C, ldc, start, pr, n, Cin); break;
-    case 1: tile<1, FULL>(k, A, ars, acs, B, ldb, C, ldc, start, pr, n, Cin); break;
-    default: break;
+// Rows per tile: 12 accumulators either way (enough to hide the FMA latency).
+template <int V>
+constexpr int rows_per_tile() {
+  return V == 2 ? MR : 2 * MR;
+}
+
+// The last rows (fewer than a tile's) of a strip.
+template <int V, bool FULL, bool AT, int R = rows_per_tile<V>() - 1>
+inline void last_rows(int64_t rows, int64_t k, const float* A, int64_t lda, const float* B,
+                      int64_t ldb, float* C, int64_t ldc, Start start, const Projection& pr,
+                      int64_t n, const float* Cin) {
+  if constexpr (R > 0) {
+    if (rows == R) return tile<R, V, FULL, AT>(k, A, lda, B, ldb, C, ldc, start, pr, n, Cin);
+    last_rows<V, FULL, AT, R - 1>(rows, k, A, lda, B, ldb, C, ldc, start, pr, n, Cin);
   }
+}
+
+// Tiles down m rows of one strip of 8V columns. Not inlined: inlined into its callers, GCC
+// spilled an accumulator of the hot loop to the stack (measured 10% slower).
+template <int V, bool FULL, bool AT>
+__attribute__((noinline)) void strip(int64_t m, int64_t k, const float* A, int64_t lda,
+                                     const float* B, int64_t ldb, float* C, int64_t ldc,
+                                     Start start, Projection pr, int64_t n, const float* Cin) {
+  constexpr int R = rows_per_tile<V>();
+  const int64_t step = AT ? 1 : lda;  // from one row of C to the next, in A
+  int64_t r = 0;
+  for (; r + R <= m; r += R, pr.x += R)
+    tile<R, V, FULL, AT>(k, A + r * step, lda, B, ldb, C + r * ldc, ldc, start, pr, n,
+                         Cin + r * ldc);
+  last_rows<V, FULL, AT>(m - r, k, A + r * step, lda, B, ldb, C + r * ldc, ldc, start, pr, n,
+                         Cin + r * ldc);
+}
+
+// One strip of n <= 16 columns: the 16-column tile, or the 8-column one when n <= 8.
+template <bool AT>
+inline void any_strip(int64_t m, int64_t k, const float* A, int64_t lda, const float* B,
+                      int64_t ldb, float* C, int64_t ldc, Start start, const Projection& pr,
+                      int64_t n, const float* Cin) {
+  if (n == NR)
+    strip<2, true, AT>(m, k, A, lda, B, ldb, C, ldc, start, pr, n, Cin);
+  else if (n > 8)
+    strip<2, false, AT>(m, k, A, lda, B, ldb, C, ldc, start, pr, n, Cin);
+  else if (n == 8)
+    strip<1, true, AT>(m, k, A, lda, B, ldb, C, ldc, start, pr, n, Cin);
+  else
+    strip<1, false, AT>(m, k, A, lda, B, ldb, C, ldc, start, pr, n, Cin);
 }
 
 // C (m x n) = start + A (m x k, rows lda apart) B, with B packed by pack(): strip by strip,
@@ -165,26 +191,25 @@ inline void gemm_packed(int64_t m, int64_t n, int64_t k, const float* A, int64_t
       p.w += j;
       p.bias += j;
     }
-    if (j + NR <= n)
-      strip<true>(m, k, A, lda, 1, panel, NR, C + j, ldc, start, p, NR, Cin + j);
-    else
-      strip<false>(m, k, A, lda, 1, panel, NR, C + j, ldc, start, p, n - j, Cin + j);
+    any_strip<false>(m, k, A, lda, panel, NR, C + j, ldc, start, p, std::min(NR, n - j), Cin + j);
   }
 }
 
-// One k block of gemm_tn: 6-row groups of C outer, its 16-column strips inner.
+// One k block of gemm_tn: 6-row groups of C outer, its 16-column strips inner; a last strip
+// of at most 8 columns apart, down all rows.
 inline void tn_block(int64_t m, int64_t n, int64_t k, const float* At, int64_t lda,
                      const float* B, int64_t ldb, float* C, int64_t ldc) {
+  const int64_t wide = n % NR != 0 && n % NR <= 8 ? n / NR * NR : n;
   for (int64_t r = 0; r < m; r += MR) {
     const int64_t rows = std::min<int64_t>(MR, m - r);
-    for (int64_t j = 0; j < n; j += NR) {
+    for (int64_t j = 0; j < wide; j += NR) {
       float* c = C + r * ldc + j;
-      if (j + NR <= n)
-        strip<true>(rows, k, At + r, 1, lda, B + j, ldb, c, ldc, kLoad, {}, NR, c);
-      else
-        strip<false>(rows, k, At + r, 1, lda, B + j, ldb, c, ldc, kLoad, {}, n - j, c);
+      any_strip<true>(rows, k, At + r, lda, B + j, ldb, c, ldc, kLoad, {}, std::min(NR, wide - j),
+                      c);
     }
   }
+  if (wide < n)
+    any_strip<true>(m, k, At, lda, B + wide, ldb, C + wide, ldc, kLoad, {}, n - wide, C + wide);
 }
 
 // C (m x n) += At^T B with At (k x m) and B (k x n), rows lda / ldb apart (the weight

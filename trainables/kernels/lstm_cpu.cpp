@@ -743,8 +743,11 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& dy, const at::Tensor& dh
                                need_dx, has_bias);
 }
 
-// The GEMMs of one forward and backward, with the same shapes and work split as the layer,
-// and nothing else: the bound the fused layer is measured against (benchmarks/engine.py).
+// The GEMMs of one forward and backward, with the same shapes, work split and buffers as the
+// layer, and nothing else: the bound the fused layer is measured against
+// (benchmarks/engine.py). Each product reads and writes where the layer's does: the forward
+// into the saved gates (or, streaming, a scratch block), the backward from a per-item block of
+// gate gradients and the saved outputs.
 template <typename T>
 void gemm_bound_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
                      const at::Tensor& h_keep) {
@@ -757,29 +760,31 @@ void gemm_bound_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tens
   T *gp = gates.data_ptr<T>(), *hp = hs.data_ptr<T>();
   const auto work = items(K, B);
   const StepKernels<T> kernels(w_hh, true, true);
+  const bool stream = kernels.streaming(gp, hp);
   // The AVX2 tiles start from the input projection (one input feature), as the layer's do;
   // the generic path adds it before its GEMM, outside the bound.
   const bool project = kernels.avx2 && I == 1;
   const T *xp = x.data_ptr<T>(), *wih = w_ih.data_ptr<T>();
   at::Tensor bias = at::zeros({K, G}, opt);
   for_items(work, [&](const Item& it) {
+    at::Tensor scratch = at::empty({it.nb * G}, opt);
     for (int64_t t = 0; t < Tn; ++t) {
       const int64_t row = (it.k * Tn + t) * B + it.b0, in = (t * K + it.k) * B + it.b0;
+      T* g = stream ? scratch.data_ptr<T>() : gp + row * G;
       const T* b = bias.data_ptr<T>() + it.k * G;
       if (project)
-        kernels.forward(it.k, it.nb, hp + row * H, gp + row * G, xp + in, wih + it.k * G, b);
+        kernels.forward(it.k, it.nb, hp + row * H, g, xp + in, wih + it.k * G, b);
       else
-        kernels.forward(it.k, it.nb, hp + row * H, gp + row * G);
+        kernels.forward(it.k, it.nb, hp + row * H, g);
     }
   });
-  std::vector<T> scratch(B);
   for_items(work, [&](const Item& it) {
-    at::Tensor buf = at::zeros({it.nb * H + G * H + G * I}, opt);
-    T *rec = buf.data_ptr<T>(), *dwh = rec + it.nb * H, *dwi = dwh + G * H;
+    at::Tensor buf = at::zeros({it.nb * (G + H + 1) + G * H + G * I}, opt);
+    T *dg = buf.data_ptr<T>(), *rec = dg + it.nb * G, *keep = rec + it.nb * H;
+    T *dwh = keep + it.nb, *dwi = dwh + G * H;
     for (int64_t t = Tn - 1; t >= 0; --t) {
       const int64_t row = (it.k * Tn + t) * B + it.b0;
-      const T* dg = gp + row * G;
-      const T* hk = keep_rows<T>(h_keep, it.k, t, it, scratch.data() + it.b0);
+      const T* hk = keep_rows<T>(h_keep, it.k, t, it, keep);
       if (hk == nullptr || hk[0] != T(0)) kernels.backward(it.k, it.nb, dg, rec);
       kernels.weight_grad(G, H, it.nb, dg, G, hp + row * H, H, dwh, H);
       if (I > 1)
