@@ -14,7 +14,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from dashboards.stats import Estimate
-from dashboards.verdicts import CheckVerdict
+from dashboards.verdicts import CheckVerdict, fmt_seeds
 
 UNKNOWN = "—"
 
@@ -72,9 +72,7 @@ def badge(verdict: str | None, small: bool = False) -> Markup:
 
 
 def seeds_text(n: float | None) -> str:
-    if n is None:
-        return ""
-    return "infinitely many" if math.isinf(n) else f"≈{int(n)}"
+    return "" if n is None else fmt_seeds(n)
 
 
 def _environment() -> jinja2.Environment:

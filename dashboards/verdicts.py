@@ -171,8 +171,15 @@ def empty(check: Check, verdict: str, reason: str) -> CheckVerdict:
     return CheckVerdict(check, verdict, reason)
 
 
+#: Beyond this many seeds per arm a report quotes no number: the power formula diverges as the
+#: observed difference shrinks to zero (46 million at a difference of 0.003 points, infinity
+#: at exactly zero), and no study runs that many.
+MAX_QUOTED_SEEDS = 10_000
+
+
 def fmt_seeds(n: float) -> str:
-    return "infinitely many" if math.isinf(n) else f"{int(n)}"
+    """Seeds per arm in words: "about 60", or "more than 10,000" past MAX_QUOTED_SEEDS."""
+    return f"more than {MAX_QUOTED_SEEDS:,}" if n > MAX_QUOTED_SEEDS else f"about {int(n)}"
 
 
 def _signed(x: float) -> str:
@@ -257,7 +264,7 @@ def judged(
     )
     if verdict == "inconclusive" and seeds is not None:
         seeds = max(float(seeds), float(claim.min_seeds))
-        reason = reason[:-1] + f"; about {fmt_seeds(seeds)} seeds per arm would settle it."
+        reason = reason[:-1] + f"; {fmt_seeds(seeds)} seeds per arm would settle it."
     return CheckVerdict(
         check,
         verdict,

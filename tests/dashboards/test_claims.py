@@ -215,6 +215,24 @@ def test_coin_flip_with_few_seeds_is_inconclusive_with_seeds_needed():
     assert "seeds per arm" in v.checks[0].reason
 
 
+def test_a_vanishing_difference_quotes_no_absurd_seed_count():
+    """Equal means (the demo's T=20 case: 27.14% vs 27.15%) send the power formula to
+    millions or infinity; the reason says 'more than 10,000', never a number like 46529902."""
+    values = [0.27, 0.31, 0.22, 0.29, 0.25, 0.29]
+    for shift in (0.0, 3e-5):
+        runs = pd.concat(
+            [
+                make_runs("copying", "h-detach", [v + shift for v in values], p_detach=0.25),
+                make_runs("copying", "vanilla", values[::-1]),
+            ]
+        )
+        v = evaluate(one_check_claim(), runs)
+        assert v.verdict == "inconclusive", v.reason
+        assert v.seeds_needed > 10_000
+        assert "more than 10,000 seeds per arm would settle it" in v.checks[0].reason
+        assert "infinitely" not in v.checks[0].reason
+
+
 def test_too_few_seeds_is_inconclusive_even_for_a_clear_gap():
     runs = pd.concat(
         [
