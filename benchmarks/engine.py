@@ -167,11 +167,12 @@ def _generic(run: Callable[[], float]) -> Callable[[], float]:
     compiler-vectorised pointwise passes) instead of its AVX2 ones."""
 
     def step() -> float:
+        previous = torch.ops.hdetach.set_kernels("")
         torch.ops.hdetach.set_kernels("generic")
         try:
             return run()
         finally:
-            torch.ops.hdetach.set_kernels("auto")
+            torch.ops.hdetach.set_kernels(previous)
 
     return step
 

@@ -51,13 +51,14 @@ BACKENDS_HERE = backends_here()
 @pytest.fixture(params=BACKENDS_HERE)
 def backend(request) -> str:
     """Each engine test runs once per backend available here (the C++ one once per kernel
-    set: the fixture selects it for the test and restores ``auto`` after)."""
+    set: the fixture selects it for the test and restores the previous choice after)."""
     name, _, cpu_kernels = request.param.partition("-")
     if not cpu_kernels:
         yield name
         return
+    previous = torch.ops.hdetach.set_kernels("")
     torch.ops.hdetach.set_kernels(cpu_kernels)
     try:
         yield name
     finally:
-        torch.ops.hdetach.set_kernels("auto")
+        torch.ops.hdetach.set_kernels(previous)

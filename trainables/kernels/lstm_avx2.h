@@ -315,44 +315,49 @@ inline bool can_stream(const float* keep, const float* tc_out, int64_t H) {
   return H % 8 == 0 && aligned(keep) && aligned(tc_out);
 }
 
+// One row of a step forward: full groups of 8 units, then a last partial one (never when
+// streaming: can_stream asks H % 8 == 0).
+template <bool STREAM>
+inline void row_forward(float* g, float* keep, const float* c_prev, float* c_out,
+                        float* tc_out, float* h_out, int64_t H) {
+  const int64_t full = H / 8 * 8;
+  const __m256i all = _mm256_set1_epi32(-1), tail = lanes(H - full);
+  for (int64_t j = 0; j < full; j += 8)
+    gates_forward<true, STREAM>(g + j, STREAM ? keep + j : nullptr, H, all);
+  if (full < H) gates_forward<false, false>(g + full, nullptr, H, tail);
+  for (int64_t j = 0; j < full; j += 8)
+    cell_forward<true, STREAM>(g + j, c_prev + j, c_out + j, tc_out + j, h_out + j, H, all);
+  if (full < H)
+    cell_forward<false, false>(g + full, c_prev + full, c_out + full, tc_out + full,
+                               h_out + full, H, tail);
+}
+
 // One step forward, as the generic step_forward: the pre-activations in g (nb x 4H) become
 // [i, f, g, o]; writes c_t, tanh(c_t) and h_t (nb x H each; c_out may be c_prev). With `keep`
 // (nb x 4H, can_stream) the gates are also streamed there, and tanh(c_t) is streamed: g is
 // then a scratch block that stays in cache from step to step.
 inline void step_forward(float* g, float* keep, const float* c_prev, float* c_out,
                          float* tc_out, float* h_out, int64_t nb, int64_t H) {
-  const int64_t G = 4 * H, full = H / 8 * 8;
-  const __m256i tail = lanes(H - full), all = _mm256_set1_epi32(-1);
+  const int64_t G = 4 * H;
   for (int64_t b = 0; b < nb; ++b) {
-    float* gb = g + b * G;
     const int64_t r = b * H;
-    if (keep != nullptr) {  // can_stream: H % 8 == 0, no tail
-      for (int64_t j = 0; j < H; j += 8) gates_forward<true, true>(gb + j, keep + b * G + j, H, all);
-      for (int64_t j = 0; j < H; j += 8)
-        cell_forward<true, true>(gb + j, c_prev + r + j, c_out + r + j, tc_out + r + j,
-                                 h_out + r + j, H, all);
-      continue;
-    }
-    for (int64_t j = 0; j < full; j += 8) gates_forward<true, false>(gb + j, nullptr, H, all);
-    if (full < H) gates_forward<false, false>(gb + full, nullptr, H, tail);
-    for (int64_t j = 0; j < full; j += 8)
-      cell_forward<true, false>(gb + j, c_prev + r + j, c_out + r + j, tc_out + r + j,
-                                h_out + r + j, H, all);
-    if (full < H)
-      cell_forward<false, false>(gb + full, c_prev + r + full, c_out + r + full,
-                                 tc_out + r + full, h_out + r + full, H, tail);
+    if (keep != nullptr)
+      row_forward<true>(g + b * G, keep + b * G, c_prev + r, c_out + r, tc_out + r, h_out + r, H);
+    else
+      row_forward<false>(g + b * G, nullptr, c_prev + r, c_out + r, tc_out + r, h_out + r, H);
   }
 }
 
 // Makes the streamed stores visible before what follows (the backward, on any thread).
 inline void stream_fence() { _mm_sfence(); }
 
-// 8 units of one row of a step backward (see step_backward); returns the 4 gate gradients in d.
+// 8 units of one row of a step backward (see step_backward), their gate gradients added to
+// the column sums db and, with one input feature (xb), dwi.
 template <bool FULL>
 inline __attribute__((always_inline)) void units_backward(
     const float* dy, const float* rec, __m256 scale, bool have_rec, const float* g,
-    const float* tc, const float* c_prev, float* dc, __m256 ck, float* dg, int64_t H, __m256i m,
-    __m256 d[4]) {
+    const float* tc, const float* c_prev, float* dc, __m256 ck, float* dg, float* db,
+    float* dwi, const __m256* xb, int64_t H, __m256i m) {
   const __m256 one = _mm256_set1_ps(1.0f);
   const __m256 i = load8<FULL>(g, m), f = load8<FULL>(g + H, m);
   const __m256 u = load8<FULL>(g + 2 * H, m), o = load8<FULL>(g + 3 * H, m);
@@ -362,12 +367,18 @@ inline __attribute__((always_inline)) void units_backward(
   // dL/dc_t = dc + dh o (1 - tanh(c_t)^2)
   const __m256 dct = _mm256_fmadd_ps(_mm256_mul_ps(h, o), _mm256_fnmadd_ps(t, t, one),
                                      load8<FULL>(dc, m));
+  __m256 d[4];
   d[0] = _mm256_mul_ps(_mm256_mul_ps(dct, u), _mm256_fnmadd_ps(i, i, i));  // i - i^2
   d[1] = _mm256_mul_ps(_mm256_mul_ps(dct, load8<FULL>(c_prev, m)), _mm256_fnmadd_ps(f, f, f));
   d[2] = _mm256_mul_ps(_mm256_mul_ps(dct, i), _mm256_fnmadd_ps(u, u, one));
   d[3] = _mm256_mul_ps(_mm256_mul_ps(h, t), _mm256_fnmadd_ps(o, o, o));
   store8<FULL>(dc, m, _mm256_mul_ps(_mm256_mul_ps(dct, f), ck));
-  for (int q = 0; q < 4; ++q) store8<FULL>(dg + q * H, m, d[q]);
+  for (int q = 0; q < 4; ++q) {
+    store8<FULL>(dg + q * H, m, d[q]);
+    store8<FULL>(db + q * H, m, _mm256_add_ps(load8<FULL>(db + q * H, m), d[q]));
+    if (xb != nullptr)
+      store8<FULL>(dwi + q * H, m, _mm256_fmadd_ps(d[q], *xb, load8<FULL>(dwi + q * H, m)));
+  }
 }
 
 // One step backward, as the generic step_backward: dh = dy (+ rowscale[b] * rec[b] when
@@ -385,32 +396,16 @@ inline void step_backward(const float* dy, const float* rec, const float* rowsca
     const int64_t r = b * H;
     const __m256 scale = _mm256_set1_ps(have_rec ? rowscale[b] : 0.0f);
     const __m256 ck = _mm256_set1_ps(ckeep != nullptr ? ckeep[b] : 1.0f);
-    const __m256 xb = _mm256_set1_ps(x != nullptr ? x[b] : 0.0f);
-    for (int64_t j = 0; j < H; j += 8) {
-      __m256 d[4];
-      const bool whole = j < full;
-      if (whole)
-        units_backward<true>(dy + r + j, rec + r + j, scale, have_rec, g + b * G + j, tc + r + j,
-                             c_prev + r + j, dc + r + j, ck, dg + b * G + j, H, all, d);
-      else
-        units_backward<false>(dy + r + j, rec + r + j, scale, have_rec, g + b * G + j,
-                              tc + r + j, c_prev + r + j, dc + r + j, ck, dg + b * G + j, H,
-                              tail, d);
-      for (int q = 0; q < 4; ++q) {
-        float* s = db + q * H + j;
-        if (whole) {
-          _mm256_storeu_ps(s, _mm256_add_ps(_mm256_loadu_ps(s), d[q]));
-        } else {
-          _mm256_maskstore_ps(s, tail, _mm256_add_ps(_mm256_maskload_ps(s, tail), d[q]));
-        }
-        if (x == nullptr) continue;
-        float* w = dwi + q * H + j;
-        if (whole)
-          _mm256_storeu_ps(w, _mm256_fmadd_ps(d[q], xb, _mm256_loadu_ps(w)));
-        else
-          _mm256_maskstore_ps(w, tail, _mm256_fmadd_ps(d[q], xb, _mm256_maskload_ps(w, tail)));
-      }
-    }
+    const __m256 xv = _mm256_set1_ps(x != nullptr ? x[b] : 0.0f);
+    const __m256* xb = x != nullptr ? &xv : nullptr;
+    for (int64_t j = 0; j < full; j += 8)
+      units_backward<true>(dy + r + j, rec + r + j, scale, have_rec, g + b * G + j, tc + r + j,
+                           c_prev + r + j, dc + r + j, ck, dg + b * G + j, db + j, dwi + j, xb,
+                           H, all);
+    if (full < H)
+      units_backward<false>(dy + r + full, rec + r + full, scale, have_rec, g + b * G + full,
+                            tc + r + full, c_prev + r + full, dc + r + full, ck,
+                            dg + b * G + full, db + full, dwi + full, xb, H, tail);
   }
 }
 

@@ -199,13 +199,9 @@ inline void step_forward(double* g, const double* cp, double* co, double* tc, do
   step_forward_d(g, cp, co, tc, h, nb, H);
 }
 
-// One step backward for nb rows. dh = dy (+ rowscale[b] * rec[b] when have_rec): the loss
-// gradient plus the recurrent one from step t+1. Updates dc in place to dL/dc_{t-1} (times
-// ckeep[b] when given), writes the gate gradients dg (nb x 4H), and adds their column sums
-// to db_acc and, for one input feature x, their x-weighted sums to dwi_acc (both 4H).
-// Branch-free inner loops (dh goes through `scratch`), so they vectorise.
 // One row of a step backward: the gate gradients dg (4H) from dh = dL/dh_t, and dc
-// (dL/dc_t in, dL/dc_{t-1} out, times ck).
+// (dL/dc_t in, dL/dc_{t-1} out, times ck). A function of its own, with restrict pointers:
+// written inline in the row loop below, GCC left it scalar.
 template <typename T>
 static inline __attribute__((always_inline)) void row_backward(
     const T* __restrict g, const T* __restrict tc, const T* __restrict cp,
@@ -221,6 +217,11 @@ static inline __attribute__((always_inline)) void row_backward(
   }
 }
 
+// One step backward for nb rows. dh = dy (+ rowscale[b] * rec[b] when have_rec): the loss
+// gradient plus the recurrent one from step t+1. Updates dc in place to dL/dc_{t-1} (times
+// ckeep[b] when given), writes the gate gradients dg (nb x 4H), and adds their column sums
+// to db_acc and, for one input feature x, their x-weighted sums to dwi_acc (both 4H).
+// Branch-free inner loops (dh goes through `scratch`), so they vectorise.
 template <typename T>
 static inline __attribute__((always_inline)) void step_backward_body(
     const T* __restrict dy, const T* __restrict rec, const T* __restrict rowscale,
@@ -544,10 +545,11 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0,
       const T* h_prev = h0p + (k * B + it.b0) * H;
       const T* c_prev = c0p + (k * B + it.b0) * H;
       at::Tensor scratch = stream ? at::empty({nb * G}, opt) : at::Tensor();
+      T* block = stream ? scratch.data_ptr<T>() : nullptr;
       for (int64_t t = 0; t < Tn; ++t) {
         const int64_t row = (k * Tn + t) * B + it.b0, out = xrow(t, k, it.b0);
         T* keep = gp + row * G;  // the step's gates, as backward reads them
-        T* g = stream ? scratch.data_ptr<T>() : keep;
+        T* g = stream ? block : keep;
         if (!stream && t + 1 < Tn) {  // the next step's blocks, while this step's GEMM runs
           prefetch(keep + B * G, nb * G, I == 1);
           prefetch(cp + (row + B) * H, nb * H, true);
@@ -760,7 +762,7 @@ void gemm_bound_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tens
   T *gp = gates.data_ptr<T>(), *hp = hs.data_ptr<T>();
   const auto work = items(K, B);
   const StepKernels<T> kernels(w_hh, true, true);
-  const bool stream = kernels.streaming(gp, hp);
+  const bool stream = kernels.streaming(gp, hp);  // hs stands in for tanh_c (same alignment)
   // The AVX2 tiles start from the input projection (one input feature), as the layer's do;
   // the generic path adds it before its GEMM, outside the bound.
   const bool project = kernels.avx2 && I == 1;
@@ -768,10 +770,11 @@ void gemm_bound_impl(const at::Tensor& x, const at::Tensor& w_ih, const at::Tens
   at::Tensor bias = at::zeros({K, G}, opt);
   for_items(work, [&](const Item& it) {
     at::Tensor scratch = at::empty({it.nb * G}, opt);
+    T* block = scratch.data_ptr<T>();
+    const T* b = bias.data_ptr<T>() + it.k * G;
     for (int64_t t = 0; t < Tn; ++t) {
       const int64_t row = (it.k * Tn + t) * B + it.b0, in = (t * K + it.k) * B + it.b0;
-      T* g = stream ? scratch.data_ptr<T>() : gp + row * G;
-      const T* b = bias.data_ptr<T>() + it.k * G;
+      T* g = stream ? block : gp + row * G;
       if (project)
         kernels.forward(it.k, it.nb, hp + row * H, g, xp + in, wih + it.k * G, b);
       else
