@@ -26,12 +26,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 from trainables.contract import PIXEL_POOLS, TASKS, arm_of
 
 #: Engine backends (``trainables/kernels``); ``auto`` picks the fastest that runs here.
 BACKENDS = ("auto", "cpp", "torch", "triton")
+#: The C++ backend's CPU kernel sets, chosen per process by this environment variable
+#: (``trainables/kernels``; default auto: ``avx2`` on AVX2 CPUs without AVX-512).
+CPU_KERNELS_ENV = "HDETACH_CPU_KERNELS"
+CPU_KERNELS = ("auto", "avx2", "generic")
 
 PRESETS = ("paper", "reduced", "smoke")
 DECODERS = ("show_and_tell", "soft_attention")
@@ -187,6 +192,9 @@ class RunConfig:
             fail("device", self.device, "must be auto, cpu or cuda[:N]")
         if self.backend not in BACKENDS:
             fail("backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
+        cpu_kernels = os.environ.get(CPU_KERNELS_ENV)
+        if cpu_kernels is not None and cpu_kernels not in CPU_KERNELS:
+            fail(CPU_KERNELS_ENV, cpu_kernels, f"must be one of {', '.join(CPU_KERNELS)}")
         if not self.seeds:
             fail("seeds", self.seeds, "must name at least one seed")
         for seed in self.seeds:

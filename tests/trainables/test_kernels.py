@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from trainables import kernels
-from trainables.config import RunConfig
+from trainables.config import ConfigError, RunConfig
 from trainables.engine import HDetachLSTM
 from trainables.train import Trainer
 
@@ -195,3 +195,23 @@ def test_the_avx2_gemm_tiles_equal_a_float64_product(kind):
                 exact += c[:, :1].double() * c[0, 1:].double() + c[1, 1:].double()
             assert out.shape == exact.shape
             assert (out.double() - exact).abs().max() <= 1e-5 * k**0.5, (m, n, k)
+
+
+def test_a_bad_cpu_kernel_choice_exits_2_naming_it(tmp_path, monkeypatch):
+    """HDETACH_CPU_KERNELS is user input like any option: a typo is an error, not a silent auto."""
+    result = subprocess.run(
+        [sys.executable, "-m", "trainables.train", "--task", "copying", "--preset", "smoke",
+         "--epochs", "1", "--checkpoint", str(tmp_path / "run.pt")],
+        cwd=ROOT, env={**os.environ, "HDETACH_CPU_KERNELS": "fast"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("HDETACH_CPU_KERNELS must be one of auto, avx2, generic, got 'fast'")
+    )
+    assert not (tmp_path / "run.pt").exists()
+    monkeypatch.setenv("HDETACH_CPU_KERNELS", "AVX2")
+    with pytest.raises(ConfigError, match="HDETACH_CPU_KERNELS must be one of .*, got 'AVX2'"):
+        RunConfig.from_preset("copying", "smoke")

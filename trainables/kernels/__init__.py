@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.config import BACKENDS
+from trainables.config import BACKENDS, CPU_KERNELS, CPU_KERNELS_ENV
 
 __all__ = ["BACKENDS", "KernelUnavailable", "cpp_available", "load_cpp", "resolve"]
 
@@ -63,20 +63,24 @@ def _build_name() -> str:
 
 
 def load_cpp(*, verbose: bool = False) -> None:
-    """Build (or find in the cache) and load the C++ extension; KernelUnavailable if not."""
+    """Build (or find in the cache) and load the C++ extension; KernelUnavailable if not.
+    ValueError for a bad HDETACH_CPU_KERNELS (applied once, on first load)."""
     with _lock:
-        if _state.get("cpp") is True:
-            return
         if isinstance(_state.get("cpp"), str):
             raise KernelUnavailable(_state["cpp"])
-        name = _build_name()
-        folder = cache_dir() / name
-        built = folder / f"{name}.so"
-        try:
-            if built.is_file():  # cached: load it without torch's build machinery
-                torch.ops.load_library(str(built))
-                _state["cpp"] = True
-                return
+        if _state.get("cpp") is not True:
+            _load_cpp(verbose)
+        _apply_cpu_kernels()
+
+
+def _load_cpp(verbose: bool) -> None:
+    name = _build_name()
+    folder = cache_dir() / name
+    built = folder / f"{name}.so"
+    try:
+        if built.is_file():  # cached: load it without torch's build machinery
+            torch.ops.load_library(str(built))
+        else:
             from torch.utils import cpp_extension
 
             folder.mkdir(parents=True, exist_ok=True)
@@ -89,11 +93,34 @@ def load_cpp(*, verbose: bool = False) -> None:
                 is_python_module=False,
                 verbose=verbose,
             )
-        except Exception as err:  # no compiler, no headers, a failed build: say why once
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            _state["cpp"] = f"the C++ LSTM kernels could not be built or loaded: {first}"
-            raise KernelUnavailable(_state["cpp"]) from None
-        _state["cpp"] = True
+    except Exception as err:  # no compiler, no headers, a failed build: say why once
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _state["cpp"] = f"the C++ LSTM kernels could not be built or loaded: {first}"
+        raise KernelUnavailable(_state["cpp"]) from None
+    _state["cpp"] = True
+
+
+def _apply_cpu_kernels() -> None:
+    """HDETACH_CPU_KERNELS (auto, avx2, generic) for this process, once, through the
+    extension's own ``set_kernels`` (later ``set_kernels`` calls are the caller's). A bad value,
+    or avx2 on a CPU without it, raises ValueError naming it, every time it is asked (the run
+    configuration rejects bad values first, with exit code 2)."""
+    if _state.get("cpu_kernels") is True:
+        return
+    if isinstance(_state.get("cpu_kernels"), str):
+        raise ValueError(_state["cpu_kernels"])
+    choice = os.environ.get(CPU_KERNELS_ENV, "auto")
+    error = None
+    if choice not in CPU_KERNELS:
+        error = f"{CPU_KERNELS_ENV} must be one of {', '.join(CPU_KERNELS)}, got {choice!r}"
+    else:
+        try:
+            torch.ops.hdetach.set_kernels(choice)
+        except RuntimeError as err:
+            error = f"{CPU_KERNELS_ENV}={choice}: {str(err).splitlines()[0]}"
+    _state["cpu_kernels"] = error or True
+    if error:
+        raise ValueError(error)
 
 
 def cpp_available() -> bool:
@@ -158,6 +185,9 @@ def main() -> int:
     except KernelUnavailable as err:
         print(f"trainables.kernels: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # a bad HDETACH_CPU_KERNELS
+        print(f"trainables.kernels: {err}", file=sys.stderr)
+        return 2
     blas = "BLAS" if torch.ops.hdetach.blas_linked() else "ATen GEMM fallback"
     print(f"trainables.kernels: C++ LSTM kernels ready in {cache_dir() / _build_name()} ({blas})")
     return 0

@@ -26,7 +26,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -288,16 +287,10 @@ void project_one(T* g, const T* x, const T* w, const T* bias, int64_t nb, int64_
 // compiler-vectorised pointwise passes above (any CPU, fp32 and fp64). "avx2": the fp32
 // kernels of lstm_avx2.h, chosen by default where the CPU has AVX2 and FMA but not AVX-512
 // (there the BLAS's AVX-512 kernels run near the core's peak, so the generic path stays).
-// `set_kernels` (and HDETACH_CPU_KERNELS=auto|avx2|generic at load time) overrides it.
+// `set_kernels` overrides it (trainables/kernels applies HDETACH_CPU_KERNELS through it).
 enum KernelChoice : int { kAuto = 0, kGeneric = 1, kAvx2 = 2 };
 
-KernelChoice choice_from_env() {
-  const char* env = std::getenv("HDETACH_CPU_KERNELS");
-  if (env != nullptr && std::strcmp(env, "generic") == 0) return kGeneric;
-  if (env != nullptr && std::strcmp(env, "avx2") == 0) return kAvx2;
-  return kAuto;
-}
-std::atomic<int> kernel_choice{choice_from_env()};
+std::atomic<int> kernel_choice{kAuto};
 
 bool avx2_can() {
 #if HDETACH_AVX2
