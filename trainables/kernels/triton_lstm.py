@@ -159,8 +159,8 @@ class _TritonLayer(torch.autograd.Function):
         gates = _projection(xs, w_ih, bias)
         cells = x.new_empty(T, K, B, H)
         tanh_c, y = torch.empty_like(cells), torch.empty_like(cells)
-        _run(_forward_loop, gates, h0.contiguous(), c0.contiguous(), w_hh.transpose(1, 2),
-             cells, tanh_c, y)  # fmt: skip
+        _run(_forward_loop, (gates, h0.contiguous(), c0.contiguous(), w_hh.transpose(1, 2),
+             cells, tanh_c, y), reads=4, writes=(0, 4, 5, 6))  # fmt: skip
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, y, h_keep, c_keep)
         ctx.has_bias, ctx.h_scale = bias is not None, h_scale
         ctx.mark_non_differentiable(*(m for m in (h_keep, c_keep) if m is not None))
@@ -177,8 +177,8 @@ class _TritonLayer(torch.autograd.Function):
         dc = dc_last.clone(memory_format=torch.contiguous_format)
         dgates = torch.empty_like(gates)
         rec = y.new_empty(K, B, H)
-        _run(_backward_loop, dys, dh_last.contiguous(), dc, gates, cells, tanh_c, c0.contiguous(),
-             w_hh.contiguous(), h_rs, c_fs, dgates, rec)  # fmt: skip
+        _run(_backward_loop, (dys, dh_last.contiguous(), dc, gates, cells, tanh_c, c0.contiguous(),
+             w_hh.contiguous(), h_rs, c_fs, dgates, rec), reads=10, writes=(2, 10, 11))  # fmt: skip
         dh0 = rec * h_rs[0].unsqueeze(-1)
         h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # (T, K, B, H)
         dw_hh = torch.einsum("tkbg,tkbh->kgh", dgates, h_prev)
@@ -201,9 +201,11 @@ def _graphs_on(tensor: torch.Tensor) -> bool:
     )
 
 
-def _run(loop, *args: torch.Tensor) -> None:
-    """Run a time loop; on CUDA, as a CUDA graph captured once per loop, shapes and dtype and
-    replayed on static copies of the arguments (copied back where the loop writes)."""
+def _run(loop, args: tuple[torch.Tensor, ...], reads: int, writes: tuple[int, ...]) -> None:
+    """Run a time loop over ``args``, of which the first ``reads`` are read and those at
+    ``writes`` are written (in full). On CUDA the loop is captured as a CUDA graph once per
+    loop, shapes, strides and dtype, and replayed on static buffers: the arguments it reads are
+    copied in, the ones it writes copied back out."""
     if not _graphs_on(args[0]):
         loop(*args)
         return
@@ -220,11 +222,11 @@ def _run(loop, *args: torch.Tensor) -> None:
             loop(*static)
         _GRAPHS[key] = (graph, static)
     graph, static = _GRAPHS[key]
-    for s, a in zip(static, args, strict=True):
+    for s, a in zip(static[:reads], args[:reads], strict=True):
         s.copy_(a)
     graph.replay()
-    for s, a in zip(static, args, strict=True):
-        a.copy_(s)  # the loop's outputs (inputs come back unchanged)
+    for i in writes:
+        args[i].copy_(static[i])
 
 
 def layer(x, h0, c0, w_ih, w_hh, bias, h_keep, c_keep, h_scale, grad_on, keep_steps=None):
