@@ -90,9 +90,9 @@ def check_oracle(device, backend: str, graphs: bool, mode: str) -> float:
     x = torch.randn(T, K, B, I, dtype=F64)
     masks = model.sample_masks(T, B, [torch.Generator().manual_seed(k) for k in range(K)])
     other = model.sample_masks(T, B, [torch.Generator().manual_seed(K + k) for k in range(K)])
-    # The second call replays the graphs the first captured, on other inputs and masks: a
-    # value the replay failed to copy in or out would show as the first call's.
-    for xi, mi in ((0.5 - x, other), (x, masks)):
+    # Call 1 runs eagerly, 2 captures, 3 and 4 replay: on other inputs and masks than the call
+    # before, so a replay that read stale memory would show.
+    for xi, mi in ((0.5 - x, other), (x, masks)) * 2:
         y, (h, c) = model(xi.to(device), masks=mi)
         grads = torch.autograd.grad(_loss(y, h, c), list(model.parameters()))
     worst = 0.0
@@ -131,6 +131,37 @@ def _check_cudnn(device, backend: str) -> float:
     return worst
 
 
+def check_graph_training(device) -> float:
+    """Five fp64 training steps with graphs against the same steps without: the largest
+    difference of the losses and final weights (0 expected); fails if no graph was replayed."""
+    from trainables.kernels import triton_lstm
+
+    results = []
+    for graphs in (False, True):
+        _graphs(graphs)
+        torch.manual_seed(0)
+        model = HDetachLSTM(2, 8, 2, p_detach=0.5, members=2, dtype=F64, backend="triton")
+        model.to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(0)
+        before = triton_lstm.graph_stats()["replays"]
+        losses = []
+        for _ in range(5):
+            x = torch.randn(15, 2, 4, 2, dtype=F64, generator=gen).to(device)
+            loss = model(x, generator=[gen, gen])[0].square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        replays = triton_lstm.graph_stats()["replays"] - before
+        if graphs:  # 2 layers x (forward, backward) = 4 loops a step
+            print(f"  graphs in 5 training steps: {replays} loops replayed of 20")
+        if graphs and replays == 0:
+            raise AssertionError("no CUDA graph was replayed in five training steps")
+        results.append(torch.cat([torch.stack(losses), *(p.flatten() for p in model.parameters())]))
+    return (results[0] - results[1]).abs().max().item()
+
+
 def run_checks(device) -> list[dict]:
     rows = []
     variants = [("torch", False), ("triton", False), ("triton", True)]
@@ -142,6 +173,9 @@ def run_checks(device) -> list[dict]:
                 return check_oracle(device, b, g, m)
 
             rows.append(_check(label, 1e-10, fn))
+    if device.type == "cuda":
+        rows.append(_check("graphs replayed in training = eager", 1e-12,
+                           lambda: check_graph_training(device)))  # fmt: skip
     for backend in ("torch", "triton"):
         rows.append(_check(f"nn.LSTM fp32 p=0 {backend}", 1e-4,
                            lambda b=backend: check_cudnn(device, b)))  # fmt: skip
@@ -162,6 +196,12 @@ def _check(name: str, tolerance: float, fn: Callable[[], float]) -> dict:
 
 def _short(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1][:300]
+
+
+def _graph_stats() -> dict[str, int]:
+    if "trainables.kernels.triton_lstm" not in sys.modules:
+        return {}
+    return sys.modules["trainables.kernels.triton_lstm"].graph_stats()
 
 
 # -- speed ---------------------------------------------------------------------------------
@@ -226,15 +266,21 @@ def run_bench(shapes, members, repeats, device, deadline) -> list[dict]:
         times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
         errors: dict[str, str] = {}
 
-        def timed(label, fn, times=times, errors=errors):
+        replays: dict[str, list[int]] = {label: [0, 0] for label, _, _ in cases}
+
+        def timed(label, fn, times=times, errors=errors, replays=replays):
             if label in errors:
                 return
             try:
+                stats = _graph_stats()
                 _sync(device)
                 start = time.perf_counter()
                 fn()
                 _sync(device)
                 times[label].append(time.perf_counter() - start)
+                after = _graph_stats()
+                replays[label][0] += after.get("captures", 0) - stats.get("captures", 0)
+                replays[label][1] += after.get("replays", 0) - stats.get("replays", 0)
             except Exception as exc:
                 errors[label] = _short(exc)
                 if device.type == "cuda":  # e.g. out of memory: free the cache for the rest
@@ -244,6 +290,7 @@ def run_bench(shapes, members, repeats, device, deadline) -> list[dict]:
             timed(label, fn)
             timed(label, fn)
             times[label].clear()
+            replays[label] = [0, 0]
         for _ in range(repeats):
             if time.monotonic() > deadline:
                 break
@@ -257,6 +304,8 @@ def run_bench(shapes, members, repeats, device, deadline) -> list[dict]:
                 row["seconds_per_seed"] = row["median_s"] / seeds
             if label in errors:
                 row["error"] = errors[label]
+            if "graphs" in label:  # of the timed calls' loops: captured anew, replayed
+                row["graph_captures"], row["graph_replays"] = replays[label]
             rows.append(row)
             shown = f"{row['median_s']:9.5f} {row['seconds_per_seed']:9.5f}" if t else "   failed"
             print(f"  {name:<8} {label:<52} {shown}  {row.get('error', '')}")

@@ -21,7 +21,7 @@ def _grads(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]
 
 
 def _loss(y: torch.Tensor, h: torch.Tensor, c: torch.Tensor, every_step: bool) -> torch.Tensor:
-    weights = torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)
+    weights = torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype, device=y.device)
     out = (y * weights).sin().sum() if every_step else (y[-1] * weights).sin().sum()
     return out + 0.3 * h.sum() + 0.7 * c.sum()
 
@@ -390,8 +390,9 @@ def test_cuda_gradients_equal_the_oracle(cuda_backend, mode):
     x = torch.randn(T, K, B, I, dtype=F64)
     masks = cpu.sample_masks(T, B, [torch.Generator().manual_seed(k) for k in range(K)])
     other = cpu.sample_masks(T, B, [torch.Generator().manual_seed(K + k) for k in range(K)])
-    # The second call replays the graphs captured by the first, on other inputs and masks.
-    for xi, mi in ((0.5 - x, other), (x, masks)):
+    # Call 1 runs eagerly, 2 captures graphs, 3 and 4 replay them: each on other inputs and
+    # masks than the call before, so a replay that read stale memory would show.
+    for xi, mi in ((0.5 - x, other), (x, masks)) * 2:
         y, (h, c) = gpu(xi.cuda(), masks=mi)
         grads = torch.autograd.grad(_loss(y, h, c, True), list(gpu.parameters()))
     for k in range(K):
@@ -399,11 +400,39 @@ def test_cuda_gradients_equal_the_oracle(cuda_backend, mode):
             h=None if masks.h is None else masks.h[k : k + 1],
             c=None if masks.c is None else masks.c[k : k + 1],
         )
-        y_ref, (h_ref, c_ref) = oracle_lstm(cpu.member(k), x[:, k], masks=member_masks)
-        ref = torch.autograd.grad(_loss(y_ref, h_ref, c_ref, True), list(singles[k].parameters()))
+        member = cpu.member(k)
+        y_ref, (h_ref, c_ref) = oracle_lstm(member, x[:, k], masks=member_masks)
+        ref = torch.autograd.grad(_loss(y_ref, h_ref, c_ref, True), list(member.parameters()))
         assert (y[:, k].cpu() - y_ref).abs().max() <= 1e-12
         for g, r in zip(grads, ref, strict=True):
             assert (g[k].cpu() - r).abs().max() <= 1e-10
+
+
+@needs_cuda
+def test_cuda_graphs_replay_every_training_step_with_eager_results(monkeypatch):
+    """A training loop allocates its buffers at the same addresses each step, so the graphs
+    captured on step 2 replay from step 3 on; the weights after 6 steps equal an eager run's."""
+    from trainables.kernels import triton_lstm
+
+    final = {}
+    for graphs in ("0", "1"):
+        monkeypatch.setenv("HDETACH_CUDA_GRAPHS", graphs)
+        torch.manual_seed(1)
+        model = HDetachLSTM(2, 8, 2, p_detach=0.5, members=2, dtype=F64, backend="triton").cuda()
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        gen = torch.Generator().manual_seed(1)
+        start = triton_lstm.graph_stats()
+        for _ in range(6):
+            x = torch.randn(11, 2, 4, 2, dtype=F64, generator=gen).cuda()
+            opt.zero_grad()
+            model(x, generator=[gen, gen])[0].sin().sum().backward()
+            opt.step()
+        end = triton_lstm.graph_stats()
+        final[graphs] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    # 2 layers x (forward + backward) = 4 loops a step; steps 3..6 replay (eager: step 1 only
+    # for shapes not seen before in this process).
+    assert end["replays"] - start["replays"] >= 4 * 4
+    assert (final["0"] - final["1"]).abs().max() <= 1e-12
 
 
 @needs_cuda

@@ -5,8 +5,9 @@ Per step, one batched GEMM (``torch.baddbmm``/``torch.bmm``, cuBLAS) for the rec
 of every member, then ONE Triton launch for the step's pointwise work of every member and
 sample: gates, cell and hidden state forward; gate gradients and the cell gradient
 backward. Masks live on the device as per-(step, member, sample) factors (``scale * keep``),
-so the loop has no host branch and the whole of it, for one layer, is captured once per shape
-as a CUDA graph and replayed: one launch per layer and pass instead of 2T. Blocked steps are
+so the loop has no host branch and the whole of it, for one layer, is captured as a CUDA graph
+on its own buffers and replayed while the allocator hands back the same ones (every step of a
+training loop): one launch per layer and pass instead of 2T. Blocked steps are
 multiplied by zero here rather than skipped (on a GPU the branch costs more than the
 product).
 
@@ -159,8 +160,8 @@ class _TritonLayer(torch.autograd.Function):
         gates = _projection(xs, w_ih, bias)
         cells = x.new_empty(T, K, B, H)
         tanh_c, y = torch.empty_like(cells), torch.empty_like(cells)
-        _run(_forward_loop, (gates, h0.contiguous(), c0.contiguous(), w_hh.transpose(1, 2),
-             cells, tanh_c, y), reads=4, writes=(0, 4, 5, 6))  # fmt: skip
+        _run(_forward_loop, gates, h0.contiguous(), c0.contiguous(), w_hh.transpose(1, 2),
+             cells, tanh_c, y)  # fmt: skip
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, y, h_keep, c_keep)
         ctx.has_bias, ctx.h_scale = bias is not None, h_scale
         ctx.mark_non_differentiable(*(m for m in (h_keep, c_keep) if m is not None))
@@ -177,8 +178,8 @@ class _TritonLayer(torch.autograd.Function):
         dc = dc_last.clone(memory_format=torch.contiguous_format)
         dgates = torch.empty_like(gates)
         rec = y.new_empty(K, B, H)
-        _run(_backward_loop, (dys, dh_last.contiguous(), dc, gates, cells, tanh_c, c0.contiguous(),
-             w_hh.contiguous(), h_rs, c_fs, dgates, rec), reads=10, writes=(2, 10, 11))  # fmt: skip
+        _run(_backward_loop, dys, dh_last.contiguous(), dc, gates, cells, tanh_c, c0.contiguous(),
+             w_hh.contiguous(), h_rs, c_fs, dgates, rec)  # fmt: skip
         dh0 = rec * h_rs[0].unsqueeze(-1)
         h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # (T, K, B, H)
         dw_hh = torch.einsum("tkbg,tkbh->kgh", dgates, h_prev)
@@ -190,7 +191,20 @@ class _TritonLayer(torch.autograd.Function):
 
 # -- CUDA graphs ---------------------------------------------------------------------------
 
-_GRAPHS: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor]]] = {}
+#: Graphs kept per loop and shape (most recently used last), each with the addresses it was
+#: captured on. A training loop allocates the same buffers in the same order every step, so
+#: PyTorch's caching allocator hands back the same addresses and one graph replays every step;
+#: evaluation or a second model in between can alternate between a few.
+MAX_GRAPHS_PER_SHAPE = 4
+_GRAPHS: dict[tuple, list[tuple[tuple[int, ...], torch.cuda.CUDAGraph]]] = {}
+_STATS = {"eager": 0, "captures": 0, "replays": 0}
+_capture_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def graph_stats() -> dict[str, int]:
+    """How the CUDA time loops ran in this process: ``eager`` (the first run of a shape, which
+    compiles the kernels), ``captures`` and ``replays``."""
+    return dict(_STATS)
 
 
 def _graphs_on(tensor: torch.Tensor) -> bool:
@@ -201,32 +215,56 @@ def _graphs_on(tensor: torch.Tensor) -> bool:
     )
 
 
-def _run(loop, args: tuple[torch.Tensor, ...], reads: int, writes: tuple[int, ...]) -> None:
-    """Run a time loop over ``args``, of which the first ``reads`` are read and those at
-    ``writes`` are written (in full). On CUDA the loop is captured as a CUDA graph once per
-    loop, shapes, strides and dtype, and replayed on static buffers: the arguments it reads are
-    copied in, the ones it writes copied back out."""
+def _run(loop, *args: torch.Tensor) -> None:
+    """Run a time loop; on CUDA as a CUDA graph, captured on the arguments themselves (no
+    static copies: they would double the activations' memory and cost a copy each way).
+
+    A graph is replayed only where every argument has the address, shape, strides and dtype
+    it was captured with, so it touches exactly the memory of this call's arguments; memory the
+    loop allocates while captured lives in the graph's own pool. The first run of a shape is
+    eager (Triton compiles, cuBLAS picks its kernels); a call on other addresses captures anew.
+    """
     if not _graphs_on(args[0]):
         loop(*args)
         return
-    key = (loop.__name__, tuple((a.shape, a.dtype, a.stride()) for a in args), args[0].device)
-    if key not in _GRAPHS:
-        static = [a.clone() for a in args]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up: Triton compiles, cuBLAS picks kernels
-            loop(*static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loop(*static)
-        _GRAPHS[key] = (graph, static)
-    graph, static = _GRAPHS[key]
-    for s, a in zip(static[:reads], args[:reads], strict=True):
-        s.copy_(a)
+    key = (loop.__name__, args[0].device, tuple((a.shape, a.stride(), a.dtype) for a in args))
+    where = tuple(a.data_ptr() for a in args)
+    graphs = _GRAPHS.get(key)
+    if graphs is None:
+        _GRAPHS[key] = []
+        loop(*args)
+        _STATS["eager"] += 1
+        return
+    for i, (addresses, graph) in enumerate(graphs):
+        if addresses == where:
+            graphs.append(graphs.pop(i))
+            graph.replay()
+            _STATS["replays"] += 1
+            return
+    graph = _capture(loop, args)
+    graphs.append((where, graph))
+    if len(graphs) > MAX_GRAPHS_PER_SHAPE:
+        del graphs[0]
     graph.replay()
-    for i in writes:
-        args[i].copy_(static[i])
+    _STATS["captures"] += 1
+
+
+def _capture(loop, args) -> torch.cuda.CUDAGraph:
+    """Capture ``loop(*args)`` on a side stream. Unlike ``torch.cuda.graph`` this does not
+    empty the allocator's cache first, which would move the next step's buffers to other
+    addresses and make every later call capture again."""
+    device = args[0].device
+    stream = _capture_streams.setdefault(device, torch.cuda.Stream(device))
+    stream.wait_stream(torch.cuda.current_stream(device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        graph.capture_begin()
+        try:
+            loop(*args)
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return graph
 
 
 def layer(x, h0, c0, w_ih, w_hh, bias, h_keep, c_keep, h_scale, grad_on, keep_steps=None):
