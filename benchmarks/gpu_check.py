@@ -156,8 +156,8 @@ def check_graph_training(device) -> float:
         replays = triton_lstm.graph_stats()["replays"] - before
         if graphs:  # 2 layers x (forward, backward) = 4 loops a step
             print(f"  graphs in 5 training steps: {replays} loops replayed of 20")
-        if graphs and replays == 0:
-            raise AssertionError("no CUDA graph was replayed in five training steps")
+        if graphs and replays < 12:  # step 1 eager, step 2 captures, 3 to 5 replay
+            raise AssertionError(f"CUDA graphs replayed {replays} of 20 loops in 5 steps")
         results.append(torch.cat([torch.stack(losses), *(p.flatten() for p in model.parameters())]))
     return (results[0] - results[1]).abs().max().item()
 

@@ -160,8 +160,8 @@ class _TritonLayer(torch.autograd.Function):
         gates = _projection(xs, w_ih, bias)
         cells = x.new_empty(T, K, B, H)
         tanh_c, y = torch.empty_like(cells), torch.empty_like(cells)
-        _run(_forward_loop, gates, h0.contiguous(), c0.contiguous(), w_hh.transpose(1, 2),
-             cells, tanh_c, y)  # fmt: skip
+        _run(_forward_loop, (gates, h0.contiguous(), c0.contiguous(), w_hh.transpose(1, 2),
+             cells, tanh_c, y), reads=4, writes=(0, 4, 5, 6))  # fmt: skip
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, cells, tanh_c, y, h_keep, c_keep)
         ctx.has_bias, ctx.h_scale = bias is not None, h_scale
         ctx.mark_non_differentiable(*(m for m in (h_keep, c_keep) if m is not None))
@@ -178,8 +178,8 @@ class _TritonLayer(torch.autograd.Function):
         dc = dc_last.clone(memory_format=torch.contiguous_format)
         dgates = torch.empty_like(gates)
         rec = y.new_empty(K, B, H)
-        _run(_backward_loop, dys, dh_last.contiguous(), dc, gates, cells, tanh_c, c0.contiguous(),
-             w_hh.contiguous(), h_rs, c_fs, dgates, rec)  # fmt: skip
+        _run(_backward_loop, (dys, dh_last.contiguous(), dc, gates, cells, tanh_c, c0.contiguous(),
+             w_hh.contiguous(), h_rs, c_fs, dgates, rec), reads=10, writes=(2, 10, 11))  # fmt: skip
         dh0 = rec * h_rs[0].unsqueeze(-1)
         h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # (T, K, B, H)
         dw_hh = torch.einsum("tkbg,tkbh->kgh", dgates, h_prev)
@@ -191,12 +191,15 @@ class _TritonLayer(torch.autograd.Function):
 
 # -- CUDA graphs ---------------------------------------------------------------------------
 
-#: Graphs kept per loop and shape (most recently used last), each with the addresses it was
-#: captured on. A training loop allocates the same buffers in the same order every step, so
-#: PyTorch's caching allocator hands back the same addresses and one graph replays every step;
-#: evaluation or a second model in between can alternate between a few.
+#: Graphs kept per loop and shape (most recently used last), each with the addresses of the
+#: large arguments it was captured on. A training loop allocates its large buffers in the same
+#: order every step, so PyTorch's caching allocator hands back the same addresses and one graph
+#: replays every step; evaluation or a second model in between can alternate between a few.
 MAX_GRAPHS_PER_SHAPE = 4
-_GRAPHS: dict[tuple, list[tuple[tuple[int, ...], torch.cuda.CUDAGraph]]] = {}
+#: Arguments up to this size (the caching allocator's small-block limit, where addresses move
+#: with every other small tensor) are copied in and out of the graph's own buffers instead.
+SMALL_BYTES = 1 << 20
+_GRAPHS: dict[tuple, list[tuple[tuple[int, ...], torch.cuda.CUDAGraph, dict]]] = {}
 _STATS = {"eager": 0, "captures": 0, "replays": 0}
 _capture_streams: dict[torch.device, torch.cuda.Stream] = {}
 
@@ -215,38 +218,53 @@ def _graphs_on(tensor: torch.Tensor) -> bool:
     )
 
 
-def _run(loop, *args: torch.Tensor) -> None:
-    """Run a time loop; on CUDA as a CUDA graph, captured on the arguments themselves (no
-    static copies: they would double the activations' memory and cost a copy each way).
+def _run(loop, args: tuple[torch.Tensor, ...], reads: int, writes: tuple[int, ...]) -> None:
+    """Run a time loop over ``args`` (it reads the first ``reads`` and writes those at
+    ``writes`` in full); on CUDA as a CUDA graph.
 
-    A graph is replayed only where every argument has the address, shape, strides and dtype
-    it was captured with, so it touches exactly the memory of this call's arguments; memory the
-    loop allocates while captured lives in the graph's own pool. The first run of a shape is
-    eager (Triton compiles, cuBLAS picks its kernels); a call on other addresses captures anew.
+    Large arguments (the per-step activations) are captured in place, not copied: copies would
+    double the activations' memory and cost a pass each way. A graph is replayed only where
+    every large argument has the address, shape, strides and dtype it was captured with, so it
+    touches exactly this call's memory. Small arguments (states, weights, per-step factors) go
+    through the graph's own buffers. The first run of a shape is eager (Triton compiles, cuBLAS
+    picks its kernels); a call on other addresses captures anew.
     """
     if not _graphs_on(args[0]):
         loop(*args)
         return
     key = (loop.__name__, args[0].device, tuple((a.shape, a.stride(), a.dtype) for a in args))
-    where = tuple(a.data_ptr() for a in args)
+    small = [i for i, a in enumerate(args) if a.numel() * a.element_size() <= SMALL_BYTES]
+    where = tuple(a.data_ptr() for i, a in enumerate(args) if i not in small)
     graphs = _GRAPHS.get(key)
     if graphs is None:
         _GRAPHS[key] = []
         loop(*args)
         _STATS["eager"] += 1
         return
-    for i, (addresses, graph) in enumerate(graphs):
-        if addresses == where:
+    for i, entry in enumerate(graphs):
+        if entry[0] == where:
             graphs.append(graphs.pop(i))
-            graph.replay()
+            _replay(entry, args, reads, writes)
             _STATS["replays"] += 1
             return
-    graph = _capture(loop, args)
-    graphs.append((where, graph))
+    own = {i: args[i].clone() for i in small}
+    graph = _capture(loop, [own.get(i, a) for i, a in enumerate(args)])
+    graphs.append((where, graph, own))
     if len(graphs) > MAX_GRAPHS_PER_SHAPE:
         del graphs[0]
-    graph.replay()
+    _replay(graphs[-1], args, reads, writes)
     _STATS["captures"] += 1
+
+
+def _replay(entry, args, reads: int, writes: tuple[int, ...]) -> None:
+    _, graph, own = entry
+    for i, buffer in own.items():
+        if i < reads:
+            buffer.copy_(args[i])
+    graph.replay()
+    for i in writes:
+        if i in own:
+            args[i].copy_(own[i])
 
 
 def _capture(loop, args) -> torch.cuda.CUDAGraph:
