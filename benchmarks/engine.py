@@ -14,6 +14,9 @@ process 10-100x slower. The C++ backend flushes them in its own threads; the oth
 run as a user runs them (the process default) unless ``--flush-denormals`` sets
 ``torch.set_flush_denormal(True)`` for everyone.
 
+The JSON rows also carry each case's median count of minor page faults per run: a case whose
+buffers the allocator could not reuse (memory faulted in afresh) shows there, not as noise.
+
     python benchmarks/engine.py [--shape copying|mnist] [--repeats 7] [--flush-denormals]
         [--json out.json]
 """
@@ -24,6 +27,7 @@ import argparse
 import datetime
 import json
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -68,6 +72,7 @@ class Case:
     def __init__(self, label: str, group: str, run: Callable[[], float], seeds: int = 1):
         self.label, self.group, self.run, self.seeds = label, group, run, seeds
         self.times: list[float] = []
+        self.faults: list[int] = []  # minor page faults of the process during each run
 
 
 def build_cases(shape: Shape, members: list[int]) -> list[Case]:
@@ -201,7 +206,9 @@ def run(shape: Shape, repeats: int, members: list[int]) -> list[dict]:
         case.run()
     for _ in range(repeats):
         for case in cases:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             case.times.append(case.run())
+            case.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
     return [
         {
             "shape": shape.name,
@@ -211,6 +218,7 @@ def run(shape: Shape, repeats: int, members: list[int]) -> list[dict]:
             "seconds_per_seed": statistics.median(c.times) / c.seeds,
             "min_s": min(c.times),
             "repeats": len(c.times),
+            "page_faults": statistics.median(c.faults),
         }
         for c in cases
     ]
