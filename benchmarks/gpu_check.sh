@@ -3,7 +3,9 @@
 # PyTorch and Triton installed; no Ray, no MLflow):
 #   1. the CUDA correctness checks (benchmarks/gpu_check.py; plus the CUDA tests of
 #      tests/trainables/test_engine.py where pytest is installed),
-#   2. the engine benchmark: authors' loop, cuDNN nn.LSTM, engine torch / triton / triton +
+#   2. the real trainer on CUDA (benchmarks/gpu_train_check.py: copying, smoke preset, 16 seeds
+#      as members; Triton with and without CUDA graphs, and the PyTorch path),
+#   3. the engine benchmark: authors' loop, cuDNN nn.LSTM, engine torch / triton / triton +
 #      CUDA graphs at K = 1, 16, 64 seed members, both paper shapes.
 # Writes gpu_check.json (and the logs) into $OUT if set, else into benchmarks/.
 #
@@ -25,6 +27,8 @@ if "$PY" -c "import pytest" 2>/dev/null; then
   timeout 150 "$PY" -m pytest -q -p no:cacheprovider --noconftest -o addopts="" \
     tests/trainables/test_engine.py -k test_cuda 2>&1 | tee "$dest/gpu_pytest.log" || status=1
 fi
+timeout 200 "$PY" benchmarks/gpu_train_check.py --out "$dest/gpu_train_check.json" 2>&1 \
+  | tee "$dest/gpu_train_check.log" || status=1
 timeout 400 "$PY" benchmarks/gpu_check.py --out "$dest/gpu_check.json" --budget 300 --repeats 9 2>&1 \
   | tee "$dest/gpu_check.log" || status=1
 exit $status
