@@ -12,6 +12,12 @@ caps the trials running at once (Optuna alone would start them one at a time).
 Config ids are derived from the parameters (``config_id``), so a repeated suggestion and a
 restarted study find the same configuration, its runs and its results.
 
+Resuming: Tune restores this searcher from its last periodic snapshot, which can predate the
+last configurations drawn, while the Optuna storage recorded every draw as it happened. A
+configuration drawn after the snapshot is an Optuna trial still RUNNING that the restored
+``OptunaSearch`` does not know; it is taken up again (same parameters, same slot) before
+anything new is drawn, rather than replaced by a fresh sample and left half-run.
+
 With ``sequential`` (``--seeds auto``) the seeds are not fixed in advance: every configuration
 and its baseline start on the design's first ``min_seeds`` seeds; whenever both have
 finished the same stage, the paired comparison is analysed (``study/sequential.py``) and,
@@ -152,7 +158,7 @@ class PairedSeedSearcher(Searcher):
                 # Sequentially, a configuration still waiting for a look may need more seeds.
                 return Searcher.FINISHED if self._all_stopped() else None
             optuna_id = f"config-{self.suggested}"
-            params = self.searcher.suggest(optuna_id)
+            params = self._take_up_orphan(optuna_id) or self.searcher.suggest(optuna_id)
             if params is None:
                 return None
             if params == Searcher.FINISHED:
@@ -240,6 +246,26 @@ class PairedSeedSearcher(Searcher):
         return c.get("outcome", {})
 
     # -- internals ------------------------------------------------------------------------
+
+    def _take_up_orphan(self, optuna_id: str) -> dict | None:
+        """The parameters of the oldest Optuna trial a killed driver drew after the snapshot
+        this searcher was restored from (RUNNING in the storage, unknown to the restored
+        ``OptunaSearch``), bound to ``optuna_id``; None if there is none (or the inner
+        searcher is not an ``OptunaSearch``)."""
+        study = getattr(self.searcher, "_ot_study", None)
+        known = getattr(self.searcher, "_ot_trials", None)
+        if study is None or known is None:
+            return None
+        import optuna
+
+        numbers = {t.number for t in known.values()}
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        orphans = sorted((t for t in running if t.number not in numbers), key=lambda t: t.number)
+        if not orphans:
+            return None
+        frozen = orphans[0]
+        known[optuna_id] = optuna.trial.Trial(study, frozen._trial_id)
+        return dict(frozen.params)
 
     def _add(self, params: dict, optuna_id: str | None) -> None:
         p, lr, clip = float(params["p_detach"]), normalise_lr(params["lr"]), bool(params["clip"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import optuna
 import pytest
@@ -13,7 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 from study.searcher import OBJECTIVE, PairedSeedSearcher, config_id, objective_value
 
 
-def _searcher(max_configs=2, blocks=((0, 1), (2, 3)), space=None, sampler=None):
+def _searcher(max_configs=2, blocks=((0, 1), (2, 3)), space=None, sampler=None, storage=None):
     space = space or {
         "p_detach": CategoricalDistribution([0.25, 0.5]),
         "lr": FloatDistribution(1e-4, 1e-2, log=True),
@@ -25,7 +26,7 @@ def _searcher(max_configs=2, blocks=((0, 1), (2, 3)), space=None, sampler=None):
         mode="max",
         sampler=sampler or optuna.samplers.TPESampler(seed=0),
         study_name="test",
-        storage=optuna.storages.InMemoryStorage(),
+        storage=storage or optuna.storages.InMemoryStorage(),
     )
     return PairedSeedSearcher(inner, seed_blocks=[list(b) for b in blocks], max_configs=max_configs)
 
@@ -100,6 +101,37 @@ def test_state_round_trips_without_the_inner_searcher():
     fresh = _searcher(max_configs=1)
     fresh.set_state(state)
     assert fresh.trials == searcher.trials and fresh.queue == searcher.queue
+
+
+def test_a_configuration_drawn_after_the_last_snapshot_is_taken_up_again_on_resume(tmp_path):
+    """Tune restores the searcher from its last periodic snapshot; the Optuna journal holds
+    every draw. A configuration drawn after the snapshot (an Optuna trial still RUNNING that
+    the restored searcher does not know) comes back with the same parameters in the same
+    slot, instead of a fresh sample that would leave it half-run."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = str(tmp_path / "study.journal")
+
+    def driver():
+        return _searcher(blocks=((0,),), storage=JournalStorage(JournalFileBackend(journal)))
+
+    killed = driver()
+    before = [killed.suggest("t0"), killed.suggest("t1")]  # config-0 and its baseline
+    state, inner = pickle.dumps(killed.get_state()), tmp_path / "inner.pkl"
+    killed.save(str(inner))  # the last snapshot, pickled as Tune pickles it
+    after = [killed.suggest("t2"), killed.suggest("t3")]  # config-1 drawn; then the kill
+    assert after[1]["config_id"] != before[1]["config_id"]
+
+    resumed = driver()
+    resumed.set_state(pickle.loads(state))
+    resumed.restore(str(inner))
+    assert [resumed.suggest("t2"), resumed.suggest("t3")] == after
+    study = resumed.searcher._ot_study
+    assert len(study.trials) == 2  # nothing drawn afresh
+    resumed.on_trial_complete("t3", _finals([0.5]))
+    assert study.trials[1].state == optuna.trial.TrialState.COMPLETE  # told, not orphaned
+    assert resumed.suggest("t4") in (None, Searcher.FINISHED)
 
 
 @pytest.mark.parametrize(
