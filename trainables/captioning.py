@@ -45,8 +45,8 @@ def _linear(n_in: int, n_out: int, gen: torch.Generator) -> nn.Linear:
     return lin
 
 
-def _stack(singles: list[nn.Linear], device) -> MemberLinear:
-    return MemberLinear.from_members(singles).to(device)
+def _stack(singles: list[nn.Linear], device, backend: str) -> MemberLinear:
+    return MemberLinear.from_members(singles, backend).to(device)
 
 
 def beam_search(
@@ -143,7 +143,7 @@ class CaptioningTrainer(Trainer):
             elif name == "lstm":
                 modules[name] = HDetachLSTM.from_members(singles).to(self.device)
             else:
-                modules[name] = _stack(singles, self.device)
+                modules[name] = _stack(singles, self.device, cfg.backend)
         return modules
 
     # -- the decoder, teacher-forced -------------------------------------------------------

@@ -128,7 +128,7 @@ class LanguageModelTrainer(Trainer):
         modules["head"] = (
             TiedDecoder(modules["embedding"]).to(self.device)
             if cfg.tie_weights
-            else MemberLinear.from_members(heads).to(self.device)
+            else MemberLinear.from_members(heads, cfg.backend).to(self.device)
         )
         self.dropout_gens = [stream_generator(s, "dropout") for s in cfg.seeds]
         self.train_streams = batchify(data.train, cfg.batch_size)

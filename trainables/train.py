@@ -163,7 +163,7 @@ class Trainer:
         singles = [build_member(cfg, data.input_size, data.num_classes, s) for s in cfg.seeds]
         return {
             "lstm": HDetachLSTM.from_members([m[0] for m in singles]).to(self.device),
-            "head": MemberLinear.from_members([m[1] for m in singles]).to(self.device),
+            "head": MemberLinear.from_members([m[1] for m in singles], cfg.backend).to(self.device),
         }
 
     def _epoch_start(self) -> None:

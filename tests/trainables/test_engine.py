@@ -289,6 +289,94 @@ def test_members_equal_separate_modules(backend):
     assert torch.equal(group_head.member(1).weight, heads[1].weight)
 
 
+def _head_case(K, lead, B, n_in, n_out, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    linears = [nn.Linear(n_in, n_out, dtype=dtype) for _ in range(K)]
+    with torch.no_grad():
+        for lin in linears:
+            lin.weight.uniform_(-1, 1, generator=gen)
+            lin.bias.uniform_(-1, 1, generator=gen)
+    x = torch.randn(*lead, K, B, n_in, dtype=dtype, generator=gen)
+    g = torch.randn(*lead, K, B, n_out, dtype=dtype, generator=gen)
+    return linears, x, g
+
+
+def _head_grads(head: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    x = x.clone().requires_grad_()
+    out = head(x)
+    grads = torch.autograd.grad(out, [x, *head.parameters()], g)
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-12), (torch.float32, 2e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    "K,lead,B,n_in,n_out",
+    [(3, (7,), 5, 37, 9), (1, (), 40, 5, 1), (2, (3, 2), 41, 128, 32), (4, (20,), 2, 16, 10)],
+    ids=["tails", "one-row-input", "widest", "more-chunks-than-members"],
+)
+def test_member_head_equals_separate_linears(backend, dtype, tol, K, lead, B, n_in, n_out):
+    """Every member's output and gradients (input, weight, bias) equal nn.Linear's, on shapes
+    that reach the kernels' row and column tails, several row blocks and leading dims."""
+    linears, x, g = _head_case(K, lead, B, n_in, n_out, dtype)
+    head = MemberLinear.from_members(linears, backend=backend)
+    out, dx, dw, db = _head_grads(head, x, g)
+    assert out.shape == (*lead, K, B, n_out)
+    for k, lin in enumerate(linears):
+        ref = _head_grads(lin, x[..., k, :, :], g[..., k, :, :])
+        for got, want in zip((out[..., k, :, :], dx[..., k, :, :], dw[k], db[k]), ref, strict=True):
+            assert (got - want).abs().max() <= tol * max(1.0, want.abs().max().item())
+
+
+def test_member_head_gradcheck(backend):
+    linears, x, _ = _head_case(2, (3,), 5, 6, 4, F64)
+    head = MemberLinear.from_members(linears, backend=backend)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w, b: head(x), (x, head.weight, head.bias))
+
+
+def test_member_head_is_bitwise_reproducible_for_any_thread_count(backend):
+    """The weight gradient sums per fixed work unit, in unit order: same bits on 1 or 2
+    threads (and every run)."""
+    linears, x, g = _head_case(3, (50,), 20, 24, 9, torch.float32)
+    head = MemberLinear.from_members(linears, backend=backend)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _head_grads(head, x, g)
+        torch.set_num_threads(2)
+        two = _head_grads(head, x, g)
+        again = _head_grads(head, x, g)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(one, two, again, strict=True):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
+def test_a_wide_member_head_runs_the_batched_matmuls():
+    """Above HEAD_CPP_MAX_OUT outputs (a vocabulary) the C++ head would be slower than the
+    BLAS: the cpp backend then gives the torch path's bits."""
+    from trainables.engine import HEAD_CPP_MAX_OUT
+
+    linears, x, g = _head_case(2, (4,), 6, 16, HEAD_CPP_MAX_OUT + 1, torch.float32)
+    wide = [
+        _head_grads(MemberLinear.from_members(linears, backend=b), x, g) for b in ("cpp", "torch")
+    ]
+    for a, b in zip(*wide, strict=True):
+        assert torch.equal(a, b)
+    linears, x, g = _head_case(2, (4,), 6, 16, HEAD_CPP_MAX_OUT, torch.float32)
+    narrow = [
+        _head_grads(MemberLinear.from_members(linears, backend=b), x, g) for b in ("cpp", "torch")
+    ]
+    assert not all(torch.equal(a, b) for a, b in zip(*narrow, strict=True))  # really the kernels
+
+
+def test_member_head_rejects_an_unknown_backend_naming_it():
+    with pytest.raises(
+        ValueError, match="backend must be one of auto, cpp, torch, triton, got 'fast'"
+    ):
+        MemberLinear(2, 4, 3, backend="fast")
+
+
 def test_masks_reproducible_and_drawn_per_scope():
     lstm = HDetachLSTM(1, 4, num_layers=3, p_detach=0.5, mask_scope="per_layer")
     a = lstm.sample_masks(50, 2, torch.Generator().manual_seed(7))
