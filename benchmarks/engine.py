@@ -5,7 +5,8 @@ All contenders run in one process, interleaved (repeat r times every contender o
 a warm-up; the figure is the median. One training step = forward, loss, backward (the
 "backward only" rows time the step's backward pass alone, head and loss included; the "layer
 backward only" rows the LSTM layer's own backward from a fixed dL/dy, which is what h-detach
-shortens: claim C9's figure). Shapes are the paper's: copying (T=120,
+shortens: claim C9's figure; the "trainer-head" rows the step's backward with the trainer's
+head, ``MemberLinear``, instead of ``nn.Linear``). Shapes are the paper's: copying (T=120,
 B=100, I=1, H=128, loss at every step) and pixel MNIST (T=784, B=100, I=1, H=100, loss at
 the last step). The "GEMM-only bound" row runs exactly the GEMMs of the C++ backend's step
 (same shapes, same split over threads, blocked steps skipped at p=0.25) plus the same head
@@ -140,6 +141,17 @@ def build_cases(shape: Shape, members: list[int]) -> list[Case]:
 
         return Case(label, "e", step)
 
+    def trainer_head_case(label: str, backend: str, **kw) -> Case:
+        """The step's backward with the head the trainer uses (``MemberLinear``, one member)."""
+        model = engine(backend=backend, **kw)
+        member_head = MemberLinear(1, shape.H, shape.classes, backend=backend)
+
+        def step() -> torch.Tensor:
+            out = model(x, generator=mask_gen)[0].unsqueeze(-3)  # (T, K=1, B, H)
+            return _loss(out, member_head, target, shape.loss_every_step)
+
+        return Case(label, "e", lambda: timed(step, True))
+
     backends = ["torch", *(b for b in ("cpp", "triton") if _runs(b, shape))]
     for backend in backends:
         for p in (0.0, 0.25, 0.5):
@@ -177,6 +189,8 @@ def build_cases(shape: Shape, members: list[int]) -> list[Case]:
             cases.append(engine_case(label, "e", True, p_detach=p, backend=backend))
             label = f"{backend} layer backward only, p_detach={p}"
             cases.append(layer_backward_case(label, p_detach=p, backend=backend))
+            label = f"{backend} trainer-head backward only, p_detach={p}"
+            cases.append(trainer_head_case(label, backend, p_detach=p))
     return cases
 
 
@@ -263,12 +277,16 @@ def summarise(rows: list[dict]) -> list[str]:
         lines.append(f"cpp(p=0.25) / GEMM-only bound{'':<6}= {eng / bound['median_s']:5.2f}   "
                      "(target <= 1.3)")  # fmt: skip
     for backend in backends:
-        for kind, note in (("layer ", "  (target <= 0.85)"), ("", "  (with head + loss)")):
+        for kind, note in (
+            ("layer ", "  (target <= 0.85)"),
+            ("", "  (with nn.Linear head + loss)"),
+            ("trainer-head ", "  (with the trainer's MemberLinear head + loss)"),
+        ):
             b0, b5, b1 = (by[f"{backend} {kind}backward only, p_detach={p}"]["median_s"]
                           for p in (0.0, 0.5, 1.0))  # fmt: skip
             name = f"{backend} {kind or 'step '}backward"
-            lines.append(f"{name + ' p=0.5 / p=0':<36}= {b5 / b0:5.2f} {note}")
-            lines.append(f"{name + ' p=1 / p=0':<36}= {b1 / b0:5.2f}")
+            lines.append(f"{name + ' p=0.5 / p=0':<42}= {b5 / b0:5.2f} {note}")
+            lines.append(f"{name + ' p=1 / p=0':<42}= {b1 / b0:5.2f}")
     members = sorted(
         (r for r in rows if r["group"] == "d"), key=lambda r: int(r["case"].split("K=")[1][:2])
     )
@@ -326,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += shape_rows
         print(f"\n{shape.name}: T={shape.T} B={shape.B} I={shape.I} H={shape.H}, fp32, "
               f"median of {args.repeats} interleaved repeats")  # fmt: skip
-        print(f"  {'case':<40} {'s/step':>8} {'s/seed':>8}")
+        print(f"  {'case':<46} {'s/step':>8} {'s/seed':>8}")
         for r in shape_rows:
-            print(f"  {r['case']:<40} {r['median_s']:8.4f} {r['seconds_per_seed']:8.4f}")
+            print(f"  {r['case']:<46} {r['median_s']:8.4f} {r['seconds_per_seed']:8.4f}")
         summary[shape.name] = summarise(shape_rows)
         for line in summary[shape.name]:
             print("  " + line)
