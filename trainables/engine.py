@@ -328,11 +328,7 @@ class HDetachLSTM(nn.Module):
         self.c_detach = _check_probability("c_detach", c_detach)
         self.damp = _check_probability("damp", damp)
         self.mask_scope, self.per_sample, self.members = mask_scope, per_sample, members
-        if backend not in kernels.BACKENDS:
-            raise ValueError(
-                f"backend must be one of {', '.join(kernels.BACKENDS)}, got {backend!r}"
-            )
-        self.backend = backend
+        self.backend = kernels.check_backend(backend)
         lead = () if members is None else (members,)
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
@@ -663,13 +659,9 @@ class MemberLinear(nn.Module):
         super().__init__()
         if int(members) != members or members < 1:
             raise ValueError(f"members (K) must be an integer >= 1, got {members}")
-        if backend not in kernels.BACKENDS:
-            raise ValueError(
-                f"backend must be one of {', '.join(kernels.BACKENDS)}, got {backend!r}"
-            )
+        self.backend = kernels.check_backend(backend)
         factory = {"device": device, "dtype": dtype}
         self.members, self.in_features, self.out_features = members, in_features, out_features
-        self.backend = backend
         self.weight = nn.Parameter(torch.empty(members, out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(members, out_features, **factory))
         bound = 1.0 / math.sqrt(in_features)

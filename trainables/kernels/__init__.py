@@ -31,7 +31,7 @@ import torch
 
 from trainables.config import BACKENDS, CPU_KERNELS, CPU_KERNELS_ENV
 
-__all__ = ["BACKENDS", "KernelUnavailable", "cpp_available", "load_cpp", "resolve"]
+__all__ = ["BACKENDS", "KernelUnavailable", "check_backend", "cpp_available", "load_cpp", "resolve"]
 
 SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
 #: Included by SOURCE (the fp32 AVX2 kernels): part of the cache key.
@@ -143,10 +143,16 @@ def triton_available() -> bool:
     return bool(_state["triton"])
 
 
-def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that runs a layer: ``backend`` as asked, or ``auto``'s choice."""
+def check_backend(backend: str) -> str:
+    """``backend`` if it names one, else ValueError naming it."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs a layer: ``backend`` as asked, or ``auto``'s choice."""
+    check_backend(backend)
     cpp_ok = device.type == "cpu" and dtype in (torch.float32, torch.float64)
     if backend == "cpp":
         if not cpp_ok:

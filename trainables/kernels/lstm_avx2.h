@@ -18,10 +18,9 @@
 
 #include <immintrin.h>
 
-#include <vector>
-
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace avx2 {
 

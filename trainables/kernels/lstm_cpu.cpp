@@ -900,22 +900,27 @@ inline __attribute__((always_inline)) void head_rows_forward_body(const T* x, co
     }
 }
 
-// 32 bytes of T (GCC vector extension; unaligned loads and stores through it): the widest
-// vector of AVX2, two of SSE2's in the baseline clone.
-template <typename T>
-struct Vec32 {
+// A lane of the head's backward: 32 bytes of T (GCC vector extension; unaligned loads and
+// stores through it: the widest vector of AVX2, two of SSE2's in the baseline clone), or one T
+// for the last columns. Taken as a member typedef: a template argument would drop `aligned`.
+template <typename T, bool Vector>
+struct Lane {
   typedef T type __attribute__((vector_size(32), aligned(sizeof(T))));
 };
+template <typename T>
+struct Lane<T, false> {
+  typedef T type;
+};
 
-// NV vectors of columns from h0 of the head's backward, accumulators in registers:
-// dx[r] = W^T g[r] for the n rows (when dx), and dw += g^T x over them.
-template <typename T, int NV>
+// NV lanes from column h0 of the head's backward, accumulators in registers: dx[r] = W^T g[r]
+// for the n rows (when dx), and dw += g^T x over them.
+template <typename T, bool Vector, int NV>
 inline __attribute__((always_inline)) void head_cols_backward(const T* g, const T* x,
                                                               const T* w, T* dx, T* dw,
                                                               int64_t n, int64_t H, int64_t C,
                                                               int64_t h0) {
-  using V = typename Vec32<T>::type;
-  constexpr int L = 32 / sizeof(T);
+  using V = typename Lane<T, Vector>::type;
+  constexpr int L = sizeof(V) / sizeof(T);
   if (dx != nullptr)
     for (int64_t r = 0; r < n; ++r) {
       V acc[NV];
@@ -938,23 +943,6 @@ inline __attribute__((always_inline)) void head_cols_backward(const T* g, const 
   }
 }
 
-// The last columns (fewer than a vector's), one at a time.
-template <typename T>
-inline void head_col_backward(const T* g, const T* x, const T* w, T* dx, T* dw, int64_t n,
-                              int64_t H, int64_t C, int64_t h) {
-  if (dx != nullptr)
-    for (int64_t r = 0; r < n; ++r) {
-      T acc = g[r * C] * w[h];
-      for (int64_t c = 1; c < C; ++c) acc += g[r * C + c] * w[c * H + h];
-      dx[r * H + h] = acc;
-    }
-  for (int64_t c = 0; c < C; ++c) {
-    T acc = dw[c * H + h];
-    for (int64_t r = 0; r < n; ++r) acc += g[r * C + c] * x[r * H + h];
-    dw[c * H + h] = acc;
-  }
-}
-
 // For n rows (taken 32 at a time, so their x stays in L1 over the C columns of the weight
 // gradient): dx[r] = W^T g[r] (when dx), dw += g^T x and db += sum g, rows in order.
 template <typename T>
@@ -970,9 +958,9 @@ inline __attribute__((always_inline)) void head_rows_backward_body(const T* g, c
     constexpr int64_t L = 32 / sizeof(T);
     int64_t h0 = 0;
     for (; h0 + 4 * L <= H; h0 += 4 * L)
-      head_cols_backward<T, 4>(gr, xr, w, dxr, dw, m, H, C, h0);
-    for (; h0 + L <= H; h0 += L) head_cols_backward<T, 1>(gr, xr, w, dxr, dw, m, H, C, h0);
-    for (; h0 < H; ++h0) head_col_backward<T>(gr, xr, w, dxr, dw, m, H, C, h0);
+      head_cols_backward<T, true, 4>(gr, xr, w, dxr, dw, m, H, C, h0);
+    for (; h0 + L <= H; h0 += L) head_cols_backward<T, true, 1>(gr, xr, w, dxr, dw, m, H, C, h0);
+    for (; h0 < H; ++h0) head_cols_backward<T, false, 1>(gr, xr, w, dxr, dw, m, H, C, h0);
     for (int64_t r = 0; r < m; ++r)
       for (int64_t c = 0; c < C; ++c) db[c] += gr[r * C + c];
   }
