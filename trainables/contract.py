@@ -171,6 +171,22 @@ DECISION_TAG, STOP_TAG, DECISION_METRIC_TAG = "decision", "stopped_by", "decisio
 #: undecided); ``sequential_stop`` 0 decided, 1 max_seeds, 2 budget.
 SEQUENTIAL_DECISIONS = {"better": 1.0, "worse": -1.0, "equivalent": 0.0}
 SEQUENTIAL_STOPS = {"decided": 0.0, "max_seeds": 1.0, "budget": 2.0}
+#: A study's family of "better / worse than vanilla" tests (issue 20): on each h-detach
+#: parent run, ``p_value`` (raw, two-sided, of the configuration against its paired baseline)
+#: and ``p_adjusted`` (after the study's correction across its configurations, tag
+#: ``correction``: holm, bh or none); ``decision_adjusted`` (tag) is better, worse or
+#: undecided at alpha after the correction.
+P_VALUE_METRIC, P_ADJUSTED_METRIC = "p_value", "p_adjusted"
+CORRECTION_TAG, ADJUSTED_DECISION_TAG = "correction", "decision_adjusted"
+#: Stage of a study's runs (tag on parents and children): the search, or the confirmation of
+#: the selected configuration(s) and vanilla on fresh seeds (``--confirm-seeds N``), which
+#: lives in its own MLflow experiment ``<study experiment>`` + ``CONFIRM_SUFFIX``.
+STAGE_TAG, SEARCH_STAGE, CONFIRM_STAGE = "study_stage", "search", "confirmation"
+CONFIRM_SUFFIX = "-confirm"
+#: Tag on the search's parent runs of the selected configuration(s): ``confirmed`` when a
+#: confirmation on fresh seeds exists (the verdict rests on it), ``selection-biased`` when
+#: ``--confirm-seeds 0`` (the search-stage effect is biased upward by the selection).
+SELECTION_TAG, CONFIRMED, SELECTION_BIASED = "selection", "confirmed", "selection-biased"
 SEQUENTIAL_CHILD_METRICS = {
     "sequential_decision": "decision",
     "sequential_stop": "reason",
