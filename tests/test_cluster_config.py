@@ -110,20 +110,16 @@ def test_dashboard_listens_on_the_heads_loopback_only(config: dict) -> None:
 
 def test_aws_security_group_opens_only_ssh_to_the_world() -> None:
     config = _load(AWS)
-    # Without SecurityGroupIds, Ray's launcher creates a group with SSH open to 0.0.0.0/0.
-    for name, node_type in config["available_node_types"].items():
-        groups = node_type["node_config"].get("SecurityGroupIds")
-        assert groups, f"node type {name} has no SecurityGroupIds"
-    rules = config["provider"].get("security_group", {}).get("IpPermissions", [])
-    for rule in rules:
-        ranges = {r.get("CidrIp") for r in rule.get("IpRanges", [])}
-        ranges |= {r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])}
-        if ranges & WORLD:
-            assert (rule.get("IpProtocol"), rule.get("FromPort"), rule.get("ToPort")) == (
-                "tcp",
-                22,
-                22,
-            ), f"open to the world: {rule}"
+    # Without SecurityGroupIds, Ray's launcher creates a group with SSH open to 0.0.0.0/0; with
+    # a provider.security_group it creates one too (and adds that rule). Every node type must
+    # name the one group that cluster/aws_security_group.sh makes.
+    assert "security_group" not in config["provider"], config["provider"]
+    groups = {
+        name: tuple(node_type["node_config"].get("SecurityGroupIds") or ())
+        for name, node_type in config["available_node_types"].items()
+    }
+    assert all(groups.values()), f"node types without SecurityGroupIds: {groups}"
+    assert len(set(groups.values())) == 1, f"node types in different groups: {groups}"
 
 
 def test_gpu_worker_types_autoscale_from_zero() -> None:

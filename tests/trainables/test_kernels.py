@@ -35,12 +35,13 @@ def test_the_cpp_kernels_build_where_a_compiler_exists():
     assert kernels.resolve("auto", torch.device("cpu"), torch.bfloat16) == "torch"
 
 
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
 def test_the_trainer_uses_the_fastest_backend_by_default():
     cfg = RunConfig.from_preset("copying", "smoke", device="cpu", epochs=1)
     assert cfg.backend == "auto"
     trainer = Trainer(cfg)
-    expected = "cpp" if kernels.cpp_available() else "torch"
-    assert kernels.resolve(trainer.lstm.backend, torch.device("cpu"), torch.float32) == expected
+    # Where the C++ kernels build (asserted above), the trainer's layers and head run them.
+    assert kernels.resolve(trainer.lstm.backend, torch.device("cpu"), torch.float32) == "cpp"
     chosen = Trainer(cfg.replace(backend="torch"))
     assert chosen.lstm.backend == "torch"
 
