@@ -235,8 +235,6 @@ SETUP_KEYS = (
     "clip",
     "clip_norm",
 )
-#: Runs of two arms compare seed by seed when these columns match (the seed last).
-PAIR_KEYS = (*SETUP_KEYS, "seed")
 #: Setup keys that only some tasks have: the corpus and tokens of the language model, the
 #: decoder of captioning. A run of any other task counts them as absent (every run logs
 #: every option, and these must not split the setups of tasks that ignore them).
@@ -253,6 +251,10 @@ TASK_SETUP_KEYS = {
     "min_count": (*_LM, *_CAPTIONING),
 }
 SETUP_KEYS = (*SETUP_KEYS, *TASK_SETUP_KEYS)
+#: Runs of two arms compare seed by seed when these columns match (the seed last). Built from
+#: the whole SETUP_KEYS, task-specific keys included: two language-model runs of different
+#: corpora must not pair.
+PAIR_KEYS = (*SETUP_KEYS, "seed")
 
 # -- derived quantities (one definition each) ----------------------------------------------
 
