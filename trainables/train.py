@@ -149,7 +149,7 @@ class Trainer:
             download=cfg.download,
             permutation_seed=cfg.permutation_seed,
             permutation=cfg.permutation,
-            run_seed=cfg.seeds[0],
+            run_seeds=cfg.seeds,
             train_size=cfg.train_size,
             val_size=cfg.val_size,
             shuffle_seed=cfg.shuffle_seed,
@@ -173,7 +173,7 @@ class Trainer:
         """Mean loss per member ``(K,)`` of one minibatch, and the masks drawn for it."""
         data = self.data
         idx = idx.to(self.device)
-        x = data.train.x[idx].permute(2, 0, 1, 3)  # (K, B, T, I) -> (T, K, B, I)
+        x = data.in_member_order(data.train.x[idx].permute(2, 0, 1, 3))  # -> (T, K, B, I)
         y = data.train.y[idx]
         masks = self.lstm.sample_masks(x.shape[0], x.shape[2], self.mask_gens)
         out, _ = self.lstm(x, masks=masks, output_steps=None if data.loss_every_step else 1)
@@ -338,7 +338,8 @@ class Trainer:
             x = split.x[lo : lo + chunk].transpose(0, 1)  # (T, b, I)
             y = split.y[lo : lo + chunk]
             b = x.shape[1]
-            out, _ = self.lstm(x.unsqueeze(1).expand(-1, K, -1, -1), output_steps=keep)
+            x = data.in_member_order(x.unsqueeze(1).expand(-1, K, -1, -1))
+            out, _ = self.lstm(x, output_steps=keep)
             logits = self.head(out)  # (T', K, b, C)
             preds = logits[-data.acc_steps :].argmax(-1)  # (acc_steps, K, b)
             if data.loss_every_step:

@@ -299,6 +299,25 @@ def test_pmnist_per_seed_permutation_follows_the_run_seed(mnist_root):
         load_mnist("pmnist", root, permutation="per_seed", **sizes)
 
 
+def test_pmnist_per_seed_gives_each_member_its_own_order(mnist_root):
+    root, _ = mnist_root
+    sizes = {"train_size": 30, "val_size": 10}
+    plain = load_mnist("seq_mnist", root, **sizes)
+    task = load_mnist("pmnist", root, permutation="per_seed", run_seeds=(1, 2), **sizes)
+    assert torch.equal(task.train.x, plain.train.x)  # orders are applied per member
+    orders = torch.stack([pixel_permutation(1), pixel_permutation(2)])
+    assert torch.equal(task.member_orders, orders)
+    assert task.meta["permutation_seed"] == [1, 2]
+    x = plain.train.x[:3].transpose(0, 1).unsqueeze(1).expand(-1, 2, -1, -1)  # (T, K, B, I)
+    member_x = task.in_member_order(x)
+    for k, seed in enumerate((1, 2)):
+        alone = load_mnist("pmnist", root, permutation="per_seed", run_seed=seed, **sizes)
+        assert alone.member_orders is None
+        assert torch.equal(member_x[:, k], alone.train.x[:3].transpose(0, 1))
+    fixed = load_mnist("pmnist", root, run_seeds=(1, 2), permutation_seed=4, **sizes)
+    assert fixed.member_orders is None  # one order for all members: applied to the data once
+
+
 def test_load_task_reaches_mnist(mnist_root):
     root, _ = mnist_root
     task = load_task("pmnist", data_dir=root, train_size=8, val_size=4, permutation_seed=3)

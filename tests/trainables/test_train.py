@@ -126,7 +126,8 @@ def test_divergence_is_recorded_not_raised():
         assert final["diverged"] == 1.0
         assert final["diverged_epoch"] == trainer.history[k][-1]["epoch"]
         assert trainer.history[k][-1]["diverged"] is True
-    assert trainer.epoch < cfg.epochs or all(f["diverged"] for f in finals)
+    # the run ends at the epoch its last member diverged, not at cfg.epochs
+    assert trainer.epoch == max(f["diverged_epoch"] for f in finals) < cfg.epochs
 
 
 def test_metrics_per_epoch_are_complete_and_sane():
@@ -167,6 +168,34 @@ def test_mnist_run_reports_test_accuracy_at_best_epoch(tmp_path):
     assert 0.0 <= final["test_acc_at_best"] <= 1.0 and final["last_epoch"] == 2
     assert final["best_epoch"] in (1, 2)
     assert trainer.data.train.x.shape == (40, 49, 1)  # the smoke preset pools 4x4 pixels
+
+
+def test_per_seed_permutation_members_equal_single_seed_runs(tmp_path):
+    # The authors draw one pixel order per seed; two members trained together must each see
+    # their own seed's order, exactly as two runs of one seed each.
+    write_mnist_raw(tmp_path, n_train=80, n_test=20)
+    cfg = RunConfig.from_preset(
+        "pmnist", "smoke", data_dir=str(tmp_path), train_size=40, val_size=20, test_size=20,
+        batch_size=20, epochs=2, hidden_size=8, p_detach=0.25, device="cpu",
+        permutation="per_seed", seeds=(1, 2),
+    )  # fmt: skip
+    group = Trainer(cfg)
+    alone = [Trainer(cfg.replace(seeds=(seed,))) for seed in cfg.seeds]
+    batch = torch.stack([torch.arange(20), torch.arange(39, 19, -1)])  # (K, B) indices
+    member_x = group.data.in_member_order(group.data.train.x[batch].permute(2, 0, 1, 3))
+    for k, single in enumerate(alone):
+        assert torch.equal(member_x[:, k], single.data.train.x[batch[k]].transpose(0, 1))
+    group.run()
+    finals = group.finish()
+    for k, single in enumerate(alone):
+        single.run()
+        for rec_group, rec_alone in zip(group.history[k], single.history[0], strict=True):
+            for key in EPOCH_METRICS:
+                if key not in TIMING:
+                    assert rec_group[key] == pytest.approx(rec_alone[key], rel=1e-5, abs=1e-5)
+        test_acc = single.finish()[0]["test_acc_at_best"]
+        assert finals[k]["test_acc_at_best"] == pytest.approx(test_acc, abs=1e-9)
+    assert group.data.meta["permutation_seed"] == [1, 2]
 
 
 # -- command line -------------------------------------------------------------------------

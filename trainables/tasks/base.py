@@ -72,7 +72,10 @@ class TaskData:
     step only (MNIST). ``acc_steps``: accuracy is counted over the last ``acc_steps`` steps
     (copying 10, MNIST 1). ``sampling``: ``"with_replacement"`` draws each minibatch
     independently (the reference copying code); ``"shuffle"`` walks a fresh permutation each
-    epoch (MNIST). ``meta`` holds plain values worth logging (seeds, sizes, modes).
+    epoch (MNIST). ``member_orders``: int64 ``(K, seq_len)``, a step order per seed member
+    when members must see their steps in different orders (pMNIST with one permutation per
+    seed), applied by ``in_member_order``; ``None``: every member sees the splits as they are.
+    ``meta`` holds plain values worth logging (seeds, sizes, modes).
     """
 
     name: str
@@ -85,6 +88,7 @@ class TaskData:
     loss_every_step: bool
     acc_steps: int
     sampling: str
+    member_orders: Tensor | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,6 +107,14 @@ class TaskData:
                     f"{split_name}.x has shape {tuple(split.x.shape)}, expected "
                     f"(N, {self.seq_len}, {self.input_size})"
                 )
+        orders = self.member_orders
+        if orders is not None and (
+            orders.dtype != torch.int64 or orders.ndim != 2 or orders.shape[1] != self.seq_len
+        ):
+            raise ValueError(
+                f"member_orders must be an int64 (K, {self.seq_len}) tensor, got {orders.dtype} "
+                f"{tuple(orders.shape)}"
+            )
 
     def to(self, device: torch.device | str) -> TaskData:
         """The same task with every split on ``device`` (whole datasets live there)."""
@@ -111,7 +123,20 @@ class TaskData:
             train=self.train.to(device),
             val=self.val.to(device),
             test=None if self.test is None else self.test.to(device),
+            member_orders=None if self.member_orders is None else self.member_orders.to(device),
         )
+
+    def in_member_order(self, x: Tensor) -> Tensor:
+        """Time-major member inputs ``x (T, K, B, I)`` with member k's steps in its order
+        (``member_orders[k]``); ``x`` itself when the members share the splits' order."""
+        if self.member_orders is None:
+            return x
+        if self.member_orders.shape[0] != x.shape[1]:
+            raise ValueError(
+                f"member_orders has {self.member_orders.shape[0]} members, the input {x.shape[1]}"
+            )
+        index = self.member_orders.t()[:, :, None, None].expand_as(x)
+        return x.gather(0, index)
 
 
 def stream_generator(seed: int, *key: int) -> torch.Generator:

@@ -17,7 +17,10 @@ Pixels are ``uint8 / 255`` (what ``ToTensor`` gives), shape ``(N, 784, 1)``. pMN
 seed (a multi-seed study must compare like with like); ``permutation="per_seed"`` draws it from
 the run seed as the reference code does. Permutations are ``numpy.random.RandomState(seed)
 .permutation(784)``, the reference's first numpy draw after ``np.random.seed(seed)``, so
-``per_seed`` gives exactly the reference's pixel order for a run seed.
+``per_seed`` gives exactly the reference's pixel order for a run seed. A run that trains
+several seed members at once (``run_seeds``) gets one order per member: the splits stay in
+pixel order and ``TaskData.member_orders`` holds the orders, which the trainer applies per
+member, so each member sees what it would see trained alone.
 
 The network is touched only with ``download=True``.
 """
@@ -68,10 +71,12 @@ def load_mnist(
     shuffle_seed: int | None = None,
     test_size: int | None = None,
     pool: int = 1,
+    run_seeds: tuple[int, ...] | None = None,
 ) -> TaskData:
     """Load ``"seq_mnist"`` or ``"pmnist"`` from ``data_dir`` (see the module docstring).
 
-    ``run_seed`` is needed only for ``permutation="per_seed"``. ``shuffle_seed`` is required
+    ``run_seed`` (one seed) or ``run_seeds`` (the run's seed members, one pixel order each)
+    is needed only for ``permutation="per_seed"``. ``shuffle_seed`` is required
     for an IDX-pair directory and rejected for the torchvision layout, whose split is fixed.
     ``test_size`` keeps a prefix of the test file for smoke runs (``None``: all of it); an
     IDX pair has no test split, so there it has no effect.
@@ -93,9 +98,15 @@ def load_mnist(
     data_dir = Path(data_dir)
     n_pixels = (28 // pool) ** 2
 
-    order, perm_meta = _pixel_order(name, permutation, permutation_seed, run_seed, n_pixels)
+    if run_seed is not None and run_seeds is not None:
+        raise ValueError(f"give run_seed or run_seeds, not both, got {run_seed} and {run_seeds}")
+    seeds = (run_seed,) if run_seed is not None else run_seeds
+    orders, perm_meta = _pixel_orders(name, permutation, permutation_seed, seeds, n_pixels)
+    # One order for every member is applied to the data once; several stay per member.
+    order = orders[0] if orders is not None and len(orders) == 1 else None
+    member_orders = torch.stack(orders) if orders is not None and len(orders) > 1 else None
 
-    pair = _find_pair(data_dir)
+    pair = find_idx_pair(data_dir)
     if pair is not None:
         if shuffle_seed is None:
             raise ValueError(
@@ -103,7 +114,7 @@ def load_mnist(
                 "sorted by label), got None"
             )
         shuffle_seed = check_seed("shuffle_seed", shuffle_seed)
-        images, labels = _read_pair(*pair)
+        images, labels = read_idx_pair(*pair)
         _check_sizes(train_size, val_size, len(images), str(pair[0]))
         shuffled = torch.randperm(
             len(images), generator=torch.Generator().manual_seed(shuffle_seed)
@@ -147,6 +158,7 @@ def load_mnist(
         loss_every_step=False,
         acc_steps=1,
         sampling="shuffle",
+        member_orders=member_orders,
         meta={
             "data_dir": str(data_dir),
             "train_size": train_size,
@@ -187,22 +199,32 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _pixel_order(
-    name: str, permutation: str, permutation_seed: int, run_seed: int | None, n_pixels: int
-) -> tuple[Tensor | None, dict]:
+def _pixel_orders(
+    name: str,
+    permutation: str,
+    permutation_seed: int,
+    run_seeds: tuple[int, ...] | None,
+    n_pixels: int,
+) -> tuple[list[Tensor] | None, dict]:
+    """The pixel orders (one, or one per run seed with ``per_seed``) and what to log."""
     if name == "seq_mnist":
         return None, {"permutation": "none"}
     if permutation == "per_seed":
-        if run_seed is None:
-            raise ValueError("run_seed is required with permutation='per_seed', got None")
-        seed = check_seed("run_seed", run_seed)
+        if not run_seeds:
+            raise ValueError(f"run_seed is required with permutation='per_seed', got {run_seeds}")
+        seeds = [check_seed("run_seed", s) for s in run_seeds]
     else:
-        seed = check_seed("permutation_seed", permutation_seed)
-    order = pixel_permutation(seed, n_pixels)
+        seeds = [check_seed("permutation_seed", permutation_seed)]
+    orders = [pixel_permutation(seed, n_pixels) for seed in seeds]
     # A short fingerprint lets a reader confirm from the logs alone that runs shared a pixel
     # order.
-    digest = hashlib.sha1(order.numpy().tobytes()).hexdigest()[:12]
-    return order, {"permutation": permutation, "permutation_seed": seed, "permutation_sha1": digest}
+    digests = [hashlib.sha1(o.numpy().tobytes()).hexdigest()[:12] for o in orders]
+    one = len(seeds) == 1
+    return orders, {
+        "permutation": permutation,
+        "permutation_seed": seeds[0] if one else seeds,
+        "permutation_sha1": digests[0] if one else digests,
+    }
 
 
 def _split(images: Tensor, labels: Tensor, order: Tensor | None, pool: int = 1) -> Split:
@@ -222,7 +244,7 @@ def _check_sizes(train_size: int, val_size: int, n: int, where: str) -> None:
         )
 
 
-def _find_pair(data_dir: Path) -> tuple[Path, Path] | None:
+def find_idx_pair(data_dir: Path) -> tuple[Path, Path] | None:
     """The IDX pair in ``data_dir`` (plain name preferred over ``.gz``), or None if absent."""
 
     def find(stem: str) -> Path | None:
@@ -243,7 +265,7 @@ def _find_pair(data_dir: Path) -> tuple[Path, Path] | None:
     return images, labels
 
 
-def _read_pair(images_path: Path, labels_path: Path) -> tuple[Tensor, Tensor]:
+def read_idx_pair(images_path: Path, labels_path: Path) -> tuple[Tensor, Tensor]:
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
     if images.shape[1:] != (28, 28):
