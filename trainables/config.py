@@ -16,9 +16,15 @@ Presets per task:
 
 ``anneal_p`` (the authors' ``--anneal-p``: h-detach switched off near the end) defaults to 0
 (off) in every preset: the paper does not mention it and a study of h-detach should measure
-h-detach itself. The authors' copying script used 40 and their MNIST script 0; set
-``anneal_p=40`` to reproduce the copying script. It follows the reference code exactly: p is 0
-in 0-based epochs ``e > epochs - anneal_p`` (i.e. the last ``anneal_p - 1`` epochs).
+h-detach itself. The authors' copying script defaults to 40; their MNIST script defaulted to 0
+in an early version and uses 40 in the current one, so set ``anneal_p=40`` to reproduce their
+current scripts. It follows the reference code exactly: p is 0 in 0-based epochs
+``e > epochs - anneal_p`` (i.e. the last ``anneal_p - 1`` epochs).
+
+``select`` picks the best-validation epoch whose weights give the final metrics: ``first``
+(default, the authors' MNIST script: a later epoch must beat the best) or ``last`` (the authors'
+copying script: a later epoch that ties the best replaces it). Ties are common at the accuracy
+ceiling, so the two can report different test and transfer accuracies (docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ from dataclasses import dataclass
 from trainables.contract import PIXEL_POOLS, TASKS, arm_of
 
 #: Engine backends (``trainables/kernels``); ``auto`` picks the fastest that runs here.
-BACKENDS = ("auto", "cpp", "torch", "triton")
+BACKENDS = ("auto", "cpp", "torch", "triton", "persistent")
+#: Precisions of the LSTM's recurrent products: fp32, or TF32 tensor cores (persistent
+#: backend only). A setup key: arms compare only within one precision.
+PRECISIONS = ("fp32", "tf32")
 #: The C++ backend's CPU kernel sets, chosen per process by this environment variable
 #: (``trainables/kernels``; default auto: ``avx2`` on AVX2 CPUs without AVX-512).
 CPU_KERNELS_ENV = "HDETACH_CPU_KERNELS"
@@ -41,6 +50,8 @@ CPU_KERNELS = ("auto", "avx2", "generic")
 PRESETS = ("paper", "reduced", "smoke")
 DECODERS = ("show_and_tell", "soft_attention")
 OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop")
+#: Which epoch among those tying the best validation score is kept (module docstring).
+SELECT_MODES = ("first", "last")
 
 
 class ConfigError(ValueError):
@@ -68,6 +79,7 @@ class RunConfig:
     mask_scope: str = "shared"
     per_sample_masks: bool = False
     anneal_p: int = 0
+    select: str = "first"  # best epoch among ties: "first" or "last" (authors' copying)
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -114,6 +126,9 @@ class RunConfig:
     # which engine backend runs the LSTM (trainables/kernels): an execution choice like
     # `device`, not part of a configuration's identity (results agree up to rounding)
     backend: str = "auto"
+    # the recurrent products' precision (PRECISIONS): unlike the backend a setup key, since
+    # TF32 rounds differently enough to change training (trainables/contract.py)
+    precision: str = "fp32"
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -169,8 +184,8 @@ class RunConfig:
                 fail(name, value, "must be in [0, 1]")
         if not _positive(self.lr):
             fail("lr", self.lr, "must be > 0")
-        if self.lr > 3.4e38:
-            fail("lr", self.lr, "must be representable in float32 (<= 3.4e38)")
+        if self.lr > MAX_LR:
+            fail("lr", self.lr, f"must be <= {MAX_LR:g}")
         if not _positive(self.clip_norm):
             fail("clip_norm", self.clip_norm, "must be > 0")
         if not isinstance(self.momentum, int | float) or not 0.0 <= self.momentum < 1.0:
@@ -186,12 +201,18 @@ class RunConfig:
             fail("optimizer", self.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
         if self.mask_scope not in ("shared", "per_layer"):
             fail("mask_scope", self.mask_scope, "must be 'shared' or 'per_layer'")
+        if self.select not in SELECT_MODES:
+            fail("select", self.select, f"must be one of {', '.join(SELECT_MODES)}")
         if self.permutation not in ("fixed", "per_seed"):
             fail("permutation", self.permutation, "must be 'fixed' or 'per_seed'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             fail("device", self.device, "must be auto, cpu or cuda[:N]")
         if self.backend not in BACKENDS:
             fail("backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            fail("precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
+        if self.precision != "fp32" and self.backend != "persistent":
+            fail("precision", self.precision, "needs backend 'persistent'")
         cpu_kernels = os.environ.get(CPU_KERNELS_ENV)
         if cpu_kernels is not None and cpu_kernels not in CPU_KERNELS:
             fail(CPU_KERNELS_ENV, cpu_kernels, f"must be one of {', '.join(CPU_KERNELS)}")
@@ -232,9 +253,39 @@ def _positive(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
+#: Upper bounds, checked with the lower ones before anything starts: far beyond any real run,
+#: and small enough that sizes derived from them (tensors, seed lists, int64 step counts)
+#: neither overflow nor exhaust memory before the run could fail on its own.
+MAX_LR = 100.0
+MAX_SEED = 2**31 - 1
+MAX_INTS = {
+    "epochs": 100_000,
+    "batches_per_epoch": 10_000_000,
+    "hidden_size": 65_536,
+    "num_layers": 64,
+    "batch_size": 1_048_576,
+    "seq_len": 1_000_000,
+    "train_size": 100_000_000,
+    "val_size": 100_000_000,
+    "transfer_size": 100_000_000,
+    "test_size": 100_000_000,
+    "eval_batch_size": 1_048_576,
+    "anneal_p": 100_000_000,
+    "seed": MAX_SEED,
+    "shuffle_seed": MAX_SEED,
+    "transfer delay": 1_000_000,
+    "embedding_size": 65_536,
+    "min_count": 1_000_000_000,
+    "beam_size": 1024,
+    "max_caption_len": 10_000,
+}
+
+
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if name in MAX_INTS and value > MAX_INTS[name]:
+        raise ConfigError(f"{name} must be <= {MAX_INTS[name]:,}, got {value!r}")
 
 
 _MNIST_PAPER = {
@@ -405,6 +456,7 @@ __all__ = [
     "OneLineParser",
     "PRESETS",
     "RunConfig",
+    "SELECT_MODES",
     "TASKS",
     "preset_table",
 ]

@@ -157,6 +157,7 @@ SEQUENTIAL_METRICS = (
     "decided_at_look",
     "mean_difference",
     "sd_difference",
+    "p_value",
     "design_power",
     "fixed_design_seeds",
     "fixed_design_seconds",
@@ -231,9 +232,13 @@ SETUP_KEYS = (
     "val_size",
     "test_size",
     "anneal_p",
+    "select",
     "lr",
     "clip",
     "clip_norm",
+    # fp32 or tf32 recurrent products: rounding that training amplifies, so arms of different
+    # precisions never pair (issue 24)
+    "precision",
 )
 #: Setup keys that only some tasks have: the corpus and tokens of the language model, the
 #: decoder of captioning. A run of any other task counts them as absent (every run logs

@@ -279,9 +279,11 @@ class HDetachLSTM(nn.Module):
         per_sample: one draw per step and sample instead of one per step for the batch.
         members: ``None`` for one LSTM with ``torch.nn.LSTM`` shapes, or ``K >= 1`` for K
             independent members (parameters ``(K, ...)``, inputs ``(T, K, B, I)``).
-        backend: ``"auto"`` (the fastest that runs here), ``"cpp"``, ``"torch"`` or
-            ``"triton"`` (see ``trainables/kernels``); every backend computes the same values
-            up to rounding.
+        backend: ``"auto"`` (the fastest that runs here), ``"cpp"``, ``"torch"``,
+            ``"triton"`` or ``"persistent"`` (see ``trainables/kernels``); every backend
+            computes the same values up to rounding.
+        precision: ``"fp32"`` (default) or ``"tf32"``: the persistent backend's recurrent
+            products on TF32 tensor cores (opt in; other backends take only ``"fp32"``).
 
     ``forward(x, state=None, *, generator=None, masks=None)`` returns
     ``(output, (h_n, c_n))`` like ``torch.nn.LSTM``: ``output (T, B, H)`` (``(T, K, B, H)``
@@ -307,6 +309,7 @@ class HDetachLSTM(nn.Module):
         per_sample: bool = False,
         members: int | None = None,
         backend: str = "auto",
+        precision: str = "fp32",
         device=None,
         dtype=None,
     ) -> None:
@@ -329,6 +332,7 @@ class HDetachLSTM(nn.Module):
         self.damp = _check_probability("damp", damp)
         self.mask_scope, self.per_sample, self.members = mask_scope, per_sample, members
         self.backend = kernels.check_backend(backend)
+        self.precision = kernels.check_precision(precision)
         lead = () if members is None else (members,)
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
@@ -351,8 +355,12 @@ class HDetachLSTM(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """``torch.nn.LSTM``'s init: every parameter uniform(-1/sqrt(H), 1/sqrt(H)).
 
-        Same order of draws as ``torch.nn.LSTM`` (and the authors' cell), so a module
-        initialised from a seeded generator matches ``nn.LSTM`` initialised from that seed.
+        Same order of draws as ``torch.nn.LSTM`` (``weight_ih``, ``weight_hh``, ``bias_ih``,
+        ``bias_hh`` per layer), so a module initialised from a seeded generator matches
+        ``nn.LSTM`` initialised from that seed. The authors' cell draws in another order
+        (``i2h.weight``, ``i2h.bias``, ``h2h.weight``, ``h2h.bias``) and lays its gates out
+        ``[i, f, o, g]``, so one seed does not give their initial weights;
+        ``trainables/authors.py`` converts weights between the two layouts.
         """
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
@@ -391,6 +399,7 @@ class HDetachLSTM(nn.Module):
             "mask_scope": self.mask_scope,
             "per_sample": self.per_sample,
             "backend": self.backend,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -404,7 +413,7 @@ class HDetachLSTM(nn.Module):
                 raise ValueError("from_members needs single LSTMs with identical configuration")
         ref = next(modules[0].parameters())
         stacked = cls(**config, members=len(modules), device=ref.device, dtype=ref.dtype)
-        _stack_parameters(stacked, modules)
+        stack_parameters(stacked, modules)
         return stacked
 
     def member(self, k: int) -> HDetachLSTM:
@@ -413,7 +422,7 @@ class HDetachLSTM(nn.Module):
             raise ValueError(f"member index must be in [0, {self.num_members}), got {k}")
         ref = next(self.parameters())
         single = type(self)(**self._config(), device=ref.device, dtype=ref.dtype)
-        _copy_member(single, self, k)
+        copy_member(single, self, k)
         return single
 
     # -- masks ----------------------------------------------------------------------------
@@ -513,6 +522,10 @@ class HDetachLSTM(nn.Module):
         c_mask = self._check_mask("c", masks.c, T, B) if masks is not None else None
 
         backend = kernels.resolve(self.backend, xk.device, xk.dtype)
+        if self.precision != "fp32" and backend != "persistent":
+            raise ValueError(
+                f"precision={self.precision!r} needs backend='persistent', got {backend!r}"
+            )
         if backend != "torch":
             steps = x.unsqueeze(1) if self.members is None else x  # (T, K, B, I), no copy
             return self._forward_kernels(
@@ -580,6 +593,13 @@ class HDetachLSTM(nn.Module):
                 layer_in, h_last, c_last = triton_lstm.layer(
                     layer_in, h0_l, c0_l, w_ih, w_hh, bias, h_keep, c_keep, 1.0 - self.damp,
                     grad_on, keep,
+                )  # fmt: skip
+            elif backend == "persistent":
+                from trainables.kernels import persistent_lstm
+
+                layer_in, h_last, c_last = persistent_lstm.layer(
+                    layer_in, h0_l, c0_l, w_ih, w_hh, bias, h_keep, c_keep, 1.0 - self.damp,
+                    grad_on, keep, self.precision,
                 )  # fmt: skip
             elif grad_on:
                 layer_in, h_last, c_last = _CppLayer.apply(
@@ -696,14 +716,14 @@ class MemberLinear(nn.Module):
             ref.weight.dtype,
             backend=backend,
         )
-        _stack_parameters(stacked, linears)
+        stack_parameters(stacked, linears)
         return stacked
 
     def member(self, k: int) -> nn.Linear:
         lin = nn.Linear(
             self.in_features, self.out_features, device=self.weight.device, dtype=self.weight.dtype
         )
-        _copy_member(lin, self, k)
+        copy_member(lin, self, k)
         return lin
 
 
@@ -723,14 +743,14 @@ class _MemberHead(torch.autograd.Function):
         return (dx if need_dx else None), dw, db
 
 
-def _stack_parameters(stacked: nn.Module, modules: Sequence[nn.Module]) -> None:
+def stack_parameters(stacked: nn.Module, modules: Sequence[nn.Module]) -> None:
     """Copy same-named parameters of K single modules into ``stacked``'s ``(K, ...)`` ones."""
     with torch.no_grad():
         for name, param in stacked.named_parameters():
             param.copy_(torch.stack([m.get_parameter(name) for m in modules]))
 
 
-def _copy_member(single: nn.Module, stacked: nn.Module, k: int) -> None:
+def copy_member(single: nn.Module, stacked: nn.Module, k: int) -> None:
     """Copy member ``k`` of ``stacked``'s parameters into ``single``'s same-named ones."""
     with torch.no_grad():
         for name, param in single.named_parameters():

@@ -42,6 +42,7 @@ from trainables.config import (
     DECODERS,
     OPTIMIZERS,
     PRESETS,
+    SELECT_MODES,
     ConfigError,
     OneLineParser,
     RunConfig,
@@ -299,7 +300,9 @@ class Trainer:
             if not finite or not math.isfinite(record["val_loss"]):
                 self.diverged_epoch[k] = self.epoch
                 record["diverged"] = True
-            elif score[k] > self.best_score[k]:
+            elif score[k] > self.best_score[k] or (
+                cfg.select == "last" and score[k] == self.best_score[k]
+            ):
                 self.best_score[k], self.best_epoch[k] = score[k], self.epoch
                 self.best_val_acc[k] = val_acc[k]
                 for best, p in zip(self.best_params, self.params, strict=True):
@@ -576,6 +579,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, help="captioning test decoding (1 = greedy)")
     p.add_argument("--max-caption-len", type=int, help="captioning: words per caption")
     p.add_argument("--anneal-p", type=int, help="reference code's --anneal-p (0 = off)")
+    p.add_argument(
+        "--select",
+        choices=SELECT_MODES,
+        help="best epoch among ties in validation score: first (default) or last (the "
+        "authors' copying script)",
+    )
     p.add_argument("--permutation", choices=("fixed", "per_seed"))
     p.add_argument(
         "--one-hot", action="store_true", default=None, help="copying: one-hot token input"

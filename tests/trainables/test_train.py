@@ -16,7 +16,7 @@ import torch
 
 from tests.trainables.idx_files import write_mnist_raw
 from trainables.config import ConfigError, RunConfig
-from trainables.contract import EPOCH_METRICS
+from trainables.contract import EPOCH_METRICS, SETUP_KEYS
 from trainables.seeds import stream_seed
 from trainables.train import Trainer
 
@@ -148,6 +148,20 @@ def test_anneal_p_turns_h_detach_off_as_the_reference_code():
     assert fractions[0] > 0 and fractions[1] > 0 and fractions[2] == 0 and fractions[3] == 0
 
 
+def test_select_keeps_the_first_or_the_last_epoch_tying_the_best():
+    # At lr 1e-9 no prediction changes: every epoch ties the first one's accuracy.
+    runs = {s: Trainer(tiny(epochs=3, lr=1e-9, select=s)).run() for s in ("first", "last")}
+    accs = [r["val_acc"] for r in runs["first"].history[0]]
+    assert accs == [accs[0]] * 3
+    assert runs["first"].finish()[0]["best_epoch"] == 1
+    assert runs["last"].finish()[0]["best_epoch"] == 3  # the authors' copying script (>=)
+    first, last = (runs[s].best_params[0] for s in ("first", "last"))
+    assert not torch.equal(first, last)
+    assert "select" in SETUP_KEYS  # the kept epoch changes final metrics: runs compare only alike
+    with pytest.raises(ConfigError, match="select must be one of first, last, got 'best'"):
+        tiny(select="best")
+
+
 def test_mnist_run_reports_test_accuracy_at_best_epoch(tmp_path):
     write_mnist_raw(tmp_path, n_train=80, n_test=30)
     cfg = RunConfig.from_preset(
@@ -227,6 +241,7 @@ def test_help_lists_tasks_and_presets():
         (["--task", "sudoku"], "invalid choice: 'sudoku'"),
         (["--task", "copying", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
         (["--task", "copying", "--epochs", "0"], "epochs must be an integer >= 1, got 0"),
+        (["--task", "copying", "--select", "best"], "argument --select: invalid choice: 'best'"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(args, needle):
