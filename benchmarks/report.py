@@ -12,9 +12,12 @@ on it. The target is under 60 s on a 2-core machine at the defaults.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -204,10 +207,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep or args.out is not None:
         print(f"  report: {built.html}")
     if args.json:
-        args.json.write_text(
-            json.dumps({"runs": len(runs), "epochs": args.epochs, "total_s": total, **timings})
-        )
+        # Where the figures come from, as every results file under benchmarks/results records.
+        machine = {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "cpu": _cpu_name(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "command": "python benchmarks/report.py " + " ".join(argv or sys.argv[1:]),
+        }
+        payload = {"machine": machine, "runs": len(runs), "epochs": args.epochs}
+        args.json.write_text(json.dumps({**payload, "total_s": total, **timings}))
     return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
