@@ -44,7 +44,14 @@ def test_study_export_report_in_a_browser(tmp_path: Path, chromium: DevTools):
     )
     assert made.returncode == 0, made.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary  # the numbers a later --since compares with
+    # the numbers a later --since compares with: every configuration with its 3 seeds, the
+    # vanilla baseline among them, and a verdict for every claim
+    assert summary["experiment"] == "e2e"
+    configs = summary["configs"]
+    assert {c["arm"] for c in configs.values()} >= {"vanilla", "h-detach"}, configs
+    assert all(c["n"] == 3 for c in configs.values()), configs
+    assert summary["n_runs"] == sum(c["n"] for c in configs.values())
+    assert sorted(summary["claims"]) == sorted(f"C{i}" for i in range(1, 11))
 
     open_page(chromium, out / "index.html")
     assert page_errors(chromium.events) == []
