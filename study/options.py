@@ -26,7 +26,15 @@ from typing import Any
 
 import yaml
 
-from trainables.config import BACKENDS, PRESETS, ConfigError, OneLineParser, RunConfig
+from trainables.config import (
+    BACKENDS,
+    MAX_LR,
+    MAX_SEED,
+    PRESETS,
+    ConfigError,
+    OneLineParser,
+    RunConfig,
+)
 from trainables.contract import (
     EPOCH_METRICS,
     FINAL_METRICS,
@@ -36,6 +44,7 @@ from trainables.contract import (
     TASKS,
     transfer_delay,
 )
+from trainables.locking import BadName, check_name, inside
 
 SEARCHES = ("tpe", "grid", "fixed")
 OBJECTIVES = ("mean-se", "mean", "iqm", "worst")
@@ -50,6 +59,25 @@ DECISION_METRICS = (
 )
 PAPER_P_VALUES = (0.1, 0.25, 0.4, 0.5)
 PAPER_LR_VALUES = (1e-3, 5e-4, 1e-4)
+#: Upper bounds of the study's own numbers (the run's are in trainables.config.MAX_INTS),
+#: checked before anything is built from them: ``--seeds 1000000000`` must not allocate.
+MAX_COUNTS = {
+    "seeds": 100_000,
+    "max_seeds": 100_000,
+    "min_seeds": 100_000,
+    "seed_block": 100_000,
+    "trials": 100_000,
+    "seeds_per_trial": 4096,
+    "asha_grace": 100_000,
+    "max_concurrent": 100_000,
+    "max_failures": 1000,
+    "verbose": 3,
+    "seed_offset": MAX_SEED,
+    "seed": MAX_SEED,
+    "sampler_seed": 2**32 - 1,  # numpy's seed range
+}
+MAX_BUDGET_HOURS = 24 * 366.0
+MAX_PER_TRIAL = 1024.0  # CPUs, GPUs or custom resources one trial asks for
 
 
 class OptionsError(ValueError):
@@ -172,7 +200,7 @@ class StudyOptions:
         if self.optuna_storage:
             return self.optuna_storage
         base = self.storage_dir if "://" not in self.storage_dir else str(Path("runs").resolve())
-        return str(Path(base) / self.experiment_name / f"{self.run_name}.optuna.journal")
+        return str(inside(base, self.experiment_name, f"{self.run_name}.optuna.journal"))
 
     def run_config(self) -> RunConfig:
         """The task preset with the study's overrides (p, lr, clip, seeds are set per trial)."""
@@ -213,12 +241,17 @@ class StudyOptions:
         if self.seed_list is not None:
             if not self.seed_list or len(set(self.seed_list)) != len(self.seed_list):
                 fail("seed_list", self.seed_list, "must list distinct seeds")
+            if len(self.seed_list) > MAX_COUNTS["seeds"]:
+                limit = MAX_COUNTS["seeds"]
+                fail("seed_list", len(self.seed_list), f"must list <= {limit:,} seeds")
             for s in self.seed_list:
                 _int("seed", s, 0)
         if not _number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
             fail("cpus_per_trial", self.cpus_per_trial, "must be > 0")
-        if not _number(self.gpus_per_trial) or self.gpus_per_trial < 0:
-            fail("gpus_per_trial", self.gpus_per_trial, "must be >= 0")
+        if self.cpus_per_trial > MAX_PER_TRIAL:
+            fail("cpus_per_trial", self.cpus_per_trial, f"must be <= {MAX_PER_TRIAL:g}")
+        if not _number(self.gpus_per_trial) or not 0 <= self.gpus_per_trial <= MAX_PER_TRIAL:
+            fail("gpus_per_trial", self.gpus_per_trial, f"must be in [0, {MAX_PER_TRIAL:g}]")
         if self.max_concurrent is not None:
             _int("max_concurrent", self.max_concurrent, 1)
         for name, amount in self.resources.items():
@@ -226,8 +259,8 @@ class StudyOptions:
                 fail(
                     "resource name", name, "must be a custom resource (use --cpus/--gpus-per-trial)"
                 )
-            if not _number(amount) or amount <= 0:
-                fail(f"resource {name}", amount, "must be > 0")
+            if not _number(amount) or not 0 < amount <= MAX_PER_TRIAL:
+                fail(f"resource {name}", amount, f"must be in (0, {MAX_PER_TRIAL:g}]")
         for p in self.p_values:
             if not _number(p) or not 0 < p <= 1:
                 fail("p value", p, "must be in (0, 1]")
@@ -237,9 +270,11 @@ class StudyOptions:
             fail("lr_range", self.lr_range, "must be two learning rates > 0")
         if self.lr_range[0] >= self.lr_range[1]:
             fail("lr_range", self.lr_range, "must be increasing")
+        if self.lr_range[1] > MAX_LR:
+            fail("lr_range", self.lr_range, f"must stay <= {MAX_LR:g}")
         for lr in self.lr_values:
-            if not _number(lr) or lr <= 0:
-                fail("lr", lr, "must be > 0")
+            if not _number(lr) or not 0 < lr <= MAX_LR:
+                fail("lr", lr, f"must be in (0, {MAX_LR:g}]")
         if not self.clip_values or any(not isinstance(c, bool) for c in self.clip_values):
             fail("clip_values", self.clip_values, "must be a list of true/false")
         if self.search == "fixed":
@@ -251,10 +286,11 @@ class StudyOptions:
             fail("configs", "...", "are only used with search 'fixed'")
         if self.address is not None and not isinstance(self.address, str):
             fail("address", self.address, "must be 'auto', host:port or ray://host:port")
-        if not isinstance(self.run_name, str) or not self.run_name or "/" in self.run_name:
-            fail("run_name", self.run_name, "must be a non-empty name without '/'")
-        if self.experiment is not None and not str(self.experiment).strip():
-            fail("experiment", self.experiment, "must be a non-empty name")
+        try:
+            check_name("run_name", self.run_name)
+            check_name("experiment", self.experiment_name)
+        except BadName as err:
+            raise OptionsError(str(err)) from None
         if self.epochs is not None:
             _int("epochs", self.epochs, 1)
         if self.gpus_per_trial and self.cpus_per_trial < 1:
@@ -289,9 +325,9 @@ class StudyOptions:
         if self.margin is not None and (not _number(self.margin) or self.margin <= 0):
             fail("margin", self.margin, "must be > 0")
         if self.budget_hours is not None and (
-            not _number(self.budget_hours) or self.budget_hours <= 0
+            not _number(self.budget_hours) or not 0 < self.budget_hours <= MAX_BUDGET_HOURS
         ):
-            fail("budget_hours", self.budget_hours, "must be > 0")
+            fail("budget_hours", self.budget_hours, f"must be in (0, {MAX_BUDGET_HOURS:g}]")
         if self.decision_metric not in DECISION_METRICS and (
             transfer_delay(str(self.decision_metric)) is None
         ):
@@ -315,6 +351,8 @@ def _number(value) -> bool:
 def _int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise OptionsError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if name in MAX_COUNTS and value > MAX_COUNTS[name]:
+        raise OptionsError(f"{name} must be <= {MAX_COUNTS[name]:,}, got {value!r}")
 
 
 def _check_fixed_config(config) -> None:
@@ -323,8 +361,8 @@ def _check_fixed_config(config) -> None:
     p, lr, clip = config.get("p_detach"), config.get("lr"), config.get("clip", True)
     if not _number(p) or not 0 <= p <= 1:
         raise OptionsError(f"p_detach must be in [0, 1], got {p!r}")
-    if not _number(lr) or lr <= 0:
-        raise OptionsError(f"lr must be > 0, got {lr!r}")
+    if not _number(lr) or not 0 < lr <= MAX_LR:
+        raise OptionsError(f"lr must be in (0, {MAX_LR:g}], got {lr!r}")
     if not isinstance(clip, bool):
         raise OptionsError(f"clip must be true or false, got {clip!r}")
 

@@ -70,7 +70,46 @@ def _check_sqlite(uri: str) -> None:
         raise TrackingError(
             f"tracking URI {uri!r} is not a sqlite database file: use sqlite:///path/to/mlflow.db"
         )
-    _check_writable(Path(rest[1:]), uri, want_dir=False)
+    path = Path(rest[1:])
+    _check_writable(path, uri, want_dir=False)
+    _check_sqlite_file(path, uri)
+
+
+def _check_sqlite_file(path: Path, uri: str) -> None:
+    """An existing database must be one: a truncated or foreign file would otherwise fail
+    deep inside MLflow's migrations with a traceback."""
+    if not path.exists() or path.stat().st_size == 0:
+        return  # created on first use
+    with open(path, "rb") as f:
+        header = f.read(100)
+    # The SQLite file format: a 16-byte magic string, then a 100-byte header of which bytes
+    # 28..31 hold the database size in pages; a file shorter than one page is cut off.
+    if not header.startswith(b"SQLite format 3\x00") or len(header) < 100:
+        raise TrackingError(
+            f"tracking store {path} is not a complete sqlite database (corrupt or truncated): "
+            "restore it from a backup or point --tracking-uri at another file"
+        )
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if pages and path.stat().st_size < pages * page_size:
+        raise TrackingError(
+            f"tracking store {path} is truncated ({path.stat().st_size} bytes of "
+            f"{pages * page_size}): restore it from a backup or point --tracking-uri at "
+            "another file"
+        )
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The absolute path of a local store (a sqlite file or a file store), None for a
+    server. The study lock and the sqlite first-use lock live beside it."""
+    scheme = urlparse(uri).scheme.lower()
+    if scheme == "sqlite":
+        rest = uri[len("sqlite://") :].split("?", 1)[0]
+        return Path(rest[1:]).absolute() if rest.startswith("/") else None
+    if scheme in ("file", ""):
+        return _local_path(uri).absolute()
+    return None
 
 
 def _file_store_allowed() -> bool:
