@@ -8,10 +8,11 @@ For every h-detach configuration of the pilot with its paired vanilla baseline: 
 differences of the metric (seed by seed), their mean and standard deviation, then
 
 * a fixed design: the seeds per arm a two-sided paired t-test at ``alpha`` needs to detect
-  the effect (``--effect``, default the pilot's observed mean difference) with ``--power``;
+  the effect (``--effect``, default the pilot's observed mean difference) with ``--power``
+  (``pairedstats.power.paired_seeds_needed``, the power function the report uses too);
 * the sequential design of ``--seeds auto`` (``study/sequential.py``) with the given looks:
-  its power and its expected seeds for that effect, by simulating 400 studies of normal
-  differences with the pilot's spread;
+  its power and its expected seeds for that effect, by running the design itself on 400
+  simulated studies of normal differences with the pilot's spread;
 * the compute of each: seeds x 2 arms x the pilot's trial seconds per seed.
 
 Nothing is written to MLflow. An unknown experiment, one without paired runs, or bad values
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pairedstats.power import paired_seeds_needed
 from study import sequential as seq
 from study.searcher import paired_differences
 from trainables.config import OneLineParser
@@ -113,10 +115,13 @@ def plan(args) -> list[dict]:
             "seconds_per_seed": per_seed,
         }
         if effect > 0 and sd > 0:
-            n_fixed = seq.fixed_seeds(effect, sd, args.alpha, args.power)
+            needed = paired_seeds_needed(effect, sd, alpha=args.alpha, power=args.power)
+            n_fixed = needed.seeds
             sim = seq.simulate(design, effect, sd, studies=400, seed=0)
             row.update(
                 fixed_seeds=n_fixed,
+                fixed_seeds_capped=needed.capped,
+                fixed_seeds_reason=needed.reason,
                 fixed_hours=None if n_fixed is None else 2 * n_fixed * per_seed / 3600,
                 sequential_power=sim.better_rate,
                 sequential_mean_seeds=sim.mean_seeds,
@@ -158,6 +163,8 @@ def format_plan(rows: list[dict], args) -> str:
             )
             continue
         fixed = "-" if r["fixed_seeds"] is None else str(r["fixed_seeds"])
+        if r.get("fixed_seeds_capped"):
+            fixed = f">{r['fixed_seeds']}"
         lines.append(
             f"{r['config_id']:<30} {r['pairs']:>5} {r['mean_difference']:>+9.4f} "
             f"{r['sd_difference']:>7.4f} {r['effect']:>7.4f} {fixed:>6} "

@@ -1,46 +1,55 @@
 """Sequential seed allocation: how many paired seeds a comparison needs, decided as the seeds
 come in, with the error of the final decision controlled across every interim look.
 
-The design (``SequentialDesign``) is a group-sequential, paired sign-flip permutation test,
-the paired counterpart of AdaStop (Mathieu et al., 2023, a sequential permutation test
-for comparing agents over seeds):
+The design (``SequentialDesign``) is a group-sequential, paired sign-flip test of a zero
+mean difference:
 
 * a comparison is a configuration against its vanilla baseline on the same seeds; its data
   are the paired differences ``d_i = metric(config, seed i) - metric(baseline, seed i)``
   (sign-corrected so that positive means "the configuration is better");
 * looks happen at planned seed counts ``n_1 < n_2 < ... <= n_max`` (``min_seeds``, then one
   ``seed_block`` more per look, up to ``max_seeds``);
-* the statistic at look k is the mean difference over the first ``n_k`` seeds; its null
-  distribution comes from flipping the signs of the differences (under "no difference" the
-  two arms of a seed are exchangeable, so every sign pattern is equally likely), with the
-  SAME sign patterns at every look (a fixed, seeded set of ``B`` patterns of length
-  ``n_max``, the identity first), which gives the joint distribution of the statistic across
-  looks;
+* the statistic at look k is the one-sample t statistic of the first ``n_k`` differences,
+  ``sqrt(n) mean / sd``. Its reference distribution comes from flipping the signs of the
+  differences with the SAME fixed, seeded set of ``B`` sign patterns at every look (the
+  identity first), which gives the statistic's joint distribution across looks;
 * alpha is spent over the looks with a Lan-DeMets spending function of the information
   fraction ``t = n_k / n_max`` (``pocock``: ``alpha ln(1 + (e - 1) t)``, spends early, the
   default since stopping early is the point; ``obrien-fleming``: ``2 - 2 Phi(z_{alpha/2} /
   sqrt t)``, spends late): the boundary ``c_k`` is the smallest value such that the share of
-  sign patterns whose |statistic| exceeds ``c_k`` at look k, and exceeded no earlier
-  boundary, is at most the alpha spent at look k. Summed over looks, at most ``alpha`` of
-  the patterns ever cross, whatever the looks were, so P(a wrong "better"/"worse") <= alpha;
-* "better" when the observed mean exceeds ``+c_k``, "worse" below ``-c_k``;
-* optionally "equivalent" (``margin``): the effect is surely inside ``(-margin, +margin)``:
-  two one-sided sign-flip tests of the differences shifted by the margin both reject at the
-  alpha spent at that look (the looks' levels sum to alpha: a union bound, valid under
-  differences symmetric about their mean). Stopping for equivalence never raises the error
-  of a "better"/"worse" decision (it only removes chances to reject);
+  sign patterns whose |t| exceeds ``c_k`` at look k, and exceeded no earlier boundary, is at
+  most the alpha spent at look k;
+* "better" when the observed t exceeds ``+c_k``, "worse" below ``-c_k``;
+* optionally "equivalent" (``margin``): the mean is surely inside ``(-margin, +margin)``:
+  both one-sided t-tests of the TOST (scipy's ``ttest_1samp`` against ``-margin`` and
+  ``+margin``) reject at the alpha spent at that look (the looks' levels sum to alpha: a
+  union bound). Stopping for equivalence never raises the error of a "better"/"worse"
+  decision (it only removes chances to reject);
 * otherwise "undecided" at ``n_max`` seeds ("capped") or when the compute budget is spent.
 
+What the test controls, measured (``benchmarks/calibration_study.py``, table in
+``docs/study-statistics.md``). Flipping signs is exact when the differences are symmetric
+about zero (normal, heavy-tailed, tied differences) and valid for a zero mean in large
+samples whatever their shape (Romano 1990). Note that in this one-sample, paired setting
+studentizing changes nothing: flipping signs keeps the sum of squares, so ``|t|`` is an
+increasing function of ``|mean|`` under every pattern and both order the patterns alike (the
+same boundaries, the same decisions; unlike the two-sample case of Chung & Romano 2013). The
+statistic is reported as t because it is scale-free. At the study's small n, strongly skewed
+differences (lognormal-shaped, skewness ~6) still make it say "worse" too often, as they do
+the paired t-test and the bootstrap-t: no test of a mean keeps its level for every shape at
+a fixed n (Bahadur & Savage 1956); the docs give the measured rates and what to do (compare
+such metrics on the log scale, a ratio).
+
 Why not a library: AdaStop (``adastop`` on PyPI) is unpaired (it permutes runs between
-agents, which discards the pairing of seeds that this study is built on) and brings
-matplotlib and pandas; ``confseq``'s betting confidence sequences are anytime-valid but,
-for differences bounded only by [-1, 1], decide nothing in under ~20 seeds even for large
-effects. The sign-flip construction is exact for any distribution of the differences and
-small enough to test by simulation (``tests/study/test_sequential.py``).
+agents, which discards the pairing of seeds that this study is built on); scipy's
+``permutation_test`` flips signs but neither shares the patterns across looks nor spends
+alpha; ``confseq``'s betting confidence sequences decide nothing in under ~20 seeds for
+differences bounded only by [-1, 1].
 
 Every function here is a pure function of the data and the design: the decision at every
 look is recomputed from the differences seen so far, so a resumed study re-derives exactly
-the decisions it had (no state but the data).
+the decisions it had (no state but the data). :func:`run_design` takes many studies at once
+(the calibration's simulations call the very code the study runs).
 """
 
 from __future__ import annotations
@@ -52,12 +61,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from pairedstats.power import paired_seeds_needed
+
 BETTER, WORSE, EQUIVALENT = "better", "worse", "equivalent"
 UNDECIDED = "undecided"
 DECIDED = (BETTER, WORSE, EQUIVALENT)
 #: why a comparison stopped: decided at a look, at max_seeds, or the study's budget was spent
 STOP_DECIDED, STOP_CAPPED, STOP_BUDGET = "decided", "max_seeds", "budget"
 SPENDING = ("pocock", "obrien-fleming")
+#: decision codes of :func:`run_design` (one small integer per study)
+CODES = {0: UNDECIDED, 1: BETTER, -1: WORSE, 2: EQUIVALENT}
 
 
 def spent(t: float, alpha: float, kind: str) -> float:
@@ -114,9 +127,6 @@ class SequentialDesign:
         patterns (all +, all -) must fit in the alpha spent there."""
         return 2.0 / 2 ** self.looks[look] <= self.alpha_at(look)
 
-    def seeds_at_look(self, look: int) -> int:
-        return self.looks[look]
-
     def alpha_at(self, look: int) -> float:
         """Alpha spent at this look (not cumulative)."""
         t = [n / self.max_seeds for n in self.looks]
@@ -143,22 +153,102 @@ class Look:
     look: int
     seeds: int
     mean: float
-    boundary: float  # |mean| beyond this: decided better / worse
+    t: float  # the studentized statistic sqrt(n) mean / sd
+    boundary: float  # |t| beyond this: decided better / worse
     alpha: float  # spent at this look
     decision: str  # better, worse, equivalent or undecided
 
 
 @dataclass
 class Analysis:
-    """Every look so far of one comparison, and where it stands."""
+    """Every look so far of one comparison, and where it stands. ``p_value``: the two-sided
+    stage-wise p-value of "no mean difference" at the last look (the share of sign patterns
+    that crossed an earlier boundary, plus those at the last look at least as extreme as the
+    data), <= alpha exactly when the design decided better/worse: what a correction across
+    the study's configurations adjusts."""
 
     looks: list[Look] = field(default_factory=list)
     decision: str = UNDECIDED
     decided_at: int | None = None  # look index (0-based) of the decision
+    p_value: float = math.nan
 
     @property
     def seeds(self) -> int:
         return self.looks[-1].seeds if self.looks else 0
+
+
+def studentized(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """One-sample t statistics ``sqrt(n) mean / sd`` of ``x`` (``(S, n)``: S studies of n
+    differences) under each sign pattern of ``signs`` (``(B, n)``): ``(S, B)``.
+
+    Flipping signs keeps the sum of squares, so only the mean changes per pattern. A pattern
+    whose differences are all equal has no spread: +-inf, and 0 when they are all zero."""
+    n = x.shape[-1]
+    mean = (x @ signs.T) / n
+    ss = np.sum(x * x, axis=-1, keepdims=True)
+    var = np.maximum(ss - n * mean * mean, 0.0) / (n - 1)
+    # rounding leaves ~1e-16 relative noise where the true spread is zero
+    flat = var <= 1e-12 * np.maximum(ss, 1e-300) / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = mean * math.sqrt(n) / np.sqrt(var)
+    return np.where(flat, np.where(mean == 0, 0.0, np.copysign(np.inf, mean)), t)
+
+
+@dataclass
+class Run:
+    """:func:`run_design` over S studies: per study the decision code (``CODES``), the
+    0-based look it stopped at (the last look available when undecided), the stage-wise
+    p-value, and per look the boundary and observed t (NaN after the stop)."""
+
+    code: np.ndarray  # (S,) int
+    look: np.ndarray  # (S,) int
+    p_value: np.ndarray  # (S,)
+    boundary: np.ndarray  # (S, K)
+    t: np.ndarray  # (S, K)
+    seeds: np.ndarray  # (S,) seeds used
+
+
+def run_design(d: np.ndarray, design: SequentialDesign, signs: np.ndarray) -> Run:
+    """The design on S studies at once: ``d`` is ``(S, n)`` paired differences in seed order
+    (n may be short of ``max_seeds``: looks past n are not taken), ``signs`` the patterns."""
+    d = np.atleast_2d(np.asarray(d, dtype=np.float64))
+    S, n_have = d.shape
+    B = signs.shape[0]
+    looks = [n for n in design.looks if n <= n_have]
+    K = len(looks)
+    code = np.zeros(S, dtype=np.int64)
+    stop = np.full(S, max(K - 1, 0), dtype=np.int64)
+    p_value = np.full(S, math.nan)
+    bound = np.full((S, K), math.nan)
+    tobs = np.full((S, K), math.nan)
+    live = np.ones(S, dtype=bool)  # studies not stopped yet
+    crossed = np.zeros((S, B), dtype=bool)  # patterns past an earlier boundary
+    for k, n in enumerate(looks):
+        if not live.any():
+            break
+        idx = np.flatnonzero(live)
+        x = d[idx, :n]
+        t = np.abs(studentized(x, signs[:, :n]))
+        t_obs = t[:, 0] * np.sign(x.sum(axis=1))
+        t_obs = np.where(np.isnan(t_obs), 0.0, t_obs)
+        a_k = design.alpha_at(k)
+        c = _boundaries(t, crossed[idx], a_k, B)
+        # stage-wise p: patterns that crossed before, plus those here at least as extreme
+        before = crossed[idx].sum(axis=1)
+        extreme = ((t >= np.abs(t_obs)[:, None] * (1 - 1e-12)) & ~crossed[idx]).sum(axis=1)
+        p_value[idx] = (before + extreme) / B
+        crossed[idx] |= t > c[:, None]
+        bound[idx, k], tobs[idx, k] = c, t_obs
+        decided = np.where(t_obs > c, 1, np.where(t_obs < -c, -1, 0))
+        if design.margin is not None and a_k > 0:
+            eq = _equivalent(x, design.margin, a_k) & (decided == 0)
+            decided = np.where(eq, 2, decided)
+        stopping = decided != 0
+        code[idx[stopping]] = decided[stopping]
+        stop[idx[stopping]] = k
+        live[idx[stopping]] = False
+    seeds = np.array(looks, dtype=np.int64)[stop] if K else np.zeros(S, dtype=np.int64)
+    return Run(code, stop, p_value, bound, tobs, seeds)
 
 
 def analyse(diffs, design: SequentialDesign, key: str) -> Analysis:
@@ -170,87 +260,55 @@ def analyse(diffs, design: SequentialDesign, key: str) -> Analysis:
     if not np.all(np.isfinite(d)):
         raise ValueError("paired differences must be finite (map failed runs to a value first)")
     out = Analysis()
-    signs = design.signs(key)
-    crossed = np.zeros(signs.shape[0], dtype=bool)  # patterns past an earlier boundary
-    B = signs.shape[0]
-    for k, n in enumerate(design.looks):
-        if n > d.size:
-            break
-        x = d[:n]
-        flipped = np.abs(signs[:, :n] @ x) / n
-        a_k = design.alpha_at(k)
-        boundary = _boundary(flipped, crossed, a_k, B)
-        crossed |= flipped > boundary
-        mean = float(x.mean())
-        decision = UNDECIDED
-        if abs(mean) > boundary:
-            decision = BETTER if mean > 0 else WORSE
-        elif design.margin is not None and _equivalent(x, signs[:, :n], design.margin, a_k):
-            decision = EQUIVALENT
-        out.looks.append(Look(k, n, mean, boundary, a_k, decision))
-        if decision != UNDECIDED:
-            out.decision, out.decided_at = decision, k
-            break
+    if d.size < design.looks[0]:
+        return out
+    run = run_design(d[None, :], design, design.signs(key))
+    last = int(run.look[0])
+    looks = [n for n in design.looks if n <= d.size]
+    for k in range(last + 1):
+        n = looks[k]
+        decision = CODES[int(run.code[0])] if k == last else UNDECIDED
+        out.looks.append(
+            Look(k, n, float(d[:n].mean()), float(run.t[0, k]), float(run.boundary[0, k]),
+                 design.alpha_at(k), decision)
+        )  # fmt: skip
+    out.decision = CODES[int(run.code[0])]
+    out.decided_at = last if out.decision != UNDECIDED else None
+    out.p_value = float(run.p_value[0])
     return out
 
 
-def _boundary(flipped: np.ndarray, crossed: np.ndarray, level: float, B: int) -> float:
-    """Smallest c with #{patterns not crossed before, |stat| > c} <= level * B."""
+def _boundaries(t: np.ndarray, crossed: np.ndarray, level: float, B: int) -> np.ndarray:
+    """Per study (rows of ``t``, ``(S, B)`` of |statistic|): the smallest c with
+    #{patterns not crossed before, |t| > c} <= level * B; ties at the cut stay below it."""
     allowed = int(math.floor(level * B + 1e-9))
-    live = np.sort(flipped[~crossed])[::-1]
-    if allowed >= live.size:
-        return -math.inf if live.size == 0 else float(live[-1]) - 1.0
-    if allowed == 0:
-        return float(live[0])
-    # the allowed largest values may exceed c; ties at the cut must not
-    c = float(live[allowed])
-    return c
+    live = np.where(crossed, -np.inf, t)
+    if allowed >= B:
+        return np.full(t.shape[0], -np.inf)
+    # the (allowed+1)-th largest live value: at most `allowed` values lie strictly above it
+    part = -np.partition(-live, allowed, axis=1)[:, allowed]
+    return part
 
 
-def _equivalent(x: np.ndarray, signs: np.ndarray, margin: float, level: float) -> bool:
-    """Two one-sided sign-flip tests: mean < +margin and mean > -margin, each at ``level``."""
-    if level <= 0:
-        return False
-    n = x.size
-    for shift, sense in ((margin, -1.0), (-margin, 1.0)):
-        y = x - shift  # under the boundary hypothesis, symmetric about 0
-        observed = sense * y.mean()
-        flipped = sense * (signs @ y) / n
-        p = float(np.mean(flipped >= observed - 1e-12))
-        if p > level:
-            return False
-    return True
+def _equivalent(x: np.ndarray, margin: float, level: float) -> np.ndarray:
+    """TOST on the mean, per row of ``x`` (``(S, n)``): mean > -margin and mean < +margin,
+    each one-sided t-test at ``level``. Rows without spread (every difference equal, e.g.
+    both arms at 100% on every seed so far) are never called equivalent: no spread is no
+    evidence about the mean, and zero-inflated differences give such rows often."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low = stats.ttest_1samp(x, -margin, axis=1, alternative="greater").pvalue
+        high = stats.ttest_1samp(x, margin, axis=1, alternative="less").pvalue
+    flat = np.ptp(x, axis=1) == 0
+    return (np.maximum(low, high) <= level) & ~flat
 
 
 # -- planning: fixed designs and expected sequential cost ----------------------------------
 
 
 def fixed_seeds(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
-    """Paired seeds a fixed design needs: the smallest n whose two-sided paired t-test at
-    ``alpha`` detects a mean difference ``effect`` (SD of differences ``sd``) with ``power``.
-    None when there is no effect to detect."""
-    if not (math.isfinite(effect) and math.isfinite(sd)) or effect == 0:
-        return None
-    if sd <= 0:
-        return 2
-    delta = abs(effect) / sd
-    for n in range(2, 100_000):
-        df = n - 1
-        crit = stats.t.ppf(1 - alpha / 2, df)
-        nc = delta * math.sqrt(n)
-        achieved = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
-        if achieved >= power:
-            return n
-    return None
-
-
-def fixed_power(n: int, effect: float, sd: float, alpha: float = 0.05) -> float:
-    """Power of the fixed two-sided paired t-test with n seeds."""
-    if n < 2 or sd <= 0:
-        return float("nan")
-    df, nc = n - 1, abs(effect) / sd * math.sqrt(n)
-    crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    """Paired seeds a fixed design needs (``pairedstats.power.paired_seeds_needed``, the one
+    power function of the project): None when there is no such number."""
+    return paired_seeds_needed(effect, sd, alpha=alpha, power=power).seeds
 
 
 @dataclass
@@ -272,22 +330,23 @@ def simulate(
     sampler=None,
 ) -> Simulation:
     """Run the design on ``studies`` simulated comparisons whose paired differences are drawn
-    i.i.d. (normal ``effect``, ``sd`` unless ``sampler(rng, n)`` is given)."""
+    i.i.d. (normal ``effect``, ``sd`` unless ``sampler(rng, n)`` is given), all at once."""
     rng = np.random.default_rng(seed)
-    counts = {BETTER: 0, WORSE: 0, EQUIVALENT: 0}
-    seeds = 0
-    for i in range(studies):
-        d = sampler(rng, design.max_seeds) if sampler else rng.normal(effect, sd, design.max_seeds)
-        result = analyse(d, design, key=f"simulation-{seed}-{i}")
-        if result.decision in counts:
-            counts[result.decision] += 1
-        seeds += result.seeds
-    decided = sum(counts.values())
+    if sampler is None:
+        d = rng.normal(effect, sd, (studies, design.max_seeds))
+    else:
+        d = np.stack([sampler(rng, design.max_seeds) for _ in range(studies)])
+    return summarise(run_design(d, design, design.signs(f"simulation-{seed}")))
+
+
+def summarise(run: Run) -> Simulation:
+    """Rates and mean seeds of a :func:`run_design` over many studies."""
+    studies = run.code.size
     return Simulation(
         studies=studies,
-        decided_rate=decided / studies,
-        better_rate=counts[BETTER] / studies,
-        worse_rate=counts[WORSE] / studies,
-        equivalent_rate=counts[EQUIVALENT] / studies,
-        mean_seeds=seeds / studies,
+        decided_rate=float(np.mean(run.code != 0)),
+        better_rate=float(np.mean(run.code == 1)),
+        worse_rate=float(np.mean(run.code == -1)),
+        equivalent_rate=float(np.mean(run.code == 2)),
+        mean_seeds=float(run.seeds.mean()),
     )

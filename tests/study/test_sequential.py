@@ -127,7 +127,7 @@ def _optuna(points: list[dict]) -> OptunaSearch:
 def _searcher(points, design, budget=None) -> PairedSeedSearcher:
     plan = SequentialPlan(
         design=design, seeds=tuple(range(design.max_seeds)), seeds_per_trial=2,
-        budget_seconds=budget, power_samples=50,
+        budget_seconds=budget,
     )  # fmt: skip
     return PairedSeedSearcher(
         _optuna(points), seed_blocks=[], max_configs=len(points), sequential=plan
