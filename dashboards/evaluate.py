@@ -18,8 +18,18 @@ import pandas as pd
 from dashboards import power, setups, stats, survival, tuning
 from dashboards import runs as runs_mod
 from dashboards.claims import Check, Claim
+from dashboards.power import ALL_CENSORED
 from dashboards.stats import Estimate
-from dashboards.verdicts import ArmResult, CheckVerdict, empty, judged, null_difference
+from dashboards.verdicts import (
+    NOT_MEASURABLE,
+    ArmResult,
+    CheckVerdict,
+    empty,
+    judged,
+    margin_pvalues,
+)
+from pairedstats import tests as ptests
+from pairedstats.power import SeedsNeeded
 
 
 class Context:
@@ -72,14 +82,12 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
     if vt.size == 0 or vb.size == 0:
         return empty(check, "no runs yet", f"no finite '{col}' values in one arm")
     a, b, paired = runs_mod.paired_values(treat, base, col, across_lr=check.select_lr == "best")
-    cmp = stats.compare(sign * a, sign * b, ctx.rng, paired=paired, n_resamples=ctx.n_resamples)
+    cmp = stats.compare(sign * a, sign * b, paired=paired)
     at = _summary_arm(check.treatment, vt, check, ctx, "mean")
     ab = _summary_arm(check.baseline, vb, check, ctx, "mean")
     # The arms' sizes are the runs compared: the pairs when paired.
     at, ab = replace(at, n=a.size), replace(ab, n=b.size)
-    seeds = power.seeds_needed(
-        sign * vt, sign * vb, null_difference=null_difference(check, cmp.difference.value)
-    )
+    oa, ob = _claimed(check, sign * a, sign * b)
     details = {
         "n_pairs": int(a.size) if paired else 0,
         "welch_p": stats.welch_pvalue(vt, vb),
@@ -89,8 +97,20 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
     describe = f"{what} mean difference in {col}{' (sign flipped)' if sign < 0 else ''}"
     return judged(
         check, claim, cmp.difference, cmp.p_improve, (at, ab), describe,
-        paired=paired, seeds=seeds, details=details,
+        pvalue=cmp.pvalue, paired=paired, seeds=_seeds(check, oa, ob, paired),
+        margin_p=margin_pvalues(check, oa, ob, paired), details=details,
     )  # fmt: skip
+
+
+def _claimed(check: Check, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) oriented so that larger means the claim holds ("worse" swaps the arms)."""
+    return (b, a) if check.comparison == "worse" else (a, b)
+
+
+def _seeds(check: Check, a: np.ndarray, b: np.ndarray, paired: bool) -> SeedsNeeded:
+    """Seeds per arm the check's own decision needs (``a``, ``b`` as from :func:`_claimed`)."""
+    comparison = "better" if check.comparison in ("better", "worse") else check.comparison
+    return power.seeds_needed(a, b, paired=paired, comparison=comparison, margin=check.margin)
 
 
 def _flags(v: pd.Series, check: Check) -> np.ndarray:
@@ -112,10 +132,11 @@ def _eval_rate(check, claim, treat, base, ctx) -> CheckVerdict:
     if pairs is not None:
         pt = _flags(pairs[f"{check.metric}_t"], check) ^ check.lower_is_better
         pb = _flags(pairs[f"{check.metric}_b"], check) ^ check.lower_is_better
-    cmp = stats.compare(
-        pt.astype(float), pb.astype(float), ctx.rng,
-        paired=pairs is not None, n_resamples=ctx.n_resamples,
-    )  # fmt: skip
+    paired = pairs is not None
+    cmp = stats.compare(pt.astype(float), pb.astype(float), paired=paired)
+    pvalue = (
+        float(ptests.mcnemar_pvalue(pt, pb)) if paired else ptests.fisher_pvalue(good_t, good_b)
+    )
     arms = []
     for name, flags, arm in ((check.treatment, ft, treat), (check.baseline, fb, base)):
         r = stats.rate(flags)
@@ -123,10 +144,15 @@ def _eval_rate(check, claim, treat, base, ctx) -> CheckVerdict:
         if check.metric == "max_grad_norm" and check.exceeds is not None:
             grad = stats.grad_norm_summary(arm["max_grad_norm"].to_numpy(float), check.exceeds)
         arms.append(ArmResult(name, flags.size, _scaled(r, _scale(check)), rate=r, grad_norms=grad))
-    seeds = power.seeds_needed(
-        good_t.astype(float), good_b.astype(float),
-        null_difference=null_difference(check, effect.value),
-    )  # fmt: skip
+    if not (ft.any() or fb.any()) or (ft.all() and fb.all()):
+        outcome = "had" if ft.any() else "had not"
+        seeds = SeedsNeeded.not_applicable(
+            f"every run in both arms {outcome} the outcome ({check.metric}): no difference "
+            "to detect at this budget"
+        )
+    else:
+        oa, ob = _claimed(check, pt.astype(float), pb.astype(float))
+        seeds = _seeds(check, oa, ob, paired)
     if check.success_at is not None:
         label = f"{check.metric} >= {check.success_at:g}"
     elif check.exceeds is not None:
@@ -137,7 +163,7 @@ def _eval_rate(check, claim, treat, base, ctx) -> CheckVerdict:
     describe = f"difference in rate of {flip}[{label}]"
     return judged(
         check, claim, effect, cmp.p_improve, tuple(arms), describe,
-        paired=pairs is not None, seeds=seeds,
+        pvalue=pvalue, paired=paired, seeds=seeds,
     )  # fmt: skip
 
 
@@ -170,10 +196,15 @@ def _time_event(arm: pd.DataFrame, check: Check, ctx: Context) -> tuple[np.ndarr
 
 
 def _time_arm(name: str, time: np.ndarray, event: np.ndarray, horizon: int) -> ArmResult:
+    """An arm's epochs to threshold: its headline is the mean epochs restricted to the budget
+    (the quantity the check tests) with Student's t interval, always finite; the
+    Kaplan-Meier curve is kept for the figure."""
     km = survival.kaplan_meier(time, event, horizon)
     n = int(np.sum(~np.isnan(time)))
-    reached = stats.wilson_interval(int(event.sum()), n)
-    return ArmResult(name, n, survival.median_epochs(km), km=km, reached=reached)
+    reached = stats.wilson_interval(int(np.sum(event & (time <= horizon))), n)
+    restricted = ptests.restricted_times(time, event, horizon)
+    mean = stats.summarize(restricted, None).mean
+    return ArmResult(name, n, mean, km=km, reached=reached)
 
 
 def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
@@ -190,10 +221,6 @@ def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
     if "epochs" in treat.columns and "epochs" in base.columns:
         observed = np.r_[observed, treat["epochs"].to_numpy(float), base["epochs"].to_numpy(float)]
     horizon = max(int(np.nanmax(observed)), 1)
-    arms = (
-        _time_arm(check.treatment, tt[okt], et[okt], horizon),
-        _time_arm(check.baseline, tb[okb], eb[okb], horizon),
-    )
     pairs = runs_mod.pair(treat.assign(_t=tt, _e=et), base.assign(_t=tb, _e=eb))
     paired = False
     if pairs is not None:
@@ -203,17 +230,39 @@ def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
         data = [pairs[c].to_numpy() for c in ("_t_t", "_e_t", "_t_b", "_e_b")]
     else:
         data = [tt[okt], et[okt], tb[okb], eb[okb]]
-    cmp = survival.time_to_threshold_comparison(
-        *data, ctx.rng, horizon=horizon, paired=paired, n_resamples=ctx.n_resamples
+    data = [np.asarray(data[0], float), np.asarray(data[1], bool),
+            np.asarray(data[2], float), np.asarray(data[3], bool)]  # fmt: skip
+    arms = (
+        _time_arm(check.treatment, data[0], data[1], horizon),
+        _time_arm(check.baseline, data[2], data[3], horizon),
     )
-    arms = (replace(arms[0], n=cmp.n_a), replace(arms[1], n=cmp.n_b))
-    seeds = power.seeds_needed(
-        -tt[okt], -tb[okb], null_difference=null_difference(check, cmp.epochs_saved.value)
-    )
-    describe = f"epochs saved (restricted mean to {horizon} epochs)"
+    cmp = survival.time_to_threshold_comparison(*data, horizon=horizon, paired=paired)
+    thr = "its threshold" if check.threshold is None else f"{check.threshold:g}"
+    if not cmp.measurable:
+        fa, fb = cmp.reached
+        reason = (
+            f"{check.treatment} vs {check.baseline}: {fa:.0%} and {fb:.0%} of runs reached "
+            f"{thr} within the budget of {horizon} epochs; fewer than "
+            f"{ptests.MIN_REACHED:.0%} in both arms, so this budget cannot measure the time to "
+            "it (a longer budget or a lower threshold can)."
+        )
+        return CheckVerdict(
+            check, NOT_MEASURABLE, reason, arms[0], arms[1], paired=paired,
+            details={"horizon": horizon, "reached": [fa, fb]},
+            seeds_reason="not measurable at this budget",
+        )  # fmt: skip
+    # Larger is better for the power: minus the restricted time, treatment first.
+    ra = -ptests.restricted_times(data[0], data[1], horizon)
+    rb = -ptests.restricted_times(data[2], data[3], horizon)
+    if cmp.reached[0] == 0 and cmp.reached[1] == 0:
+        seeds = SeedsNeeded.not_applicable(ALL_CENSORED)
+    else:
+        seeds = _seeds(check, *_claimed(check, ra, rb), paired)
+    describe = f"epochs saved (mean epochs restricted to the {horizon}-epoch budget)"
     return judged(
         check, claim, cmp.epochs_saved, cmp.p_faster, arms, describe,
-        paired=paired, seeds=seeds, details={"horizon": horizon},
+        pvalue=cmp.pvalue, paired=paired, seeds=seeds,
+        details={"horizon": horizon, "reached": list(cmp.reached)},
     )  # fmt: skip
 
 
@@ -230,20 +279,23 @@ def _eval_lr(check, claim, treat, base, ctx) -> CheckVerdict:
     rb = tuning.lr_robustness(lb, vb, ctx.rng, **kw)
     effect = tuning.lr_worst_case_difference(lt, vt, lb, vb, ctx.rng, **kw)
     sign = 1.0 if higher else -1.0
-    seeds = power.seeds_needed(
-        sign * vt[np.isclose(lt, rt.worst_lr)],
-        sign * vb[np.isclose(lb, rb.worst_lr)],
-        null_difference=null_difference(check, effect.value),
-    )
+    seeds = _seeds(
+        check,
+        *_claimed(check, sign * vt[np.isclose(lt, rt.worst_lr)],
+                  sign * vb[np.isclose(lb, rb.worst_lr)]),
+        False,
+    )  # fmt: skip
     arms = tuple(
         ArmResult(name, int(min(np.sum(np.isclose(lr, x)) for x in common)),
                   _scaled(r.worst, _scale(check)), lr=r)
         for name, r, lr in ((check.treatment, rt, lt), (check.baseline, rb, lb))
     )  # fmt: skip
     describe = f"worst-case mean {col} over {common.size} learning rates, difference"
+    # No test of a worst case over learning rates: its bootstrap interval decides (the
+    # docs say this rule is not calibrated).
     return judged(
         check, claim, effect, None, arms, describe,
-        seeds=seeds, details={"common_lrs": common.tolist()},
+        pvalue=None, seeds=seeds, details={"common_lrs": common.tolist()},
     )  # fmt: skip
 
 
@@ -256,8 +308,18 @@ def _eval_std(check, claim, treat, base, ctx) -> CheckVerdict:
         _summary_arm(check.treatment, vt, check, ctx, "std"),
         _summary_arm(check.baseline, vb, check, ctx, "std"),
     )
-    describe = f"std of {check.metric} over seeds, baseline minus treatment"
-    return judged(check, claim, effect, None, arms, describe)
+    pairs = runs_mod.pair(treat, base)
+    if pairs is not None:
+        keep = pairs[f"{check.metric}_t"].notna() & pairs[f"{check.metric}_b"].notna()
+        pt = pairs.loc[keep, f"{check.metric}_t"].to_numpy(float)
+        pb = pairs.loc[keep, f"{check.metric}_b"].to_numpy(float)
+        pvalue, test = float(ptests.spread_pvalue(pt, pb)), "swap randomisation over seed pairs"
+    else:
+        pvalue, test = ptests.levene_pvalue(vt, vb), "Brown-Forsythe"
+    describe = f"std of {check.metric} over seeds, baseline minus treatment ({test})"
+    return judged(
+        check, claim, effect, None, arms, describe, pvalue=pvalue, paired=pairs is not None
+    )
 
 
 _EVALUATORS = {

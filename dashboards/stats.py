@@ -10,12 +10,15 @@ Conventions used throughout:
 
 * Confidence intervals are two-sided, 95% by default, and come back as an
   ``Estimate(value, low, high)``.
-* Bootstrap intervals are **percentile** intervals from ``scipy.stats.bootstrap`` with
-  2,000 resamples by default (vectorised: the statistic sees all resamples at once).
-  Percentile, not BCa, because BCa is undefined for the degenerate bootstrap distributions
-  that seeds produce all the time (every seed at 100% accuracy). Samples of fewer than two
-  values get a NaN interval (no spread can be estimated from one seed); a constant sample
-  gets the collapsed interval ``[x, x]``.
+* Intervals keep their coverage at the small n of a seed study (issue 20): Student's t for
+  means and mean differences (Welch unpaired), chi-square for a std, order statistics for a
+  median, Clopper-Pearson for P(A>B)'s win count, Wilson for rates. The percentile bootstrap
+  (``scipy.stats.bootstrap``, 2,000 resamples) remains only for figures with no such
+  interval (IQM, a difference of stds), shown descriptively; BCa is undefined for the
+  degenerate samples seeds produce (every seed at 100%). Samples of fewer than two values get
+  a NaN interval; a constant sample gets the collapsed interval ``[x, x]``.
+* Decisions are made by the tests of :mod:`pairedstats.tests` (one per check type), never by
+  whether one of these intervals clears a line while another does not.
 * "A better than B" means larger values are better; callers negate lower-is-better
   metrics (epochs, divergence) before comparing.
 
@@ -35,13 +38,14 @@ import numpy as np
 from scipy import stats as sps
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
+from pairedstats import effects
+from pairedstats import tests as ptests
+from pairedstats.streams import keyed_rng
 from trainables.contract import prob_better as prob_improvement_paired
 
 N_RESAMPLES = 2_000
 CONFIDENCE = 0.95
-#: Below this many seeds (pairs) a percentile bootstrap collapses (3 seeds that all win give
-#: P(A>B) = 1 [1, 1]); comparisons then use intervals that are honest for small n: Wilson on
-#: the win count for P(A>B), Student's t for the mean difference.
+#: Kept for callers: comparisons no longer switch to a bootstrap at any n.
 MIN_BOOTSTRAP = 10
 # P(A>B) thresholds of Bouthillier et al. (2021), "Accounting for variance in ML benchmarks".
 SIGNIFICANT_ABOVE = 0.5
@@ -89,6 +93,7 @@ class Comparison(NamedTuple):
     significant: bool
     meaningful: bool
     difference: Estimate
+    pvalue: float = math.nan  # two-sided t-test (paired) or Welch (unpaired) of no difference
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,12 +115,13 @@ def as_1d(x: np.ndarray, name: str) -> np.ndarray:
 def bootstrap(
     data: tuple[np.ndarray, ...],
     statistic: Callable[..., np.ndarray],
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     paired: bool,
     n_resamples: int,
     confidence_level: float,
 ) -> list[Estimate]:
-    """Point value and percentile bootstrap CI of a vectorised ``statistic(*data, axis)``.
+    """Point value and percentile bootstrap CI of a vectorised ``statistic(*data, axis)``;
+    its random stream is keyed by the statistic and the data (``rng`` is not used).
 
     Returns one ``Estimate`` per element of the statistic's (scalar or 1-D) output; the bounds
     are NaN when a sample has fewer than two values.
@@ -124,6 +130,12 @@ def bootstrap(
     point = np.ravel(np.asarray(statistic(*data, axis=-1), dtype=float))
     if min(len(d) for d in data) < 2:
         return [Estimate(float(v), math.nan, math.nan) for v in point]
+    # The stream is keyed by the quantity (statistic and the values it resamples), not drawn
+    # from the caller's generator: two views of one number draw the same resamples, and a
+    # number does not move when unrelated runs are added or evaluated first (issue 20).
+    del rng
+    name = getattr(statistic, "__qualname__", repr(statistic))
+    key = (name, paired, n_resamples, confidence_level, *(np.asarray(d).tobytes() for d in data))
     res = sps.bootstrap(
         data,
         statistic,
@@ -133,7 +145,7 @@ def bootstrap(
         axis=-1,
         confidence_level=confidence_level,
         method="percentile",
-        **{_RNG_KEYWORD: rng},
+        **{_RNG_KEYWORD: keyed_rng(0, *key)},
     )
     # Widen to contain the estimate: rounding noise (constant samples) or a skewed bootstrap
     # distribution must not leave a point estimate outside its own interval.
@@ -160,21 +172,50 @@ def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return sps.trim_mean(np.asarray(x, dtype=float), 0.25, axis=axis)
 
 
-def _summary_statistic(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    std = np.std(x, axis=axis, ddof=1) if x.shape[axis] > 1 else np.full(x.shape[:-1], np.nan)
-    return np.stack([np.mean(x, axis=axis), std, np.median(x, axis=axis), iqm(x, axis=axis)])
+def _t_mean(x: np.ndarray, confidence_level: float) -> Estimate:
+    m = float(x.mean())
+    if x.size < 2:
+        return Estimate(m, math.nan, math.nan)
+    half = sps.t.ppf((1 + confidence_level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return Estimate(m, m - half, m + half)
+
+
+def _chi2_std(x: np.ndarray, confidence_level: float) -> Estimate:
+    if x.size < 2:
+        return Estimate(math.nan, math.nan, math.nan)
+    s, df = float(x.std(ddof=1)), x.size - 1
+    tail = (1 - confidence_level) / 2
+    low = s * math.sqrt(df / sps.chi2.ppf(1 - tail, df))
+    high = s * math.sqrt(df / sps.chi2.ppf(tail, df))
+    return Estimate(s, low, high)
+
+
+def _order_median(x: np.ndarray, confidence_level: float) -> Estimate:
+    """The median with its distribution-free interval between two order statistics (at least
+    the stated coverage; NaN when n is too small for any pair to reach it)."""
+    xs = np.sort(x)
+    n, med = xs.size, float(np.median(xs))
+    k = int(sps.binom.ppf((1 - confidence_level) / 2, n, 0.5))  # P(B <= k-1) <= tail
+    while k > 0 and 1 - 2 * sps.binom.cdf(k - 1, n, 0.5) < confidence_level:
+        k -= 1
+    if k < 1:
+        return Estimate(med, math.nan, math.nan)
+    return Estimate(med, float(min(xs[k - 1], med)), float(max(xs[n - k], med)))
 
 
 def summarize(
     values: np.ndarray,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     *,
     n_resamples: int = N_RESAMPLES,
     confidence_level: float = CONFIDENCE,
 ) -> Summary:
     """Mean, std (ddof=1), median and IQM of one configuration's metric, each with a CI.
 
-    One joint percentile bootstrap (the four statistics share the resamples).
+    Intervals that keep their coverage at the n in use (issue 20: a percentile bootstrap at
+    n=6 is about 0.7x the t width): Student's t for the mean, chi-square for the std,
+    order statistics for the median (NaN when too few seeds); only the IQM, which has no
+    such interval, is a percentile bootstrap (``rng``), shown as a descriptive figure.
 
     Args:
         values: ``num_seeds`` metric values; NaNs (e.g. no test set) are dropped.
@@ -183,8 +224,15 @@ def summarize(
     x = x[~np.isnan(x)]
     if x.size == 0:
         return Summary(0, NAN, NAN, NAN, NAN)
-    est = bootstrap((x,), _summary_statistic, rng, False, n_resamples, confidence_level)
-    return Summary(int(x.size), *est)
+    check_confidence(confidence_level)
+    iqm_ci = bootstrap((x,), iqm, rng, False, n_resamples, confidence_level)[0]
+    return Summary(
+        int(x.size),
+        _t_mean(x, confidence_level),
+        _chi2_std(x, confidence_level),
+        _order_median(x, confidence_level),
+        iqm_ci,
+    )
 
 
 def bootstrap_ci(
@@ -221,16 +269,6 @@ def prob_improvement_unpaired(a: np.ndarray, b: np.ndarray, axis: int = -1) -> n
     return u / (a.shape[axis] * b.shape[axis])
 
 
-def _comparison_statistic(paired: bool) -> Callable[..., np.ndarray]:
-    def statistic(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-        if paired:
-            return np.stack([prob_improvement_paired(a, b, axis=axis), np.mean(a - b, axis=axis)])
-        diff = np.mean(a, axis=axis) - np.mean(b, axis=axis)
-        return np.stack([prob_improvement_unpaired(a, b, axis=axis), diff])
-
-    return statistic
-
-
 def significance(p: Estimate) -> tuple[bool, bool]:
     """(significant, meaningful) for a P(A>B) estimate, as in :class:`Comparison`."""
     return bool(p.low > SIGNIFICANT_ABOVE), bool(p.high >= MEANINGFUL_AT)
@@ -239,34 +277,33 @@ def significance(p: Estimate) -> tuple[bool, bool]:
 def compare(
     a: np.ndarray,
     b: np.ndarray,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None = None,
     *,
     paired: bool,
     n_resamples: int = N_RESAMPLES,
     confidence_level: float = CONFIDENCE,
 ) -> Comparison:
-    """A versus B: P(A>B) (ties 1/2) and the mean difference, with bootstrap CIs.
+    """A versus B: P(A>B) (ties 1/2) as an effect size and the mean difference with its test.
 
-    Paired (a[i] and b[i] share seed i): seed pairs are resampled jointly and the difference
-    is the mean per-seed difference; identical inputs give P(A>B) = 0.5 exactly. Unpaired:
-    the samples are resampled independently and P(A>B) is Mann-Whitney's U / (n_a n_b).
-    With fewer than :data:`MIN_BOOTSTRAP` seeds in an arm the intervals are Wilson's on the
-    win count and Student's t instead (never the zero-width bootstrap interval).
+    The difference's interval and p-value are Student's t on the per-seed differences when
+    paired, Welch's when not, at every n (the percentile bootstrap used from 10 seeds on was
+    too narrow: issue 20). P(A>B)'s interval is Clopper-Pearson on the win count
+    (:func:`pairedstats.effects.prob_better_interval`; unpaired, over the smaller arm's n: a
+    conservative count). Nothing here is random; ``rng`` and ``n_resamples`` are accepted
+    for callers that pass them.
 
     Args:
         a: ``n_a`` values; b: ``n_b`` values (n_a = n_b when paired). No NaNs.
     """
+    del rng, n_resamples  # analytic intervals
     a = as_1d(a, "a")
     b = as_1d(b, "b")
     if paired and a.shape != b.shape:
         raise ValueError(f"paired samples need equal lengths, got {a.size} and {b.size}")
-    if min(a.size, b.size) < MIN_BOOTSTRAP:
-        p = wins_interval(prob_improvement(a, b, paired), a.size, b.size, paired, confidence_level)
-        diff = mean_difference_t(a, b, paired=paired, confidence_level=confidence_level)
-        return Comparison(a.size, b.size, paired, p, *significance(p), diff)
-    statistic = _comparison_statistic(paired)
-    p, diff = bootstrap((a, b), statistic, rng, paired, n_resamples, confidence_level)
-    return Comparison(a.size, b.size, paired, p, *significance(p), diff)
+    p = wins_interval(a, b, paired, confidence_level)
+    diff = mean_difference_t(a, b, paired=paired, confidence_level=confidence_level)
+    pvalue = float(ptests.difference_pvalue(a, b, paired=paired)) if a.size and b.size else math.nan
+    return Comparison(a.size, b.size, paired, p, *significance(p), diff, pvalue)
 
 
 def prob_improvement(a: np.ndarray, b: np.ndarray, paired: bool) -> float:
@@ -275,14 +312,26 @@ def prob_improvement(a: np.ndarray, b: np.ndarray, paired: bool) -> float:
     return float(f(a, b))
 
 
-def wins_interval(p: float, n_a: int, n_b: int, paired: bool, confidence_level: float) -> Estimate:
-    """P(A>B) with the Wilson interval of its win count: over the n seed pairs when paired
-    (ties count half a win), over the smaller sample when not (a conservative n)."""
-    n = n_a if paired else min(n_a, n_b)
-    if n == 0 or math.isnan(p):
-        return Estimate(p, math.nan, math.nan)
-    low, high = proportion_confint(p * n, n, alpha=1.0 - confidence_level, method="wilson")
-    return Estimate(p, float(min(low, p)), float(max(high, p)))
+def wins_interval(a: np.ndarray, b: np.ndarray, paired: bool, confidence_level: float) -> Estimate:
+    """P(A>B) (ties 1/2) with Clopper-Pearson's interval on its win count, ties counted
+    outward: over the n seed pairs when paired, over the smaller sample when not (the
+    fractions of the n_a n_b comparisons scaled to that n, rounded outward)."""
+    a, b = as_1d(a, "a"), as_1d(b, "b")
+    if min(a.size, b.size) == 0:
+        return NAN
+    if paired:
+        wins, ties, n = effects.wins_ties(a, b)
+    else:
+        n = min(a.size, b.size)
+        fw = float(np.mean(a[:, None] > b[None, :]))
+        ft = float(np.mean(a[:, None] == b[None, :]))
+        wins = math.floor(fw * n + 1e-9)
+        ties = min(n - wins, math.ceil((fw + ft) * n - 1e-9) - wins)
+    value, low, high = effects.prob_better_interval(
+        wins, ties, n, confidence_level=confidence_level
+    )
+    exact = prob_improvement(a, b, paired)  # the point is the exact fraction, not the rounding
+    return Estimate(exact, min(low, exact), max(high, exact))
 
 
 def mean_difference_t(

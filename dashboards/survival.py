@@ -8,6 +8,7 @@ mean, Gehan's pairwise scoring) is built on them here. Epochs are 1-based.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import NamedTuple
 
@@ -16,16 +17,15 @@ from scipy import stats as sps
 
 from dashboards.stats import (
     CONFIDENCE,
-    MIN_BOOTSTRAP,
     N_RESAMPLES,
     Estimate,
     as_1d,
-    bootstrap,
     check_confidence,
     mean_difference_t,
     significance,
-    wins_interval,
 )
+from pairedstats import effects
+from pairedstats import tests as ptests
 
 
 class KaplanMeier(NamedTuple):
@@ -53,6 +53,9 @@ class TimeComparison(NamedTuple):
     significant: bool
     meaningful: bool
     epochs_saved: Estimate
+    pvalue: float = math.nan  # t-test of equal restricted mean times (paired, else Welch)
+    measurable: bool = True  # at least half the runs of one arm reached within the budget
+    reached: tuple[float, float] = (math.nan, math.nan)  # fraction reached, A and B
 
 
 def censored_epochs(
@@ -245,45 +248,56 @@ def time_to_threshold_comparison(
     event_a: np.ndarray,
     time_b: np.ndarray,
     event_b: np.ndarray,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None = None,
     *,
     horizon: int,
     paired: bool,
     n_resamples: int = N_RESAMPLES,
     confidence_level: float = CONFIDENCE,
 ) -> TimeComparison:
-    """A versus B on censored epochs-to-threshold: P(A faster) and epochs saved, with CIs.
+    """A versus B on censored epochs-to-threshold: P(A faster) and epochs saved, with CIs,
+    and the test that decides.
 
-    Percentile bootstrap over runs (seed pairs jointly when ``paired``); each resample refits
-    the Kaplan-Meier curves. Below :data:`~dashboards.stats.MIN_BOOTSTRAP` runs per arm,
-    Wilson's interval on the Gehan wins and Student's t on the restricted epochs instead.
+    Each run's time is restricted to the budget (``horizon``): its epoch when it reached the
+    threshold within it, else the budget (:func:`pairedstats.tests.restricted_times`).
+    Epochs saved is the mean of B's minus A's restricted times with Student's t interval
+    (paired by seed, else Welch), and its p-value is that t-test's; the budget can measure
+    it only when at least half the runs of one arm reach the threshold
+    (:func:`pairedstats.tests.measurable`), else ``measurable`` is False and the verdict says
+    so. P(A faster) (Gehan scoring) is an effect size with a Clopper-Pearson interval.
+    Nothing is resampled; ``rng`` and ``n_resamples`` are accepted for callers.
 
     Args:
         time_a, event_a: ``n_a`` runs; time_b, event_b: ``n_b`` runs (see
             :func:`censored_epochs`); equal lengths, matched by seed, when ``paired``.
-        horizon: epochs over which the restricted means are taken (the planned epochs).
+        horizon: the budget in epochs (the planned epochs).
     """
-    ca = _encode(as_1d(time_a, "time_a"), event_a)
-    cb = _encode(as_1d(time_b, "time_b"), event_b)
+    del rng, n_resamples
+    check_confidence(confidence_level)
+    ta, tb = as_1d(time_a, "time_a"), as_1d(time_b, "time_b")
+    ea, eb = np.asarray(event_a, dtype=bool), np.asarray(event_b, dtype=bool)
+    ca, cb = _encode(ta, ea), _encode(tb, eb)
     if paired:
         _check_paired(ca, cb)
-    if min(ca.size, cb.size) < MIN_BOOTSTRAP:
-        # Few seeds: Wilson on the Gehan wins, Student's t on the runs' own restricted epochs
-        # (a censored run counts its censoring epoch, as the restricted mean does when runs
-        # are censored at the end of their budget).
-        p = wins_interval(float(_p_faster(ca, cb, paired)), ca.size, cb.size, paired,
-                          confidence_level)  # fmt: skip
-        ra, rb = np.minimum(np.abs(ca), horizon), np.minimum(np.abs(cb), horizon)
-        saved = mean_difference_t(rb, ra, paired=paired, confidence_level=confidence_level)
-        return TimeComparison(ca.size, cb.size, paired, p, *significance(p), saved)
-
-    def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-        x = np.moveaxis(x, axis, -1)
-        y = np.moveaxis(y, axis, -1)
-        tx, ex = _decode(x)
-        ty, ey = _decode(y)
-        saved = restricted_mean_epochs(ty, ey, horizon) - restricted_mean_epochs(tx, ex, horizon)
-        return np.stack([_p_faster(x, y, paired), saved])
-
-    p, saved = bootstrap((ca, cb), stat, rng, paired, n_resamples, confidence_level)
-    return TimeComparison(ca.size, cb.size, paired, p, *significance(p), saved)
+    ra = ptests.restricted_times(ta, ea, horizon)
+    rb = ptests.restricted_times(tb, eb, horizon)
+    saved = mean_difference_t(rb, ra, paired=paired, confidence_level=confidence_level)
+    pvalue = float(ptests.difference_pvalue(rb, ra, paired=paired))
+    reached_a = float(np.mean(ea & (ta <= horizon))) if ta.size else 0.0
+    reached_b = float(np.mean(eb & (tb <= horizon))) if tb.size else 0.0
+    measurable = max(reached_a, reached_b) >= ptests.MIN_REACHED
+    if paired:
+        score = _faster_score(ca, cb)
+        wins, ties, n = int(np.sum(score == 1.0)), int(np.sum(score == 0.5)), ca.size
+    else:
+        score = _faster_score(ca[:, None], cb[None, :])
+        n = min(ca.size, cb.size)
+        wins = math.floor(float(np.mean(score == 1.0)) * n + 1e-9)
+        ties = min(n - wins, math.ceil(float(np.mean(score >= 0.5)) * n - 1e-9) - wins)
+    _, low, high = effects.prob_better_interval(wins, ties, n, confidence_level=confidence_level)
+    point = float(_p_faster(ca, cb, paired)) if n else math.nan
+    p = Estimate(point, min(low, point), max(high, point))
+    return TimeComparison(
+        ca.size, cb.size, paired, p, *significance(p), saved, pvalue, measurable,
+        (reached_a, reached_b),
+    )  # fmt: skip

@@ -22,6 +22,7 @@ from dashboards.stats import (
     check_confidence,
     quantile_ci,
 )
+from pairedstats.streams import keyed_rng
 
 
 class LrRobustness(NamedTuple):
@@ -58,10 +59,15 @@ def _lr_groups(lr: np.ndarray, values: np.ndarray) -> dict[float, np.ndarray]:
 
 
 def _boot_means(groups: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
-    """Bootstrap means per group (seeds resampled within each): ``n x len(groups)``."""
+    """Bootstrap means per group (seeds resampled within each): ``n x len(groups)``.
+
+    Each group's stream is keyed by its values (``rng`` is not used), so one learning rate's
+    resamples are the same in every view and do not move when other runs are added."""
+    del rng
     out = np.empty((n, len(groups)))
     for j, v in enumerate(groups):  # a handful of learning rates, not runs
-        out[:, j] = v[rng.integers(0, v.size, size=(n, v.size))].mean(axis=-1)
+        g = keyed_rng(0, "lr-group-mean", n, np.asarray(v, dtype=float).tobytes())
+        out[:, j] = v[g.integers(0, v.size, size=(n, v.size))].mean(axis=-1)
     return out
 
 

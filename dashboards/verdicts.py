@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -62,11 +62,16 @@ import pandas as pd
 
 from dashboards.claims import Check, Claim
 from dashboards.setups import PAPER, Setup
-from dashboards.stats import SIGNIFICANT_ABOVE, Estimate, GradNorms, Summary, significance
+from dashboards.stats import Estimate, GradNorms, Summary, significance
 from dashboards.survival import KaplanMeier
 from dashboards.tuning import LrRobustness
+from pairedstats import multiplicity
+from pairedstats import tests as ptests
+from pairedstats.power import SeedsNeeded
 
 EMPTY = frozenset({"no runs yet", "no data"})
+#: a time-to-threshold check whose budget too few runs reach in both arms
+NOT_MEASURABLE = "not measurable at this budget"
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,10 @@ class CheckVerdict:
     details: dict[str, Any] = field(default_factory=dict)
     setup: Setup | None = None  # the setup it was judged on (None: no data, or a benchmark)
     scale: str | None = None  # paper / reduced / other scale
+    seeds_reason: str | None = None  # why there is no seeds-needed figure (not applicable)
+    pvalue: float = math.nan  # the check's own test of no effect (two-sided)
+    p_against: float = math.nan  # p-value behind a "contradicted" (an upper bound if CI-based)
+    p_adjusted: float = math.nan  # p_against after the claim's Holm step
 
     @property
     def at_paper_scale(self) -> bool:
@@ -148,8 +157,10 @@ class Verdict:
     verdict: str
     reason: str
     checks: tuple[CheckVerdict, ...]  # each check's headline verdict
-    seeds_needed: float | None = None
+    seeds_needed: float | None = None  # the headline check's own figure
     by_setup: tuple[CheckVerdict, ...] = ()  # every (check, setup) verdict
+    seeds_reason: str | None = None  # why the headline check has no seeds figure
+    correction: str = ""  # how the claim controls its error across its checks
 
     @property
     def scale(self) -> str | None:
@@ -194,43 +205,87 @@ def flip(e: Estimate) -> Estimate:
     return Estimate(-e.value, -e.high, -e.low)
 
 
-def decide(check: Check, effect: Estimate, p: Estimate | None, n_min: int, min_seeds: int):
-    """(verdict, why) by the module's decision rule; ``effect`` and ``p`` treatment-better."""
+#: every check's test is two-sided at this level (its 95% interval); a claim's family too
+ALPHA = 0.05
+
+
+def decide(
+    check: Check,
+    effect: Estimate,
+    pvalue: float | None,
+    n_min: int,
+    min_seeds: int,
+    *,
+    margin_p: Mapping[str, float] | None = None,
+) -> tuple[str, str, float]:
+    """(verdict, why, p_against) by the module's decision rule.
+
+    ``effect`` is oriented treatment-better; ``pvalue`` is the check's one test of no effect
+    (two-sided; None for a statistic without one: its 95% interval decides, and a
+    contradiction then enters the claim's Holm step at p = 0.05, the bound that interval
+    gives). ``margin_p`` holds the exact p-values of the margin tests where the evaluator has
+    them (``below_min_effect``, ``below_margin``, ``outside_margin``), else the same bound.
+    ``p_against`` is the p-value behind a "contradicted" (NaN otherwise).
+    """
+    nan = math.nan
     if n_min < min_seeds:
-        return "inconclusive", f"only {n_min} runs in the smaller arm, {min_seeds} needed to judge"
+        why = f"only {n_min} runs in the smaller arm, {min_seeds} needed to judge"
+        return "inconclusive", why, nan
+    margin_p = margin_p or {}
     kind = check.comparison
     if kind == "worse":
         effect = flip(effect)
-        p = None if p is None else Estimate(1 - p.value, 1 - p.high, 1 - p.low)
     if kind in ("better", "worse"):
-        p_sig = p is not None and p.low > SIGNIFICANT_ABOVE
-        p_neg = p is not None and p.high < SIGNIFICANT_ABOVE
-        support = effect.low > 0 or p_sig
-        wrong_sign = effect.high < 0 or p_neg
-        too_small = effect.high < check.min_effect
         word = "better" if kind == "better" else "worse"
-        if support and wrong_sign:
-            return "inconclusive", "effect CI and P(A>B) point in opposite directions"
+        if pvalue is None:  # no test for this statistic: its interval decides
+            support, wrong_sign, p = effect.low > 0, effect.high < 0, ALPHA
+        else:
+            if math.isnan(pvalue):
+                return "inconclusive", "the test is not defined on these runs", nan
+            significant = pvalue < ALPHA
+            support = significant and effect.value > 0
+            wrong_sign = significant and effect.value < 0
+            p = pvalue
         if wrong_sign:
-            return "contradicted", f"the data show the opposite: the treatment is not {word}"
-        if too_small:
-            return "contradicted", f"the effect is surely smaller than {check.min_effect:g}"
+            return "contradicted", f"the data show the opposite: the treatment is not {word}", p
+        if effect.high < check.min_effect:
+            p = margin_p.get("below_min_effect", ALPHA)
+            return "contradicted", f"the effect is surely smaller than {check.min_effect:g}", p
         if support:
-            return "supported", f"the treatment is {word} (CI excludes no effect)"
-        return "inconclusive", "the CI includes no effect"
+            return "supported", f"the treatment is {word} (p = {p:.2g})", nan
+        return "inconclusive", "no significant difference", nan
     if kind == "not_worse":
         if effect.low > -check.margin:
-            return "supported", f"not worse by more than {check.margin:g}"
+            return "supported", f"not worse by more than {check.margin:g}", nan
         if effect.high < -check.margin:
-            return "contradicted", f"worse by more than {check.margin:g}"
-        return "inconclusive", f"the CI straddles the -{check.margin:g} margin"
+            p = margin_p.get("below_margin", ALPHA)
+            return "contradicted", f"worse by more than {check.margin:g}", p
+        return "inconclusive", f"the CI straddles the -{check.margin:g} margin", nan
     if kind == "equivalent":
         if -check.margin < effect.low and effect.high < check.margin:
-            return "supported", f"within +-{check.margin:g}"
+            return "supported", f"within +-{check.margin:g}", nan
         if effect.low > check.margin or effect.high < -check.margin:
-            return "contradicted", f"differs by more than {check.margin:g}"
-        return "inconclusive", f"the CI straddles the +-{check.margin:g} margin"
+            p = margin_p.get("outside_margin", ALPHA)
+            return "contradicted", f"differs by more than {check.margin:g}", p
+        return "inconclusive", f"the CI straddles the +-{check.margin:g} margin", nan
     raise AssertionError(f"unhandled comparison {kind}")  # the schema rules this out
+
+
+def margin_pvalues(check: Check, a: np.ndarray, b: np.ndarray, paired: bool) -> dict[str, float]:
+    """Exact two-sided-scale p-values of the margin contradictions of a mean check (``a``,
+    ``b`` oriented treatment-better): the effect below ``min_effect``, below ``-margin``,
+    outside ``+-margin``; each is twice a one-sided t-test, so it compares with ALPHA as the
+    95% interval does."""
+
+    def one(null: float, alternative: str) -> float:
+        p = float(ptests.difference_pvalue(a, b, paired=paired, null=null, alternative=alternative))
+        return min(1.0, 2.0 * p)
+
+    return {
+        "below_min_effect": one(check.min_effect, "less"),
+        "below_margin": one(-check.margin, "less"),
+        "outside_margin": min(one(check.margin, "greater"), one(-check.margin, "less")),
+    }
 
 
 def null_difference(check: Check, effect_value: float) -> float:
@@ -250,21 +305,32 @@ def judged(
     arms: tuple[ArmResult, ArmResult],
     describe: str,
     *,
+    pvalue: float | None,
     paired: bool = False,
-    seeds: float | None = None,
+    seeds: SeedsNeeded | None = None,
+    margin_p: Mapping[str, float] | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> CheckVerdict:
-    """A check with data: apply the decision rule and say why in one sentence."""
+    """A check with data: apply the decision rule and say why in one sentence. ``p`` is
+    P(A>B) (an effect size, shown); ``pvalue`` the check's test (see :func:`decide`)."""
     treatment, baseline = arms
-    verdict, why = decide(check, effect, p, min(treatment.n, baseline.n), claim.min_seeds)
+    verdict, why, p_against = decide(
+        check, effect, pvalue, min(treatment.n, baseline.n), claim.min_seeds, margin_p=margin_p
+    )
     p_text = "" if p is None else f", P(A>B) {p.value:.2f} [{p.low:.2f}, {p.high:.2f}]"
     reason = (
         f"{check.treatment} vs {check.baseline}: {describe} {_ci(effect)}{p_text} "
         f"({treatment.n} vs {baseline.n} runs): {why}."
     )
+    number, why_none = None, None
     if verdict == "inconclusive" and seeds is not None:
-        seeds = max(float(seeds), float(claim.min_seeds))
-        reason = reason[:-1] + f"; {fmt_seeds(seeds)} seeds per arm would settle it."
+        if seeds.seeds is None:
+            why_none = seeds.reason
+            reason = reason[:-1] + f"; seeds needed: not applicable ({seeds.reason})."
+        else:
+            number = float(MAX_QUOTED_SEEDS + 1) if seeds.capped else float(seeds.seeds)
+            number = max(number, float(claim.min_seeds))
+            reason = reason[:-1] + f"; {fmt_seeds(number)} seeds per arm would settle it."
     return CheckVerdict(
         check,
         verdict,
@@ -274,8 +340,11 @@ def judged(
         effect,
         p,
         paired,
-        seeds if verdict == "inconclusive" else None,
+        number,
         details=dict(details or {}),
+        seeds_reason=why_none,
+        pvalue=math.nan if pvalue is None else float(pvalue),
+        p_against=p_against,
     )
 
 
@@ -288,10 +357,45 @@ def headline(verdicts: list[CheckVerdict]) -> CheckVerdict:
     )
 
 
+def holm_step(checks: list[CheckVerdict]) -> tuple[list[CheckVerdict], str]:
+    """The claim's family step: Holm over its checks' ``p_against`` (every check with data
+    is in the family; one that contradicts nothing counts with p = 1). A "contradicted"
+    whose adjusted p-value is not below ALPHA becomes inconclusive, so "contradicted if any
+    check is" keeps the family-wise error at ALPHA. "Supported" needs every check supported,
+    each at ALPHA: an intersection-union test, whose error is at most ALPHA without a
+    correction."""
+    family = [i for i, c in enumerate(checks) if c.has_data and c.statistic != "benchmark"]
+    m = len(family)
+    note = (
+        f"Holm across its {m} checks (family-wise error <= {ALPHA:g}); supported only when "
+        "every check is"
+        if m > 1
+        else "one check: its own test at " + f"{ALPHA:g}"
+    )
+    raw = [checks[i].p_against for i in family]
+    adjusted = multiplicity.adjust([1.0 if math.isnan(x) else x for x in raw], "holm")
+    out = list(checks)
+    for i, p_adj in zip(family, adjusted, strict=True):
+        c = replace(checks[i], p_adjusted=float(p_adj))
+        if c.verdict == "contradicted" and not p_adj < ALPHA:
+            c = replace(
+                c,
+                verdict="inconclusive",
+                reason=c.reason[:-1] + f"; not after Holm across the claim's {m} checks "
+                f"(adjusted p = {p_adj:.2g}).",
+            )
+        out[i] = c
+    return out, note
+
+
 def aggregate(
     claim: Claim, checks: list[CheckVerdict], by_setup: tuple[CheckVerdict, ...] = ()
 ) -> Verdict:
     """A claim's verdict from its checks' headlines (see the module's decision rule)."""
+    before = list(checks)
+    checks, note = holm_step(before)
+    swapped = {id(old): new for old, new in zip(before, checks, strict=True)}
+    by_setup = tuple(swapped.get(id(c), c) for c in by_setup)
     verdicts = [c.verdict for c in checks]
     judged_checks = [c for c in checks if c.has_data]
     if not judged_checks:
@@ -309,10 +413,11 @@ def aggregate(
         reason = f"{verdicts.count('supported')} of {len(checks)} checks supported"
         if n_empty:
             reason += f", {n_empty} without data yet"
-    seeds = [c.seeds_needed for c in checks if c.verdict == "inconclusive" and c.seeds_needed]
-    seeds = [s for s in seeds if not math.isnan(s)]
-    needed = max(seeds) if seeds and verdict == "inconclusive" else None
-    return Verdict(claim, verdict, reason, tuple(checks), needed, by_setup)
+    # The claim row shows its own headline check's figure, not another check's.
+    head = next((c for c in checks if c.has_data), checks[0])
+    needed = head.seeds_needed if verdict == "inconclusive" else None
+    why = head.seeds_reason if verdict == "inconclusive" else None
+    return Verdict(claim, verdict, reason, tuple(checks), needed, by_setup, why, note)
 
 
 def evaluate_claims(
@@ -359,6 +464,21 @@ def _est(e: Estimate | None) -> dict[str, float] | None:
     return None if e is None else {"value": e.value, "low": e.low, "high": e.high}
 
 
+def _num(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def _seeds_json(n: float | None) -> int | None:
+    """Seeds per arm as a whole number; None when capped or not applicable (the reason says)."""
+    return None if n is None or n > MAX_QUOTED_SEEDS else int(n)
+
+
+def _seeds_reason(n: float | None, reason: str | None) -> str | None:
+    if n is not None and n > MAX_QUOTED_SEEDS:
+        return f"more than {MAX_QUOTED_SEEDS:,} seeds per arm"
+    return reason
+
+
 def check_json(cv: CheckVerdict) -> dict[str, Any]:
     """One check's verdict as plain JSON values (what summary.json keeps of it)."""
     arms = {a.arm: {"n": a.n, "estimate": _est(a.headline)} for a in cv.arms}
@@ -370,7 +490,11 @@ def check_json(cv: CheckVerdict) -> dict[str, Any]:
         "effect": _est(cv.figure if cv.figure is not None else cv.effect),
         "p_improve": _est(cv.p_improve),
         "arms": arms,
-        "seeds_needed": cv.seeds_needed,
+        "seeds_needed": _seeds_json(cv.seeds_needed),
+        "seeds_needed_reason": _seeds_reason(cv.seeds_needed, cv.seeds_reason),
+        "p_value": _num(cv.pvalue),
+        "p_against": _num(cv.p_against),
+        "p_adjusted": _num(cv.p_adjusted),
     }
 
 
@@ -379,7 +503,9 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
     return {
         "title": v.claim.title,
         "verdict": v.verdict,
-        "seeds_needed": v.seeds_needed,
+        "seeds_needed": _seeds_json(v.seeds_needed),
+        "seeds_needed_reason": _seeds_reason(v.seeds_needed, v.seeds_reason),
+        "correction": v.correction,
         "scale": v.scale,
         "checks": {cv.name: check_json(cv) for cv in v.checks},
         "by_setup": [

@@ -228,9 +228,14 @@ def test_a_vanishing_difference_quotes_no_absurd_seed_count():
         )
         v = evaluate(one_check_claim(), runs)
         assert v.verdict == "inconclusive", v.reason
-        assert v.seeds_needed > 10_000
-        assert "more than 10,000 seeds per arm would settle it" in v.checks[0].reason
         assert "infinitely" not in v.checks[0].reason
+        if shift == 0.0:  # issue 20: no effect is "not applicable", with its reason
+            assert v.seeds_needed is None and "no effect to detect" in v.seeds_reason
+            assert "seeds needed: not applicable" in v.checks[0].reason
+        else:
+            assert v.seeds_needed > 10_000
+            assert "more than 10,000 seeds per arm would settle it" in v.checks[0].reason
+            assert vd.verdict_json(v)["seeds_needed_reason"] == "more than 10,000 seeds per arm"
 
 
 def test_too_few_seeds_is_inconclusive_even_for_a_clear_gap():

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from dashboards import claims as cl
 from dashboards import sections, setups, stats, survival
@@ -154,14 +155,19 @@ def test_three_paired_seeds_never_give_a_zero_width_interval(a, b):
     assert time.high - time.low > 0.3 and time.value == 1.0
 
 
-def test_ten_seeds_and_more_use_the_bootstrap():
+def test_ten_seeds_and_more_keep_exact_intervals():
+    """Issue 20: no percentile bootstrap from 10 seeds on (it was too narrow): 12 wins of 12
+    give Clopper-Pearson's [0.735, 1], the difference Student's t at every n."""
     rng = np.random.default_rng(0)
     b = rng.normal(size=12)
-    boot = stats.compare(b + 1.0, b, rng, paired=True)
-    assert boot.p_improve == (1.0, 1.0, 1.0)  # every resample wins: the bootstrap's answer
-    shift = 1.0 + rng.normal(0, 0.1, 9)
-    few = stats.compare(b[:9] + shift, b[:9], rng, paired=True)
-    assert few.p_improve.low < 0.8 and few.difference.low < shift.mean() < few.difference.high
+    cmp = stats.compare(b + 1.0, b, rng, paired=True)
+    assert cmp.p_improve.value == 1.0 and cmp.p_improve.high == 1.0
+    assert cmp.p_improve.low == pytest.approx(0.025 ** (1 / 12))
+    assert cmp.difference == pytest.approx((1.0, 1.0, 1.0))
+    shift = 1.0 + rng.normal(0, 0.1, 12)
+    t = stats.compare(b + shift, b, rng, paired=True).difference
+    half = sps.t.ppf(0.975, 11) * shift.std(ddof=1) / np.sqrt(12)
+    assert (t.low, t.high) == pytest.approx((shift.mean() - half, shift.mean() + half))
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ import warnings
 import numpy as np
 import pytest
 from scipy import stats as sps
-from statsmodels.stats.power import TTestIndPower
+from statsmodels.stats.power import TTestPower
 from statsmodels.stats.proportion import proportion_confint
 
 from dashboards import power, stats, survival, tuning
+from pairedstats.power import AGAINST, NO_EFFECT, TOO_FEW
 
 
 @pytest.fixture
@@ -62,13 +63,16 @@ def test_single_seed_gives_nan_interval_and_constant_collapses(rng):
     assert empty.n == 0 and math.isnan(empty.mean.value)
 
 
-def test_bootstrap_is_reproducible_with_the_same_seed():
+def test_bootstrap_stream_is_keyed_by_the_quantity():
+    """Issue 20: one quantity, one interval, whichever generator or order a view uses; other
+    data draw another stream."""
     x = np.linspace(0, 1, 12) ** 2
     a = stats.bootstrap_ci(x, np.mean, np.random.default_rng(7))
     b = stats.bootstrap_ci(x, np.mean, np.random.default_rng(7))
     c = stats.bootstrap_ci(x, np.mean, np.random.default_rng(8))
-    assert a == b
-    assert a != c
+    assert a == b == c
+    d = stats.bootstrap_ci(x[::-1].copy() + 1.0, np.mean, np.random.default_rng(7))
+    assert (d.low - 1.0, d.high - 1.0) != pytest.approx((a.low, a.high), abs=1e-12)
 
 
 # ---------------------------------------------------------------------------- comparisons
@@ -79,8 +83,9 @@ def test_probability_of_improvement_identical_is_exactly_half(rng):
     assert stats.prob_improvement_paired(a, a) == 0.5
     assert stats.prob_improvement_unpaired(a, a) == 0.5
     cmp = stats.compare(a, a.copy(), rng, paired=True)
-    assert cmp.p_improve == (0.5, 0.5, 0.5)
-    assert not cmp.significant and not cmp.meaningful
+    # every pair tied: the exact interval gives the ties to either side (issue 20)
+    assert cmp.p_improve.value == 0.5 and cmp.p_improve.low == 0.0 and cmp.p_improve.high == 1.0
+    assert not cmp.significant and cmp.pvalue == 1.0
     assert cmp.difference == (0.0, 0.0, 0.0)
 
 
@@ -266,7 +271,8 @@ def test_time_to_threshold_comparison_finds_the_faster_arm(rng):
     assert cmp.p_faster.value == 1.0 and cmp.significant
     assert cmp.epochs_saved.low > 30
     same = survival.time_to_threshold_comparison(tb, eb, tb, eb, rng, horizon=200, paired=True)
-    assert same.p_faster == (0.5, 0.5, 0.5) and same.epochs_saved.value == 0.0
+    assert same.p_faster.value == 0.5 and same.epochs_saved.value == 0.0
+    assert same.pvalue == 1.0 and cmp.pvalue < 1e-6 and cmp.measurable
 
 
 # ---------------------------------------------------------------------------- learning rate
@@ -323,18 +329,32 @@ def test_expected_max_equals_brute_force_over_subsets():
 def test_seeds_needed_grows_as_the_effect_shrinks(rng):
     base = rng.normal(0.0, 1.0, size=30)
     noise = rng.normal(0.0, 1.0, size=30)
-    needs = [power.seeds_needed(noise + shift, base) for shift in (2.0, 1.0, 0.5, 0.2)]
+    needs = [
+        power.seeds_needed(noise + shift, base, paired=True).seeds for shift in (2.0, 1.0, 0.5, 0.2)
+    ]
     assert needs == sorted(needs) and needs[0] < needs[-1]
     assert all(n >= 2 for n in needs)
 
 
-def test_seeds_needed_matches_statsmodels_and_edge_cases():
-    a = np.array([1.0, 2.0, 3.0, 4.0])
-    b = a - 0.8
-    d = 0.8 / a.std(ddof=1)
-    want = math.ceil(TTestIndPower().solve_power(effect_size=d, alpha=0.05, power=0.8))
-    assert power.seeds_needed(a, b) == want
-    assert power.seeds_needed(a, a) == math.inf
-    assert power.seeds_needed(np.full(4, 1.0), np.full(4, 0.0)) == 2.0
-    assert math.isnan(power.seeds_needed(a[:1], b))
-    assert power.seeds_needed(a + 1e-6, a) > 1e9  # solver fallback, still finite
+def test_seeds_needed_is_paired_power_with_reasons_where_undefined():
+    """Issue 20: paired power (TTestPower on the differences), the check's own one-sided
+    alpha/2; not applicable with the reason, never infinity."""
+    a = np.array([1.0, 2.2, 2.9, 4.3, 5.1])
+    b = a - np.array([0.5, 0.9, 0.6, 1.1, 0.4])
+    d = a - b
+    es = d.mean() / d.std(ddof=1)
+    want = TTestPower().solve_power(effect_size=es, alpha=0.025, power=0.8, alternative="larger")
+    got = power.seeds_needed(a, b, paired=True)
+    assert got.seeds == max(2, math.ceil(want)) and got.reason is None
+    assert power.seeds_needed(b, a, paired=True).reason == AGAINST
+    assert power.seeds_needed(a, a, paired=True).reason == NO_EFFECT
+    assert power.seeds_needed(a[:1], b[:1], paired=True).reason == TOO_FEW
+    tiny = power.seeds_needed(a + 1e-2 * np.array([1, -1, 1, -1, 0.001]), a, paired=True)
+    assert tiny.capped and tiny.seeds == 10_000
+    # unpaired: the SD of a difference of independent runs
+    un = power.seeds_needed(a, b, paired=False)
+    sd = math.sqrt(a.var(ddof=1) + b.var(ddof=1))
+    want_un = TTestPower().solve_power(
+        effect_size=(a.mean() - b.mean()) / sd, alpha=0.025, power=0.8, alternative="larger"
+    )
+    assert un.seeds == math.ceil(want_un)

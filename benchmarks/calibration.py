@@ -1,0 +1,236 @@
+"""Calibration of the report's decision rules: false-verdict rates, power and seeds, measured.
+
+For every rule in ``pairedstats.tests`` the report decides with (and the claim's Holm step),
+over every outcome shape in ``benchmarks/shapes.py`` and small n, this simulates many studies
+at once and counts how often the rule gives a verdict: under a null that is a false verdict
+(its rate must stay at or below alpha within its binomial error), under an effect it is the
+power. Each row is ``{rule, shape, n, alpha, truth, studies, rate, se, mean_seeds}``; the study
+side's rows (``benchmarks/calibration_study.py``: sequential tests, per-configuration
+corrections, selection and confirmation) join when that file exists.
+
+The nulls are the ones each test claims to keep:
+
+* mean difference, time to threshold (restricted means), equivalence and non-inferiority:
+  the shape's own arms, whose means are equal (equal means, not equal distributions; the
+  margin rules shift the differences to sit exactly on the margin);
+* P(A>B) sign test, paired rates (McNemar), spread across seeds: the shape's arms swapped at
+  random within pairs (the arms differ in nothing, which is what those tests' nulls say);
+* a claim of 12 checks: 12 independent null mean checks, "contradicted" when Holm keeps any.
+
+Usage::
+
+    python benchmarks/calibration.py --quick                 # under a minute
+    python benchmarks/calibration.py --json benchmarks/results/calibration_<date>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.shapes import SHAPES  # noqa: E402
+from pairedstats import tests  # noqa: E402
+
+ALPHA = 0.05
+#: the margin rules decide on a 95% interval inside / above the margin: each one-sided t-test
+#: at 0.025 (what the report's 95% CI shows)
+MARGIN_ALPHA = 0.025
+#: equivalence / non-inferiority margin, in SDs of the differences
+MARGIN_SD = 0.5
+CLAIM_CHECKS = 12
+#: epochs to threshold from an accuracy-like value: better runs reach it sooner
+TIME_SCALE, TIME_BUDGET = 20.0, 15.0
+EFFECTS = (0.5, 1.0)
+
+FULL = {"n": (3, 5, 8, 10, 20), "null": 4000, "effect": 2000, "patterns": 1024}
+QUICK = {"n": (3, 5, 10), "null": 1000, "effect": 400, "patterns": 64}
+
+
+def row(rule, shape, n, alpha, truth, verdicts, seeds=None) -> dict:
+    """One calibration row from a ``(studies,)`` boolean array of verdicts."""
+    v = np.asarray(verdicts, dtype=bool)
+    rate = float(v.mean())
+    return {
+        "rule": rule,
+        "shape": shape,
+        "n": int(n),
+        "alpha": alpha,
+        "truth": truth,
+        "studies": int(v.size),
+        "rate": rate,
+        "se": math.sqrt(max(rate * (1 - rate), 1e-12) / v.size),
+        "mean_seeds": None if seeds is None else float(seeds),
+    }
+
+
+def swapped(rng: np.random.Generator, a: np.ndarray, b: np.ndarray):
+    """The arms swapped at random within each pair: exchangeable arms of the same shape."""
+    s = rng.random(a.shape) < 0.5
+    return np.where(s, b, a), np.where(s, a, b)
+
+
+def flags(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 outcomes (value at or above the study's pooled median), e.g. "reached 99%".
+
+    The pooled median does not change when pairs are swapped, so swapped arms stay
+    exchangeable."""
+    cut = np.median(np.concatenate([a, b], axis=-1), axis=-1, keepdims=True)
+    return a >= cut, b >= cut
+
+
+def epochs(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(time, reached) to a threshold from an accuracy-like value; past the budget censored."""
+    t = np.ceil(TIME_SCALE * np.clip(1.2 - v, 0.05, None))
+    return t, t <= TIME_BUDGET
+
+
+def margin_of(draw) -> float:
+    """MARGIN_SD in the shape's own units: the null SD of its differences."""
+    a, b = draw(np.random.default_rng(7), 2000, 100, 0.0)
+    return MARGIN_SD * float((a - b).std())
+
+
+def report_rules(rng, draw, shape, n, studies, effect, patterns) -> list[dict]:
+    """The report's rules on one shape and n: null rows (effect None) or power rows."""
+    truth = "null" if effect is None else f"effect={effect:g}"
+    a, b = draw(rng, studies, n, effect or 0.0)
+    xa, xb = (a, b) if effect is not None else swapped(rng, a, b)
+    out = [
+        row("mean: paired t", shape, n, ALPHA, truth, tests.mean_pvalue(a - b) < ALPHA, n),
+        row(
+            "P(A>B): exact sign test", shape, n, ALPHA, truth,
+            tests.prob_better_pvalue(xa, xb) < ALPHA, n,
+        ),
+        row("rate: exact McNemar", shape, n, ALPHA, truth, tests.mcnemar_pvalue(*flags(xa, xb))
+            < ALPHA, n),
+    ]  # fmt: skip
+    (ta, ea), (tb, eb) = epochs(xa), epochs(xb)
+    p_time = tests.time_pvalue(ta, ea, tb, eb, TIME_BUDGET)
+    out.append(row("time: paired t, restricted mean", shape, n, ALPHA, truth, p_time < ALPHA, n))
+    if effect is None:  # a spread effect is not a mean shift: no power rows for it here
+        p_spread = tests.spread_pvalue(xa, xb, max_patterns=patterns)
+        out.append(row("spread: swap randomisation", shape, n, ALPHA, truth, p_spread < ALPHA, n))
+        m = margin_of(draw)
+        d = a - b  # true mean 0: shifted onto each margin, the null's worst case
+        for side, shift in (("upper", m), ("lower", -m)):
+            p = tests.tost_pvalue(d + shift, -m, m)
+            out.append(row(f"equivalence: TOST at {side} margin", shape, n, MARGIN_ALPHA, truth,
+                           p < MARGIN_ALPHA, n))  # fmt: skip
+        p_ni = tests.noninferiority_pvalue(d - m, m)
+        out.append(row("non-inferiority: one-sided t at margin", shape, n, MARGIN_ALPHA, truth,
+                       p_ni < MARGIN_ALPHA, n))  # fmt: skip
+    return out
+
+
+def claim_rule(rng, draw, shape, n, studies) -> dict:
+    """A claim of CLAIM_CHECKS null checks, "contradicted" when Holm keeps any check whose
+    effect points against the claim. Holm rejects anything iff its smallest p-value is below
+    alpha / m (``tests/pairedstats`` holds this against ``multiplicity.adjust``)."""
+    a, b = draw(rng, studies * CLAIM_CHECKS, n, 0.0)
+    d = (a - b).reshape(studies, CLAIM_CHECKS, n)
+    p = tests.mean_pvalue(d)
+    against = np.where(d.mean(axis=-1) < 0, p, np.inf)
+    contradicted = np.min(against, axis=-1) < ALPHA / CLAIM_CHECKS
+    rule = f"claim of {CLAIM_CHECKS} checks: Holm"
+    return row(rule, shape, n, ALPHA, "null", contradicted, n)
+
+
+def study_rows(quick: bool, seed: int) -> list[dict]:
+    """The study side's rows, when its module exists."""
+    path = Path(__file__).with_name("calibration_study.py")
+    if not path.exists():
+        return []
+    spec = importlib.util.spec_from_file_location("calibration_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.rows(quick=quick, seed=seed))
+
+
+def run(quick: bool, seed: int, shapes: dict[str, Callable] | None = None) -> list[dict]:
+    """Every calibration row (the report's, then the study's)."""
+    grid = QUICK if quick else FULL
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape, draw in (shapes or SHAPES).items():
+        for n in grid["n"]:
+            out += report_rules(rng, draw, shape, n, grid["null"], None, grid["patterns"])
+            out.append(claim_rule(rng, draw, shape, n, grid["null"] // 4))
+            for effect in EFFECTS:
+                out += report_rules(rng, draw, shape, n, grid["effect"], effect, grid["patterns"])
+    return out + study_rows(quick, seed)
+
+
+def too_high(r: dict, k: float = 3.0) -> bool:
+    """A null row whose false-verdict rate exceeds alpha by more than k standard errors (the
+    SE at alpha, so a rate of 0 in few studies is not flattered)."""
+    se = math.sqrt(r["alpha"] * (1 - r["alpha"]) / r["studies"])
+    return r["truth"] == "null" and r["rate"] > r["alpha"] + k * se
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table; null rows over alpha + 3 SE are marked."""
+    lines = [
+        "| rule | shape | n | truth | alpha | rate (SE) | studies |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        mark = " **over**" if too_high(r) else ""
+        lines.append(
+            f"| {r['rule']} | {r['shape']} | {r['n']} | {r['truth']} | {r['alpha']:g} | "
+            f"{r['rate']:.3f} ({r['se']:.3f}){mark} | {r['studies']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small grid, under a minute")
+    parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--json", type=Path, help="write the rows with machine, date, command")
+    args = parser.parse_args(argv)
+    if args.json is not None and not args.json.parent.is_dir():
+        print(f"--json: no such folder {args.json.parent}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    rows = run(args.quick, args.seed)
+    seconds = time.perf_counter() - start
+    print(table(rows))
+    over = [r for r in rows if too_high(r)]
+    print(f"\n{len(rows)} rows in {seconds:.1f} s; {len(over)} null rows above alpha + 3 SE")
+    if args.json is not None:
+        doc = {
+            "machine": {"cpu": _cpu(), "platform": platform.platform(), "python": sys.version},
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": " ".join(["python", "benchmarks/calibration.py", *(argv or sys.argv[1:])]),
+            "seed": args.seed,
+            "quick": args.quick,
+            "seconds": seconds,
+            "rows": rows,
+        }
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cpu() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    names = [x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
