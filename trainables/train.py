@@ -474,7 +474,9 @@ class Trainer:
             raise
 
     def load(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        # Weights only: a checkpoint in shared Tune storage must not be able to run code on
+        # the node that resumes from it (everything saved is tensors and plain containers).
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
 
 def trainer_class(task: str) -> type[Trainer]:
