@@ -7,8 +7,11 @@ Backends (``HDetachLSTM(..., backend=...)``):
   pass and one small GEMM per step and work item, large GEMMs for everything else.
 * ``"triton"``: Triton kernels for the fused pointwise steps on CUDA, cuBLAS for the GEMMs,
   the time loop captured as a CUDA graph (``triton_lstm.py``).
+* ``"persistent"``: one Triton program per (seed member, batch tile) runs the whole time
+  loop, forward and backward (``persistent_lstm.py``); opt in (``auto`` never picks it until
+  it has measured faster on a GPU), and the only one with ``precision="tf32"``.
 * ``"auto"`` (default): ``cpp`` on the CPU, ``triton`` on CUDA when Triton imports, else
-  ``torch``.
+  ``torch`` (with a warning, once, on CUDA without Triton).
 
 The C++ extension is built with ``torch.utils.cpp_extension`` on first use (about a minute)
 into a cache keyed by the source, the flags and the torch version
@@ -29,9 +32,18 @@ from pathlib import Path
 
 import torch
 
-from trainables.config import BACKENDS, CPU_KERNELS, CPU_KERNELS_ENV
+from trainables.config import BACKENDS, CPU_KERNELS, CPU_KERNELS_ENV, PRECISIONS
 
-__all__ = ["BACKENDS", "KernelUnavailable", "check_backend", "cpp_available", "load_cpp", "resolve"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "KernelUnavailable",
+    "check_backend",
+    "check_precision",
+    "cpp_available",
+    "load_cpp",
+    "resolve",
+]
 
 SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
 #: Included by SOURCE (the fp32 AVX2 kernels): part of the cache key.
@@ -150,6 +162,13 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it names one, else ValueError naming it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that runs a layer: ``backend`` as asked, or ``auto``'s choice."""
     check_backend(backend)
@@ -159,28 +178,35 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
             raise KernelUnavailable(f"the cpp backend runs fp32/fp64 on the CPU, not {device}")
         load_cpp()
         return "cpp"
-    if backend == "triton":
+    if backend in ("triton", "persistent"):
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise KernelUnavailable(
-                f"the triton backend needs CUDA (or TRITON_INTERPRET=1 for tests), got {device}"
+                f"the {backend} backend needs CUDA (or TRITON_INTERPRET=1 for tests), got {device}"
             )
         import triton  # noqa: F401  (raises ImportError where Triton is missing)
 
-        return "triton"
+        return backend
     if backend == "torch":
         return "torch"
     if cpp_ok:
         if cpp_available():
             return "cpp"
         _warn_once(str(_state["cpp"]) + "; using the PyTorch path (backend='torch')")
-    elif device.type == "cuda" and triton_available():
-        return "triton"
+    elif device.type == "cuda":
+        if triton_available():
+            return "triton"
+        _warn_once(
+            "Triton does not import here (pip install triton): CUDA layers run the PyTorch "
+            "path (backend='torch'), up to 10x slower on an H200"
+        )
     return "torch"
 
 
 def _warn_once(message: str) -> None:
-    if not _state.get("warned"):
-        _state["warned"] = True
+    """Warn once per process and message (one for the CPU fallback, one for CUDA's)."""
+    warned = _state.setdefault("warned", set())
+    if message not in warned:
+        warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
