@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainables import kernels
 from trainables.engine import HDetachLSTM, MemberLinear
 from trainables.oracle import oracle_lstm
 from trainables.runtime import keep_freed_memory
@@ -224,11 +225,12 @@ def _bound_step(shape: Shape, x, head, target, mask_gen) -> Callable[[], float]:
     w_hh = model.weight_hh_l0.detach().unsqueeze(0)
     xk = x.unsqueeze(1).contiguous()  # (T, K=1, B, I), as the layer takes it
     out = torch.zeros(shape.T, shape.B, shape.H, requires_grad=True)
+    cpu_kernels = kernels.load_bench()  # the bound runs the kernels the layer runs
 
     def step() -> float:
         keep = (~model.sample_masks(shape.T, shape.B, mask_gen).h[:, 0]).float()
         start = time.perf_counter()
-        torch.ops.hdetach.gemm_bound(xk, w_ih, w_hh, keep)
+        torch.ops.hdetach_bench.gemm_bound(xk, w_ih, w_hh, keep, cpu_kernels)
         _loss(out, head, target, shape.loss_every_step).backward()
         return time.perf_counter() - start
 

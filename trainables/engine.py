@@ -241,7 +241,7 @@ def _lstm_layer_inference(xT, h0, c0, w_ih, w_hh, bias, keep_steps: int):
 
 
 class _CppLayer(torch.autograd.Function):
-    """One layer through the C++ kernels (``trainables/kernels/lstm_cpu.cpp``), step-major like
+    """One layer through the C++ kernels (``trainables/kernels/lstm_*.cpp``), step-major like
     the module's input: ``x (T, K, B, I)``, ``h0, c0 (K, B, H)``, keep factors ``(K, T)`` or
     ``(K, T, B)`` of x's dtype (or None); returns the last ``keep`` steps of ``y (T, K, B, H)``
     (their gradients are all backward needs), ``h_T`` and ``c_T``."""

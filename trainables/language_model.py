@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from trainables.config import ConfigError
 from trainables.contract import EXTRA_EPOCH_METRICS
-from trainables.engine import HDetachLSTM, MemberLinear, _copy_member, _stack_parameters
+from trainables.engine import HDetachLSTM, MemberLinear, copy_member, stack_parameters
 from trainables.seeds import stream_generator
 from trainables.tasks.text import TextData, batchify, load_text
 from trainables.train import Trainer
@@ -48,12 +48,12 @@ class MemberEmbedding(nn.Module):
     def from_members(cls, embeddings: Sequence[nn.Embedding]) -> MemberEmbedding:
         ref = embeddings[0]
         stacked = cls(len(embeddings), ref.num_embeddings, ref.embedding_dim).to(ref.weight)
-        _stack_parameters(stacked, embeddings)
+        stack_parameters(stacked, embeddings)
         return stacked
 
     def member(self, k: int) -> nn.Embedding:
         single = nn.Embedding(self.num, self.dim).to(self.weight)
-        _copy_member(single, self, k)
+        copy_member(single, self, k)
         return single
 
 

@@ -3,8 +3,10 @@
 Backends (``HDetachLSTM(..., backend=...)``):
 
 * ``"torch"``: the portable PyTorch path of ``trainables/engine.py`` (any device).
-* ``"cpp"``: the C++ extension ``lstm_cpu.cpp`` (CPU, fp32 and fp64): one fused pointwise
-  pass and one small GEMM per step and work item, large GEMMs for everything else.
+* ``"cpp"``: the C++ extension (``lstm_ops.cpp`` registers the operators of
+  ``lstm_forward.cpp``, ``lstm_backward.cpp`` and ``member_head.cpp``; CPU, fp32 and fp64):
+  one fused pointwise pass and one small GEMM per step and work item, large GEMMs for
+  everything else.
 * ``"triton"``: Triton kernels for the fused pointwise steps on CUDA, cuBLAS for the GEMMs,
   the time loop captured as a CUDA graph (``triton_lstm.py``).
 * ``"persistent"``: one Triton program per (seed member, batch tile) runs the whole time
@@ -13,8 +15,8 @@ Backends (``HDetachLSTM(..., backend=...)``):
 * ``"auto"`` (default): ``cpp`` on the CPU, ``triton`` on CUDA when Triton imports, else
   ``torch`` (with a warning, once, on CUDA without Triton).
 
-The C++ extension is built with ``torch.utils.cpp_extension`` on first use (about a minute)
-into a cache keyed by the source, the flags and the torch version
+The C++ extension is built with ``torch.utils.cpp_extension`` on first use (once per source)
+into a cache keyed by the sources, the flags and the torch version
 (``$HDETACH_KERNEL_CACHE``, default ``~/.cache/hdetach-study/kernels``), so every later process
 loads it in well under a second; ``python -m trainables.kernels`` builds it ahead of time
 (``make`` does at install). When it cannot be built (no compiler, no headers), ``auto`` says
@@ -41,13 +43,24 @@ __all__ = [
     "check_backend",
     "check_precision",
     "cpp_available",
+    "load_bench",
     "load_cpp",
     "resolve",
 ]
 
-SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
-#: Included by SOURCE (the fp32 AVX2 kernels): part of the cache key.
-HEADERS = (Path(__file__).with_name("lstm_avx2.h"),)
+_HERE = Path(__file__).parent
+#: The layer's operator library (TORCH_LIBRARY hdetach), one source per operation and
+#: direction, as haste splits its kernels: what every run loads.
+SOURCES = tuple(
+    _HERE / name
+    for name in ("lstm_ops.cpp", "lstm_forward.cpp", "lstm_backward.cpp", "member_head.cpp")
+)
+#: Benchmark- and test-only operators (TORCH_LIBRARY hdetach_bench: the GEMM bound, the AVX2
+#: tiles alone), a library of their own that no run loads (``load_bench``).
+BENCH_SOURCES = (_HERE / "lstm_bench.cpp",)
+#: Included by the sources (shared step kernels, operator declarations, the fp32 AVX2
+#: kernels): part of the cache key.
+HEADERS = tuple(_HERE / name for name in ("lstm_cpu_common.h", "lstm_ops.h", "lstm_avx2.h"))
 #: No -march: the binary runs on any x86-64; the fp32 pointwise passes carry their own AVX2 /
 #: AVX-512 clones. -fno-trapping-math lets the compiler vectorise the branch-free selects.
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
@@ -65,13 +78,13 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "hdetach-study" / "kernels"
 
 
-def _build_name() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
-    for header in HEADERS:
-        digest.update(header.read_bytes())
+def _build_name(prefix: str = "hdetach_lstm_cpu", sources: tuple[Path, ...] = SOURCES) -> str:
+    digest = hashlib.sha256()
+    for path in (*sources, *HEADERS):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     digest.update(f"{torch.__version__} {sys.version_info[:2]}".encode())
-    return f"hdetach_lstm_cpu_{digest.hexdigest()[:12]}"
+    return f"{prefix}_{digest.hexdigest()[:12]}"
 
 
 def load_cpp(*, verbose: bool = False) -> None:
@@ -86,30 +99,52 @@ def load_cpp(*, verbose: bool = False) -> None:
 
 
 def _load_cpp(verbose: bool) -> None:
-    name = _build_name()
-    folder = cache_dir() / name
-    built = folder / f"{name}.so"
     try:
-        if built.is_file():  # cached: load it without torch's build machinery
-            torch.ops.load_library(str(built))
-        else:
-            from torch.utils import cpp_extension
-
-            folder.mkdir(parents=True, exist_ok=True)
-            cpp_extension.load(
-                name=name,
-                sources=[str(SOURCE)],
-                extra_cflags=CFLAGS,
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(folder),
-                is_python_module=False,
-                verbose=verbose,
-            )
+        _load_library(_build_name(), SOURCES, verbose)
     except Exception as err:  # no compiler, no headers, a failed build: say why once
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         _state["cpp"] = f"the C++ LSTM kernels could not be built or loaded: {first}"
         raise KernelUnavailable(_state["cpp"]) from None
     _state["cpp"] = True
+
+
+def _load_library(name: str, sources: tuple[Path, ...], verbose: bool) -> None:
+    """Load the operator library ``name`` from the cache, building it there first if absent."""
+    folder = cache_dir() / name
+    built = folder / f"{name}.so"
+    if built.is_file():  # cached: load it without torch's build machinery
+        torch.ops.load_library(str(built))
+        return
+    from torch.utils import cpp_extension
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name=name,
+        sources=[str(path) for path in sources],
+        extra_cflags=CFLAGS,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(folder),
+        is_python_module=False,
+        verbose=verbose,
+    )
+
+
+def load_bench(*, verbose: bool = False) -> str:
+    """Load the benchmark- and test-only operators (``torch.ops.hdetach_bench``: ``gemm_bound``,
+    ``avx2_gemm`` where the CPU has AVX2) beside the layer's; returns the kernel set the layer
+    runs now ("avx2" or "generic"), which ``gemm_bound`` takes so that a bound is measured
+    with the layer's kernels. KernelUnavailable where they cannot be built."""
+    load_cpp(verbose=verbose)
+    with _lock:
+        if _state.get("bench") is not True:
+            try:
+                _load_library(_build_name("hdetach_lstm_bench", BENCH_SOURCES), BENCH_SOURCES,
+                              verbose)  # fmt: skip
+            except Exception as err:
+                what = f"the benchmark kernels could not be built: {err}"
+                raise KernelUnavailable(what) from None
+            _state["bench"] = True
+    return torch.ops.hdetach.set_kernels("")
 
 
 def _apply_cpu_kernels() -> None:

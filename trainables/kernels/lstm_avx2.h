@@ -1,8 +1,8 @@
 // The CPU layer's fp32 kernels for x86-64 cores with AVX2 and FMA: the per-step products and
-// the fused pointwise passes of a step, written with intrinsics. Included by lstm_cpu.cpp
-// (one translation unit); everything here is compiled for AVX2+FMA only (GCC's target
-// pragma), never for the whole file, so the binary still loads on any x86-64 CPU and
-// lstm_cpu.cpp calls in only after checking the CPU (`cpu_can`).
+// the fused pointwise passes of a step, written with intrinsics. Included through
+// lstm_cpu_common.h; everything here is inline and compiled for AVX2+FMA only (GCC's target
+// pragma), never for the whole unit, so the binary still loads on any x86-64 CPU and the
+// callers call in only after checking the CPU (`cpu_can`).
 //
 // Why own kernels. The BLAS torch links is tuned for large matrices; the recurrent products
 // here are small (rows: a slice of the batch; weights 4H x H) and repeat T times with the same

@@ -101,7 +101,7 @@ def write_digit_scenes(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainables.tasks.mnist import _find_pair, _read_pair
+    from trainables.tasks.mnist import find_idx_pair, read_idx_pair
 
     p = argparse.ArgumentParser(prog="python -m trainables.tasks.digit_scenes",
                                 description=__doc__.split("\n\n")[0])  # fmt: skip
@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.exit(2, f"{p.prog}: error: --sizes must be three positive integers, got {args.sizes!r}\n")
     try:
-        pair = _find_pair(args.mnist)
+        pair = find_idx_pair(args.mnist)
         if pair is None:
             raise DataNotFoundError(f"no MNIST IDX pair (images/labels-idx*-ubyte) in {args.mnist}")
-        images, labels = _read_pair(*pair)
+        images, labels = read_idx_pair(*pair)
     except ValueError as err:
         p.exit(2, f"{p.prog}: error: {err}\n")
     out = write_digit_scenes(images.numpy(), labels.numpy(), args.out, sizes=sizes, seed=args.seed)
