@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from trainables.kernels import check_precision
-from trainables.kernels.triton_lstm import _projection
+from trainables.kernels.triton_lstm import input_projection
 
 __all__ = ["DOT_PRECISION", "batch_tile", "layer"]
 
@@ -254,7 +254,7 @@ class _PersistentLayer(torch.autograd.Function):
         H = w_hh.shape[2]
         dot = _dot_precision(precision, w_hh.dtype)
         h0, c0, w = h0.contiguous(), c0.contiguous(), w_hh.contiguous()
-        gates = _projection(x, w_ih, bias)
+        gates = input_projection(x, w_ih, bias)
         cells = x.new_empty(T, K, B, H)
         tanh_c, y = torch.empty_like(cells), torch.empty_like(cells)
         h_t, c_t = torch.empty_like(h0), torch.empty_like(c0)
@@ -302,7 +302,7 @@ def _inference(x, h0, c0, w_ih, w_hh, bias, keep_steps, precision):
     grid, meta = _launch_shape(x, K, B, H)
     chunk = max(1, INFERENCE_CHUNK_ELEMENTS // (K * B * 4 * H))
     for start in range(0, T, chunk):
-        gx = _projection(x[start : start + chunk], w_ih, bias)
+        gx = input_projection(x[start : start + chunk], w_ih, bias)
         h_next, c_next = torch.empty_like(h), torch.empty_like(c)
         first = T - keep_steps - start  # the chunk's first kept step (may be < 0)
         y_at = y[max(0, -first) :]

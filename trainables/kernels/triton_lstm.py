@@ -99,7 +99,7 @@ def backward_step(dy, rec, rs, g, tc, c_prev, dc, ck, dg) -> None:
     _backward_step[_grid(n)](dy, rec, rs, g, tc, c_prev, dc, ck, dg, n, dc.shape[-1], BLOCK=BLOCK)
 
 
-def _projection(x, w_ih, bias):
+def input_projection(x, w_ih, bias):
     """Every step's input projection x W_ih^T + b, ``(T, K, B, 4H)`` from ``x (T, K, B, I)``."""
     T, K, B, n_in = x.shape
     G = w_ih.shape[1]
@@ -157,7 +157,7 @@ class _TritonLayer(torch.autograd.Function):
         xs = x
         T, K, B, _ = xs.shape
         H = w_hh.shape[2]
-        gates = _projection(xs, w_ih, bias)
+        gates = input_projection(xs, w_ih, bias)
         cells = x.new_empty(T, K, B, H)
         tanh_c, y = torch.empty_like(cells), torch.empty_like(cells)
         _run(_forward_loop, (gates, h0.contiguous(), c0.contiguous(), w_hh.transpose(1, 2),
@@ -307,7 +307,7 @@ def _inference(x, h0, c0, w_ih, w_hh, bias, keep_steps):
     first = T - y.shape[0]
     R = K * B
     for t in range(T):
-        g = _projection(x[t].unsqueeze(0), w_ih, bias)[0].baddbmm_(h, w_hh_t)
+        g = input_projection(x[t].unsqueeze(0), w_ih, bias)[0].baddbmm_(h, w_hh_t)
         h_new = y[t - first] if t >= first else torch.empty_like(h)
         forward_step(g.view(R, -1), c.view(R, H), c_new.view(R, H), tc.view(R, H), h_new.view(R, H))
         h = h_new
