@@ -160,8 +160,10 @@ def study_rows(quick: bool, seed: int) -> list[dict]:
     return list(module.rows(quick=quick, seed=seed))
 
 
-def run(quick: bool, seed: int, shapes: dict[str, Callable] | None = None) -> list[dict]:
-    """Every calibration row (the report's, then the study's)."""
+def run(
+    quick: bool, seed: int, shapes: dict[str, Callable] | None = None, *, study: bool = True
+) -> list[dict]:
+    """Every calibration row (the report's, then the study's unless ``study`` is False)."""
     grid = QUICK if quick else FULL
     rng = np.random.default_rng(seed)
     out = []
@@ -171,7 +173,32 @@ def run(quick: bool, seed: int, shapes: dict[str, Callable] | None = None) -> li
             out.append(claim_rule(rng, draw, shape, n, grid["null"] // 4))
             for effect in EFFECTS:
                 out += report_rules(rng, draw, shape, n, grid["effect"], effect, grid["patterns"])
-    return out + study_rows(quick, seed)
+    return out + (study_rows(quick, seed) if study else [])
+
+
+#: Rules on a mean whose false-verdict rate this table shows above alpha, and why: every
+#: t-based test of a mean (and the claim's Holm step over such tests) on strongly skewed
+#: differences (lognormal sigma 1, skewness about 6: 0.16-0.18 at n = 3..20) and on the
+#: ceiling shape's left-skewed differences at the non-inferiority margin (0.046 at n=10 for
+#: 0.025). No test of a mean keeps its level over all skewed distributions at small n
+#: (Bahadur & Savage 1956); skew-corrected t (Johnson 1978, Hall 1992) was tried and still
+#: gave 0.08-0.14. These rows stay in the table, marked; the test holds every other row.
+KNOWN_OVER = {
+    ("mean: paired t", "skewed"),
+    ("equivalence: TOST at upper margin", "skewed"),
+    ("equivalence: TOST at lower margin", "skewed"),
+    ("non-inferiority: one-sided t at margin", "skewed"),
+    (f"claim of {CLAIM_CHECKS} checks: Holm", "skewed"),
+    ("mean: paired t", "ceiling"),
+    ("non-inferiority: one-sided t at margin", "ceiling"),
+    ("equivalence: TOST at lower margin", "ceiling"),
+    ("equivalence: TOST at upper margin", "ceiling"),
+}
+
+
+def known(r: dict) -> bool:
+    """A row in :data:`KNOWN_OVER` (a stated limit, not a surprise)."""
+    return (r["rule"], r["shape"]) in KNOWN_OVER
 
 
 def too_high(r: dict, k: float = 3.0) -> bool:
@@ -188,7 +215,7 @@ def table(rows: list[dict]) -> str:
         "| --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in rows:
-        mark = " **over**" if too_high(r) else ""
+        mark = (" **over (known limit)**" if known(r) else " **over**") if too_high(r) else ""
         lines.append(
             f"| {r['rule']} | {r['shape']} | {r['n']} | {r['truth']} | {r['alpha']:g} | "
             f"{r['rate']:.3f} ({r['se']:.3f}){mark} | {r['studies']} |"
@@ -200,17 +227,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small grid, under a minute")
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument(
+        "--report-only", action="store_true", help="leave out calibration_study.py's rows"
+    )
     parser.add_argument("--json", type=Path, help="write the rows with machine, date, command")
     args = parser.parse_args(argv)
     if args.json is not None and not args.json.parent.is_dir():
         print(f"--json: no such folder {args.json.parent}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    rows = run(args.quick, args.seed)
+    rows = run(args.quick, args.seed, study=not args.report_only)
     seconds = time.perf_counter() - start
     print(table(rows))
     over = [r for r in rows if too_high(r)]
-    print(f"\n{len(rows)} rows in {seconds:.1f} s; {len(over)} null rows above alpha + 3 SE")
+    surprises = [r for r in over if not known(r)]
+    print(
+        f"\n{len(rows)} rows in {seconds:.1f} s; {len(over)} null rows above alpha + 3 SE, "
+        f"{len(surprises)} of them outside the known limits"
+    )
     if args.json is not None:
         doc = {
             "machine": {"cpu": _cpu(), "platform": platform.platform(), "python": sys.version},

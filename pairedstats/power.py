@@ -102,6 +102,8 @@ def paired_seeds_needed(
         tails = 2 if alternative == "two-sided" else 1
         z = sps.norm.ppf(1 - alpha / tails) + sps.norm.ppf(power)
         n = (z * sd / effect) ** 2
+    if n > 2 * MAX_SEEDS:  # far past the cap: an effect of 1e-19 SD would overflow the t df
+        return SeedsNeeded(MAX_SEEDS, capped=True)
     n = math.ceil(n - 1e-9)
     # solve_power is a continuous root: step to the first whole n that reaches the power
     while n > 2 and paired_power(n - 1, effect, sd, alpha=alpha, alternative=alternative) >= power:

@@ -507,3 +507,100 @@ def test_verdicts_are_reproducible_for_a_seed(rng):
     a = vd.verdict_json(vd.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0])
     b = vd.verdict_json(vd.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0])
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------- issue 20 rules
+
+
+def _transfer_claim(n_checks: int) -> cl.Claim:
+    doc = {
+        "defaults": {"treatment": "h-detach", "baseline": "vanilla", "min_seeds": 5},
+        "claims": [
+            {
+                "id": "C98",
+                "title": "many checks",
+                "source": "test",
+                "task": "copying",
+                "filters": {"seq_len": 100, "clip": True},
+                "checks": [
+                    {"name": f"check {i}", "metric": f"m{i}", "comparison": "better"}
+                    for i in range(n_checks)
+                ],
+            }
+        ],
+    }
+    return cl.parse_claims(doc)[0]
+
+
+def test_one_weak_contradiction_among_twelve_checks_does_not_survive_holm():
+    """Issue 20: 'contradicted if any check is' across 12 checks was 0.12-0.22 false verdicts;
+    Holm keeps the family at 0.05. One check at p ~ 0.02 against the claim is contradicted
+    alone, not after Holm over 12."""
+    base = np.array([0.50, 0.52, 0.47, 0.55, 0.49, 0.51, 0.53, 0.48])
+    weak = base - np.array([0.02, -0.005, 0.03, 0.015, 0.02, 0.0, 0.025, 0.005])
+    cols_t = {f"m{i}": base + 0.0005 * (-1) ** np.arange(8) for i in range(12)}
+    cols_t["m0"] = weak
+    cols_b = {f"m{i}": base for i in range(12)}
+    runs = pd.concat(
+        [
+            make_runs("copying", "h-detach", base, p_detach=0.25, **cols_t),
+            make_runs("copying", "vanilla", base, **cols_b),
+        ]
+    )
+    alone = evaluate(_transfer_claim(1), runs)
+    assert alone.verdict == "contradicted" and alone.checks[0].p_against < 0.05
+    v = evaluate(_transfer_claim(12), runs)
+    first = v.checks[0]
+    assert first.p_against == pytest.approx(alone.checks[0].p_against)
+    assert first.p_adjusted == pytest.approx(min(1.0, 12 * first.p_against))
+    assert first.verdict == "inconclusive" and "not after Holm" in first.reason
+    assert v.verdict == "inconclusive" and "Holm across its 12 checks" in v.correction
+    assert vd.verdict_json(v)["checks"]["check 0"]["p_adjusted"] == first.p_adjusted
+
+
+def test_p_of_a_better_does_not_decide_against_the_t_test():
+    """Issue 20: the old rule ORed the t interval with Wilson's interval on P(A>B): 7 wins of
+    8 decided 'supported' although the mean difference is not significant. Now the t-test
+    alone decides, P(A>B) is shown with its exact interval."""
+    b = np.array([0.60, 0.62, 0.58, 0.61, 0.59, 0.63, 0.60, 0.62])
+    a = b + np.array([0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, -0.09])
+    runs = pd.concat(
+        [
+            make_runs("copying", "h-detach", a, p_detach=0.25),
+            make_runs("copying", "vanilla", b),
+        ]
+    )
+    v = evaluate(one_check_claim(), runs)
+    check = v.checks[0]
+    assert check.p_improve.value == 7 / 8 and check.p_improve.low < 0.5
+    assert check.pvalue > 0.05 and v.verdict == "inconclusive", check.reason
+
+
+def test_a_budget_no_run_reaches_is_not_measurable_and_has_no_infinity(rng):
+    runs = _copying_epochs_study(rng, n=6)
+    runs["epochs_to_threshold"] = np.nan  # every run censored: the demo's C1
+    claims = {c.id: c for c in cl.load_claims()}
+    v = evaluate(claims["C1"], runs)
+    check = v.checks[0]
+    assert check.verdict == vd.NOT_MEASURABLE, check.reason
+    assert "0% and 0% of runs reached 0.99 within the budget of 200 epochs" in check.reason
+    assert check.effect is None and check.p_improve is None and check.seeds_needed is None
+    assert math.isfinite(check.treatment.headline.value)  # restricted mean, not a median of inf
+    assert check.treatment.headline.value == 200
+    assert v.verdict == "inconclusive" and v.seeds_needed is None
+    assert "inf" not in json.dumps(vd.verdict_json(v)).lower()
+
+
+def test_seeds_needed_is_not_applicable_when_the_effect_points_against_the_claim():
+    b = np.array([0.60, 0.62, 0.58, 0.61, 0.59, 0.63])
+    a = b - np.array([0.01, -0.02, 0.015, 0.005, -0.01, 0.012])
+    runs = pd.concat(
+        [make_runs("copying", "h-detach", a, p_detach=0.25), make_runs("copying", "vanilla", b)]
+    )
+    v = evaluate(one_check_claim(), runs)
+    assert v.verdict == "inconclusive"
+    assert (
+        v.seeds_needed is None and v.seeds_reason == "the observed effect points against the claim"
+    )
+    out = vd.verdict_json(v)
+    assert out["seeds_needed"] is None and out["seeds_needed_reason"] == v.seeds_reason
