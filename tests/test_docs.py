@@ -17,9 +17,10 @@ it cannot move the figures. A results file not committed yet counts as written a
 lines, fenced code left out. A block is *measured* when it says "measured" or names a results
 file (``benchmarks/results/NAME``); a table is measured when it, or the block just before
 it, is. A measured block must name a results file, and each figure in it must be a value of
-a named file at the precision quoted: a number with a unit (``us ms s min h % x GiB GB MB``,
+a named file at the precision quoted: a number with a unit (``us ms s min h % points x GiB GB MB``,
 seconds and fractions converted) or, in a table's body, any number with a decimal point.
-Numbers inside inline code, dates and versions are not figures. A value is found anywhere in
+Numbers inside inline code, dates, versions and confidence levels ("95% interval") are not
+figures. A value is found anywhere in
 the file's JSON (numbers, and numbers written inside strings).
 """
 
@@ -42,16 +43,21 @@ CITE = re.compile(r"benchmarks/results/([\w.\-]+\.json)")
 MEASURED = re.compile(r"\bmeasured\b", re.IGNORECASE)
 # A number, then a unit; "4x4" (a shape) and "x 250" (a product) are not ratios.
 FIGURE = re.compile(
-    r"(?<![\w.\-/=])(\d[\d,]*(?:\.\d+)?)(?:\s?(us|µs|ms|s|min|h|%|GiB|GB|MB)|(x|×))(?![\w\d])"
+    r"(?<![\w.\-/=])(-?\d[\d,]*(?:\.\d+)?)"
+    r"(?:\s?(us|µs|ms|s|min|h|%|points|GiB|GB|MB)|(x|×))(?![\w\d])"
 )
 DECIMAL = re.compile(r"(?<![\w.\-/=])(\d+\.\d+)(?![\w.\d])")
 INLINE_CODE = re.compile(r"`[^`]*`")
-DATE_OR_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(?:T[\d:+]+)?|\bv?\d+\.\d+\.\d+\S*")
+# Dates, versions and confidence levels ("95% interval") are settings, not measurements.
+NOT_FIGURES = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:T[\d:+]+)?|\bv?\d+\.\d+\.\d+\S*"
+    r"|\b\d+% (?:CI|confidence|interval|band|t-interval)"
+)
 LINK_TARGET = re.compile(r"\]\([^)]*\)")
 HEADER_UNIT = re.compile(r"(?<![\w])(us|µs|ms|s|min|%)(?![\w])")
 # What a figure with this unit may be in a results file: seconds, fractions or itself.
 SCALES = {"us": (1e6, 1), "µs": (1e6, 1), "ms": (1e3, 1), "min": (1 / 60, 1), "h": (1 / 3600, 1)}
-SCALES |= {"%": (100, 1)}
+SCALES |= {"%": (100, 1), "points": (100, 1)}  # percentage points, as a difference
 
 
 def pages() -> list[Path]:
@@ -84,7 +90,7 @@ def is_table(block: str) -> bool:
 def figures(block: str) -> list[tuple[str, str]]:
     """(number, unit) pairs a block quotes as figures. In a table's body a bare decimal takes
     the unit its column's header names ("ms per seed"), else none."""
-    text = DATE_OR_VERSION.sub(" ", LINK_TARGET.sub("]", INLINE_CODE.sub(" ", block)))
+    text = NOT_FIGURES.sub(" ", LINK_TARGET.sub("]", INLINE_CODE.sub(" ", block)))
     if not is_table(block):
         return [(n, u or x) for n, u, x in FIGURE.findall(text)]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()]
@@ -142,7 +148,7 @@ def values(name: str) -> tuple[float, ...]:
 
 def held(number: str, unit: str, names: set[str]) -> bool:
     """Whether a results file holds `number` (as quoted, at its precision) in `unit`."""
-    target = float(number.replace(",", ""))
+    target = abs(float(number.replace(",", "")))  # the sign is the sentence's to say
     decimals = len(number.split(".")[1]) if "." in number else 0
     scales = SCALES.get(unit, (1,))
     for name in names:
@@ -244,3 +250,13 @@ def test_every_page_is_in_the_site_navigation() -> None:
     for page in sorted((ROOT / "docs").rglob("*.md")):
         rel = page.relative_to(ROOT / "docs").as_posix()
         assert rel in nav, f"docs/{rel} is not in mkdocs.yml's nav"
+
+
+def test_the_readmes_links_reach_files() -> None:
+    """The README is read on the forge, outside the site, so mkdocs --strict does not see it."""
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local, "the README links into the docs"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
