@@ -56,7 +56,6 @@ epoch was non-finite (the study does not log those) and is NaN, as is MLflow's s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -66,6 +65,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+import filelock
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -161,13 +161,9 @@ def locked(root: Path, experiment: str) -> Iterator[None]:
     staging = Path(root) / _STAGING
     staging.mkdir(parents=True, exist_ok=True)
     name = quote(str(experiment), safe="")
-    with open(staging / f"{name}.lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            _recover(Path(root), experiment)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with filelock.FileLock(staging / f"{name}.lock"):
+        _recover(Path(root), experiment)
+        yield
 
 
 def _staged(root: Path, experiment: str, kind: str) -> Path:

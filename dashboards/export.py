@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,9 +179,42 @@ def load(
         ExportError: no dataset (or no such experiment) in `out_dir`.
     """
     try:
-        return dataset.load_frames(out_dir, experiment)
+        runs, history = dataset.load_frames(out_dir, experiment)
     except dataset.DatasetError as err:
         raise ExportError(str(err)) from None
+    return deduplicated(runs, history)
+
+
+#: What names one measurement: a (configuration, seed) of one experiment is run once.
+RUN_KEY = ("experiment", "config_id", "seed")
+
+
+def deduplicated(runs: pd.DataFrame, history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each (experiment, configuration, seed) once, loudly: two drivers on one study (before
+    the study lock existed) left every run twice, and counting both doubles the seeds an arm
+    seems to have. Kept: the first finished run of each, else the first started."""
+    if runs.empty or not set(RUN_KEY) <= set(runs.columns):
+        return runs, history
+    keyed = runs["config_id"].notna() & runs["seed"].notna()
+    repeated = keyed & runs.duplicated(list(RUN_KEY), keep=False)
+    if not repeated.any():
+        return runs, history
+    order = runs.assign(_unfinished=runs["status"] != "FINISHED").sort_values(
+        ["_unfinished", "start_time"], kind="stable"
+    )
+    kept = order[keyed].drop_duplicates(list(RUN_KEY), keep="first").index.union(runs.index[~keyed])
+    dropped = runs.index.difference(kept)
+    sample = ", ".join(runs.loc[dropped[:3], "run_id"].astype(str))
+    warnings.warn(
+        f"{len(dropped)} runs repeat a (configuration, seed) of their experiment (two drivers "
+        f"on one study?): each counts once, the first finished kept; dropped {sample}"
+        f"{', ...' if len(dropped) > 3 else ''}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    runs = runs.loc[runs.index.isin(kept)].reset_index(drop=True)
+    history = history[history["run_id"].isin(runs["run_id"])].reset_index(drop=True)
+    return runs, history
 
 
 def write_frames(

@@ -18,16 +18,18 @@ verdicts changed and which intervals tightened.
 The study is used through its command only: the options are checked by the study's own
 validation (``python -m study.options``) and each batch runs as ``python -m study.run
 --config <batch options>`` in a process of its own, so a batch that crashes cannot take the
-others with it. A bad value exits with code 2 and a one-line message naming it. Exit code 1:
-a batch or the report failed (the others still ran) or another nightly holds the lock; 0:
-all went through. Scheduling: ``deploy/hdetach-nightly.{service,timer}`` or ``deploy/crontab``.
+others with it. A bad value exits with code 2 and a one-line message naming it, and so does a
+night whose experiment another driver (a study, another nightly) is running: the nightly
+holds the study lock of each of its experiments (``trainables/locking.py``, the same lock a
+study driver takes) from choosing the seeds to the report, and its batches run under it.
+Exit code 1: a batch or the report failed (the others still ran); 0: all went through.
+Scheduling: ``deploy/hdetach-nightly.{service,timer}`` or ``deploy/crontab``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import subprocess
@@ -38,11 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import filelock
 import yaml
 
 from dashboards import cli as report_cli
 from trainables.config import OneLineParser
 from trainables.contract import CHILD, RUN_KIND_TAG, SEED_TAG
+from trainables.locking import LOCK_TOKEN_ENV, BadName, LockHeld, StudyLock, check_name
 from trainables.tracking_uri import TrackingError, check_tracking_uri
 
 NIGHTLY_KEYS = ("reports_dir", "benchmarks", "batches")
@@ -127,6 +131,10 @@ def parse_config(document: Any) -> NightlyConfig:
         experiment = options.get("experiment")
         if not isinstance(experiment, str) or not experiment.strip():
             raise _fail(f"batches[{i}].experiment", "must be non-empty text", experiment)
+        try:
+            check_name(f"batches[{i}].experiment", experiment)
+        except BadName as err:
+            raise NightlyConfigError(str(err)) from None
         merged.append(options)
     checked = _study_check([batch_options(Batch(o, ""), 0, "nightly") for o in merged])
     for i, result in enumerate(checked):
@@ -198,13 +206,15 @@ def next_seed(tracking_uri: str, experiment: str) -> int:
             return largest + 1
 
 
-def run_batch(batch: Batch, seed_offset: int, run_name: str) -> int:
-    """Run one batch with the study's command in its own process; returns its exit code."""
+def run_batch(batch: Batch, seed_offset: int, run_name: str, lock_token: str = "") -> int:
+    """Run one batch with the study's command in its own process; returns its exit code.
+    ``lock_token``: the nightly's study locks, which the batch runs under."""
     with tempfile.TemporaryDirectory(prefix="hdetach-nightly-") as folder:
         path = Path(folder) / f"{run_name}.yaml"
         path.write_text(yaml.safe_dump(batch_options(batch, seed_offset, run_name)))
         command = [sys.executable, "-m", "study.run", "--config", str(path)]
-        return subprocess.run(command, check=False).returncode
+        env = {**os.environ, LOCK_TOKEN_ENV: lock_token} if lock_token else None
+        return subprocess.run(command, check=False, env=env).returncode
 
 
 def write_report(night: NightlyConfig) -> int:
@@ -220,18 +230,21 @@ def write_report(night: NightlyConfig) -> int:
 
 
 @contextlib.contextmanager
-def _single_instance(reports_dir: Path) -> Iterator[bool]:
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    with open(reports_dir / ".nightly.lock", "a+b") as handle:
+def _single_instance(config: NightlyConfig) -> Iterator[str]:
+    """Hold the study lock of every experiment of the night (in name order, so two nightlies
+    sharing experiments cannot each hold one the other waits for), then the reports
+    directory's lock; yields the token the batches run under. Raises ``LockHeld``."""
+    with contextlib.ExitStack() as held:
+        token = None
+        for experiment in sorted(config.experiments):
+            lock = held.enter_context(StudyLock(config.tracking_uri, experiment, token=token))
+            token = lock.token
+        config.reports_dir.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            held.enter_context(filelock.FileLock(config.reports_dir / ".nightly.lock", timeout=0))
+        except filelock.Timeout:
+            raise LockHeld(f"another nightly is writing reports to {config.reports_dir}") from None
+        yield token or ""
 
 
 def _log(message: str) -> None:
@@ -239,7 +252,7 @@ def _log(message: str) -> None:
     print(f"[nightly {stamp}] {message}", flush=True)
 
 
-def night(config: NightlyConfig, *, dry_run: bool = False) -> int:
+def night(config: NightlyConfig, *, dry_run: bool = False, lock_token: str = "") -> int:
     """Run every batch on fresh seeds, then write the report. Returns the exit code."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     offsets = {exp: next_seed(config.tracking_uri, exp) for exp in config.experiments}
@@ -259,7 +272,8 @@ def night(config: NightlyConfig, *, dry_run: bool = False) -> int:
         return 0
     failed = []
     for i, batch in enumerate(config.batches):
-        code = run_batch(batch, offsets[batch.experiment], f"nightly-{stamp}-{i}-{batch.task}")
+        name = f"nightly-{stamp}-{i}-{batch.task}"
+        code = run_batch(batch, offsets[batch.experiment], name, lock_token)
         if code == 0:
             _log(f"batch {i} done")
         else:  # one failed batch must not cost the others their night
@@ -286,12 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.dry_run:
             return night(config, dry_run=True)
-        with _single_instance(config.reports_dir) as alone:
-            if not alone:
-                print("nightly: another nightly run holds the lock; not starting", file=sys.stderr)
-                return 1
-            return night(config)
-    except (NightlyConfigError, TrackingError) as err:
+        with _single_instance(config) as token:
+            return night(config, lock_token=token)
+    except (NightlyConfigError, TrackingError, LockHeld) as err:
         print(f"nightly: error: {err}", file=sys.stderr)
         return 2
 

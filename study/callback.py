@@ -68,20 +68,27 @@ class MlflowStudyCallback(tune.Callback):
         self.seconds = 0.0  # time spent in MLflow calls from Tune's event loop
 
     # -- pickling: Tune stores the callback with the experiment and uses that copy on
-    # Tuner.restore, so it travels without its MLflow client and reconnects in setup(). ----
+    # Tuner.restore. It travels without its tracker: where the study writes is what the
+    # resuming command says (a moved server, a new tunnel port), never the pickled address,
+    # so the resuming driver hands it its tracker (`bind`) before Tune calls setup(). ----
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["tracker"] = (self.tracker.uri, self.tracker.experiment_name)
+        state["tracker"] = None
         state["_children"], state["_blocks"], state["_stopped_seen"] = {}, {}, 0
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        uri, name = state["tracker"]
-        state["tracker"] = StudyTracker(uri, name)
-        self.__dict__.update(state)
+    def bind(self, tracker: StudyTracker) -> None:
+        """Write through ``tracker`` (the resuming driver's, for the same experiment)."""
+        if tracker.experiment_name != self.study:
+            raise ValueError(
+                f"the callback of study {self.study!r} cannot write to {tracker.experiment_name!r}"
+            )
+        self.tracker = tracker
 
     def setup(self, **info):
+        if self.tracker is None:
+            raise RuntimeError("a restored study callback needs bind(tracker) before Tune starts")
         if not self.tracker.started:
             self.tracker.start()
 

@@ -45,6 +45,7 @@ from trainables.contract import (
     SEED_TAG,
     TERMINAL_STATUSES,
 )
+from trainables.locking import sqlite_init_lock
 from trainables.tracking_uri import TrackingError, check_tracking_uri
 
 _RESERVED_TAGS = frozenset({RUN_KIND_TAG, CONFIG_ID_TAG, SEED_TAG, MLFLOW_PARENT_RUN_ID})
@@ -112,11 +113,14 @@ class StudyTracker:
     def start(self, tags: Mapping[str, object] | None = None) -> str:
         """Check the URI, get or create the experiment (adding missing `tags`), load its runs."""
         check_tracking_uri(self.uri)
-        if self._mlflow is None:
-            self._mlflow = MlflowClient(tracking_uri=self.uri)
+        # The client opens the store: a new sqlite file is created and migrated then, which
+        # two processes at once would race through (alembic fails in one of them).
+        with sqlite_init_lock(self.uri):
+            if self._mlflow is None:
+                self._mlflow = MlflowClient(tracking_uri=self.uri)
+            experiment = self._mlflow.get_experiment_by_name(self.experiment_name)
         client = self._mlflow
         tags = {k: str(v) for k, v in (tags or {}).items()}
-        experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             self._experiment_id = client.create_experiment(self.experiment_name, tags=tags)
         elif experiment.lifecycle_stage != "active":

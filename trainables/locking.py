@@ -110,10 +110,12 @@ class StudyLock:
     """The study ``experiment`` in tracking store ``uri``, held by this process (or, through
     :data:`LOCK_TOKEN_ENV`, by the process that started it). Use as a context manager."""
 
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, *, token: str | None = None):
         self.uri = uri
         self.experiment = check_name("experiment", experiment)
-        self.token = uuid.uuid4().hex
+        # One token for every lock a process holds (a nightly holds one per experiment), so
+        # the processes it starts inherit them all through one environment variable.
+        self.token = token or uuid.uuid4().hex
         self._file_lock: filelock.BaseFileLock | None = None
         self._client = None
         self._experiment_id: str | None = None
