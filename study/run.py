@@ -48,6 +48,7 @@ class StudyResult:
     trial_seconds: list[float]  # each trial's own time (Tune's time_total_s)
     concurrency: int
     logging_seconds: float  # driver time spent writing to MLflow
+    confirmation: dict | None = None  # the selected configuration on fresh seeds (confirm.py)
 
 
 CLUSTER_MAX_CONCURRENT = 64
@@ -62,7 +63,6 @@ RUNTIME_ENVIRONMENT = {
     "RAY_DEDUP_LOGS": "0",
     # Per-epoch checkpoints make Tune snapshot often; that is intended, not worth a warning.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-}
     # The bounded wait for an unreachable MLflow server: each request is retried 5 times
     # with backoff 2, 4, 8, 16, 32 s (about a minute, plus 30 s timeouts), so an outage of
     # tens of seconds is ridden out and a longer one ends the study with exit 1 and the resume
@@ -70,6 +70,7 @@ RUNTIME_ENVIRONMENT = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def set_runtime_environment() -> None:
@@ -82,11 +83,11 @@ class StudyError(ValueError):
     """A problem with the study's setup that the user can fix (exit code 2)."""
 
 
-def preflight(options: StudyOptions) -> None:
 class StudyInterrupted(Exception):
     """Ctrl-C (SIGINT): Tune has saved its state; the study continues with ``--resume``."""
 
 
+def preflight(options: StudyOptions) -> None:
     """Everything checked before Ray starts or MLflow is touched."""
     from ray.tune import Tuner
 
@@ -101,9 +102,9 @@ class StudyInterrupted(Exception):
             f"a study already exists at {options.experiment_dir}: pass --resume to continue "
             "it, or --run-name / --experiment for a new one"
         )
-    if options.task != "copying":  # MNIST must be on disk (or downloaded now, if asked)
     if options.resume:
         _check_resume_store(options)
+    if options.task != "copying":  # MNIST must be on disk (or downloaded now, if asked)
         from trainables.train import load_task_for
 
         load_task_for(options.run_config())
@@ -143,7 +144,6 @@ def _non_empty(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def _init_ray(options: StudyOptions) -> None:
 def _check_resume_store(options: StudyOptions) -> None:
     """A resumed study writes where the resuming command says (``--tracking-uri`` now, not
     the address it was started with); refuse when that store does not hold its runs, which
@@ -179,6 +179,7 @@ def _store_holds_study(uri: str, experiment: str) -> bool:
     return found is not None and bool(client.search_runs([found.experiment_id], max_results=1))
 
 
+def _init_ray(options: StudyOptions) -> None:
     import ray
 
     if ray.is_initialized():
@@ -308,7 +309,7 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     from ray.tune.schedulers import ASHAScheduler
 
     from study.callback import MlflowStudyCallback
-    from study.summary import ranked_summary
+    from study.summary import log_family, ranked_summary
     from study.tracking import StudyTracker
     from study.trainable import train_block
 
@@ -343,8 +344,8 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     )
     if options.resume:
         tuner = tune.Tuner.restore(options.experiment_dir, trainable, resume_errored=True)
-    else:
         callback = _restored_callback(tuner, callback)
+    else:
         base_dict = base.to_dict()
         base_dict.pop("seeds")
         scheduler = None
@@ -394,7 +395,17 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     fit_seconds = time.perf_counter() - started
     errors = sum(1 for r in results if r.error is not None)
     trial_seconds = [float((r.metrics or {}).get("time_total_s", 0.0)) for r in results]
-    configurations, text = ranked_summary(tracker)
+    configurations, text = ranked_summary(
+        tracker, correction=options.correction, alpha=options.alpha
+    )
+    log_family(tracker, configurations)
+    confirmation = None
+    if options.search != "fixed":  # a fixed batch selects nothing: its family is corrected
+        from study.confirm import confirm_selected
+
+        confirmation, more = confirm_selected(options, tracker, configurations)
+        text = f"{text}\n\n{more}" if more else text
+        errors += confirmation.get("errors", 0) if confirmation else 0
     if options.verbose:
         print(text)
         print(f"\nMLflow: mlflow ui --backend-store-uri {options.tracking_uri}")
@@ -411,21 +422,10 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
         trial_seconds=trial_seconds,
         concurrency=_max_concurrent(options),
         logging_seconds=callback.seconds,
+        confirmation=confirmation,
     )
 
 
-def _trial_name(trial) -> str:
-    """``<config_id>_b<block>_<trial id>``: readable in the table and on disk."""
-    config = trial.config
-    return f"{config.get('config_id', 'trial')}_b{config.get('block', 0)}_{trial.trial_id}"
-
-
-def _save_options(options: StudyOptions) -> None:
-    """The study's options beside the Tune experiment, for people reading it later."""
-    if "://" in options.experiment_dir:
-        return
-    path = Path(options.experiment_dir)
-    path.mkdir(parents=True, exist_ok=True)
 def _restored_callback(tuner, fresh):
     """The study callback Tune restored with the experiment, bound to this driver's tracker
     (the resuming command's tracking URI). Tuner.restore takes no run config, and the
@@ -473,47 +473,20 @@ class _interrupt_watch:
         self._logger.removeFilter(self._quiet)
 
 
+def _trial_name(trial) -> str:
+    """``<config_id>_b<block>_<trial id>``: readable in the table and on disk."""
+    config = trial.config
+    return f"{config.get('config_id', 'trial')}_b{config.get('block', 0)}_{trial.trial_id}"
+
+
+def _save_options(options: StudyOptions) -> None:
+    """The study's options beside the Tune experiment, for people reading it later."""
+    if "://" in options.experiment_dir:
+        return
+    path = Path(options.experiment_dir)
+    path.mkdir(parents=True, exist_ok=True)
     (path / "study_options.json").write_text(json.dumps(options.to_dict(), indent=1))
 
-
-def main(argv: list[str] | None = None) -> int:
-    prog = "python study/run.py"
-    set_runtime_environment()
-    try:
-        options = options_from_args(argv)
-        preflight(options)
-        lock = StudyLock(options.tracking_uri, options.experiment_name).__enter__()
-    except (OptionsError, StudyError, TrackingError, ValueError, LockHeld) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # a store that cannot be reached to take the study's claim
-        print(f"{prog}: error: {failure_cause(err)}", file=sys.stderr)
-        return 1
-    try:
-        result = run_study(options, checked=True)
-    except (StudyInterrupted, KeyboardInterrupt):
-        print(f"{prog}: interrupted: rerun with --resume: {resume_command(argv)}", file=sys.stderr)
-        return 130
-    except (StudyError, TrackingError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        log = _log_path(options)
-        try:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(traceback.format_exc())
-            where = f"traceback in {log}"
-        except OSError:  # the disk that failed may be this one
-            where = "traceback not saved (the log could not be written)"
-        print(
-            f"{prog}: error: {failure_cause(err)}; fix it and rerun with --resume: "
-            f"{resume_command(argv)} ({where})",
-            file=sys.stderr,
-        )
-        return 1
-    finally:
-        lock.release()
-    return 1 if result.errors else 0
 
 def resume_command(argv: list[str]) -> str:
     """The command that continues this study."""
@@ -555,7 +528,46 @@ def failure_cause(err: BaseException) -> str:
     return f"{type(last).__name__}: {first_line}"
 
 
+def main(argv: list[str] | None = None) -> int:
+    prog = "python study/run.py"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    set_runtime_environment()
+    try:
+        options = options_from_args(argv)
+        preflight(options)
+        lock = StudyLock(options.tracking_uri, options.experiment_name).__enter__()
+    except (OptionsError, StudyError, TrackingError, ValueError, LockHeld) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a store that cannot be reached to take the study's claim
+        print(f"{prog}: error: {failure_cause(err)}", file=sys.stderr)
+        return 1
+    try:
+        result = run_study(options, checked=True)
+    except (StudyInterrupted, KeyboardInterrupt):
+        print(f"{prog}: interrupted: rerun with --resume: {resume_command(argv)}", file=sys.stderr)
+        return 130
+    except (StudyError, TrackingError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        log = _log_path(options)
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            where = f"traceback in {log}"
+        except OSError:  # the disk that failed may be this one
+            where = "traceback not saved (the log could not be written)"
+        print(
+            f"{prog}: error: {failure_cause(err)}; fix it and rerun with --resume: "
+            f"{resume_command(argv)} ({where})",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        lock.release()
+    return 1 if result.errors else 0
+
 
 if __name__ == "__main__":
-    argv = list(sys.argv[1:] if argv is None else argv)
     raise SystemExit(main())
