@@ -48,7 +48,6 @@ class StudyResult:
     trial_seconds: list[float]  # each trial's own time (Tune's time_total_s)
     concurrency: int
     logging_seconds: float  # driver time spent writing to MLflow
-    confirmation: dict | None = None  # the selected configuration on fresh seeds (confirm.py)
 
 
 CLUSTER_MAX_CONCURRENT = 64
@@ -309,7 +308,7 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     from ray.tune.schedulers import ASHAScheduler
 
     from study.callback import MlflowStudyCallback
-    from study.summary import log_family, ranked_summary
+    from study.summary import ranked_summary
     from study.tracking import StudyTracker
     from study.trainable import train_block
 
@@ -395,17 +394,7 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     fit_seconds = time.perf_counter() - started
     errors = sum(1 for r in results if r.error is not None)
     trial_seconds = [float((r.metrics or {}).get("time_total_s", 0.0)) for r in results]
-    configurations, text = ranked_summary(
-        tracker, correction=options.correction, alpha=options.alpha
-    )
-    log_family(tracker, configurations)
-    confirmation = None
-    if options.search != "fixed":  # a fixed batch selects nothing: its family is corrected
-        from study.confirm import confirm_selected
-
-        confirmation, more = confirm_selected(options, tracker, configurations)
-        text = f"{text}\n\n{more}" if more else text
-        errors += confirmation.get("errors", 0) if confirmation else 0
+    configurations, text = ranked_summary(tracker)
     if options.verbose:
         print(text)
         print(f"\nMLflow: mlflow ui --backend-store-uri {options.tracking_uri}")
@@ -422,7 +411,6 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
         trial_seconds=trial_seconds,
         concurrency=_max_concurrent(options),
         logging_seconds=callback.seconds,
-        confirmation=confirmation,
     )
 
 
