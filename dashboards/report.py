@@ -11,12 +11,14 @@ one directory:
 * ``summary.json``: the numbers a later report compares itself with (:func:`compare`): seeds
   and intervals per configuration, verdicts, effects and intervals per claim and check.
 
-Reading order of the page: the verdict table (one row per claim: our number with its CI
-beside the paper's, seeds per arm), what changed since the previous report, the paper's
+Reading order of the page: the bottom line (:mod:`dashboards.bottom_line`: what ran, what
+can and cannot be concluded at this scale, the next command and its cost), the verdict table
+(one row per claim: our number with its CI beside the paper's, seeds per arm), what changed
+since the previous report, the paper's
 Tables 1 and 2 beside ours, one section per claim (its checks, per-seed validation curves per
 arm, distributions of the final metrics, P(A>B) with its CI, Kaplan-Meier success curves),
 the per-configuration table and the expected best validation accuracy against the number of
-trials (Dodge et al. 2019).
+trials (Dodge et al. 2019); the export's details, collapsed, last.
 
 Figures stay readable at any scale: at most ``max_curves`` seed curves per panel (a fixed-seed
 random sample; the bold median is over all seeds and the caption says how many are shown).
@@ -42,6 +44,7 @@ import pandas as pd
 
 from dashboards import claims as claims_mod
 from dashboards import overview, sections, stats
+from dashboards.bottom_line import bottom_line
 from dashboards.configs import ConfigRow, configuration_table, sequential_table
 from dashboards.evaluate import Context
 from dashboards.render import render
@@ -247,12 +250,14 @@ def build_report(
     rng = np.random.default_rng(seed)
     ctx = Context(runs, history, rng, n_resamples)
     verdicts = evaluate_claims(claim_list, runs, history, rng, benchmarks, context=ctx)
+    line = bottom_line(verdicts, runs, history, experiment)
     timings["claims"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     config_rows = configuration_table(runs, rng, n_resamples=n_resamples)
     sequential_rows = sequential_table(runs)
     summary = make_summary(experiment, runs, verdicts, config_rows)
+    summary["bottom_line"] = line.text
     changes = compare(previous, summary) if previous is not None else None
     timings["configurations"] = time.perf_counter() - clock
 
@@ -274,6 +279,7 @@ def build_report(
         tasks=sorted(runs["task"].dropna().unique().tolist()) if "task" in runs else [],
         tally=", ".join(f"{n} {verdict}" for verdict, n in tally.items()),
         notes=list(notes),
+        bottom_line=line,
         setup_sections=setup_sections,
         setups_left_out=setups_left_out,
         lr_figure=lr_figure,

@@ -32,7 +32,14 @@ from pairedstats.power import paired_seeds_needed
 from study import sequential as seq
 from study.searcher import paired_differences
 from trainables.config import OneLineParser
-from trainables.contract import BASELINE_TAG, CHILD, LOWER_IS_BETTER, PARENT
+from trainables.contract import (
+    BASELINE_TAG,
+    CHILD,
+    LOWER_IS_BETTER,
+    PARENT,
+    seconds_per_seed,
+    study_hours,
+)
 from trainables.tracking_uri import TrackingError, check_tracking_uri
 
 
@@ -122,10 +129,10 @@ def plan(args) -> list[dict]:
                 fixed_seeds=n_fixed,
                 fixed_seeds_capped=needed.capped,
                 fixed_seeds_reason=needed.reason,
-                fixed_hours=None if n_fixed is None else 2 * n_fixed * per_seed / 3600,
+                fixed_hours=None if n_fixed is None else study_hours(n_fixed, per_seed),
                 sequential_power=sim.better_rate,
                 sequential_mean_seeds=sim.mean_seeds,
-                sequential_hours=2 * sim.mean_seeds * per_seed / 3600,
+                sequential_hours=study_hours(sim.mean_seeds, per_seed),
             )
         rows.append(row)
     if not rows:
@@ -143,7 +150,7 @@ def _seconds_per_seed(runs) -> float:
         epoch = run.metrics.get("epoch_seconds")
         members = float(run.params.get("members_per_trial", 1) or 1)
         if epoch is not None and math.isfinite(epoch):
-            costs.append(epoch * max(run.last_epoch, 1) / members)
+            costs.append(seconds_per_seed(epoch, run.last_epoch, members))
     return float(np.mean(costs)) if costs else math.nan
 
 

@@ -293,3 +293,15 @@ def prob_better(a, b, axis: int = -1):
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     return np.mean((a > b) + 0.5 * (a == b), axis=axis)
+
+
+def seconds_per_seed(epoch_seconds: float, epochs: float, members: float = 1) -> float:
+    """What one seed costs to train: its trial's seconds per epoch times its epochs, shared
+    by the trial's ``members`` seed members (trained together, they share each epoch). The
+    planner (``hdetach-study plan``) and the report's bottom line both estimate cost with it."""
+    return float(epoch_seconds) * max(float(epochs), 1.0) / max(float(members), 1.0)
+
+
+def study_hours(seeds_per_arm: float, per_seed_seconds: float, arms: int = 2) -> float:
+    """Compute hours of a paired comparison: ``seeds_per_arm`` seeds in each of ``arms``."""
+    return arms * float(seeds_per_arm) * float(per_seed_seconds) / 3600.0

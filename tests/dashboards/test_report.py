@@ -315,6 +315,11 @@ def test_report_from_mlflow_is_logged_as_a_report_run(mlflow_server: str, tmp_pa
     argv = ["--experiment", name, "--tracking-uri", mlflow_server, "--resamples", "200"]
     assert report_cli.main([*argv, "--out", str(out)]) == 0
     assert (out / "index.html").is_file() and (tmp_path / "reports" / name / "data").is_dir()
+    # The bottom line first; the export's logistics collapsed at the end.
+    page = (out / "index.html").read_text(encoding="utf-8")
+    details = page.index('<details id="export-details">')
+    assert page.index('id="bottom-line"') < page.index('id="verdicts"') < details
+    assert "Data: " in page[details:] and "Data: " not in page[:details]
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name(name)
@@ -356,6 +361,12 @@ def test_report_renders_in_headless_chromium(built: Path, chromium: DevTools, tm
     assert rows == 10
     c2 = chromium.evaluate("document.querySelector('#row-C2').innerText")
     assert "supported" in c2
+    # The bottom line is on the first screen and says what the verdicts say.
+    bottom = chromium.evaluate("document.querySelector('#bottom-line').innerText")
+    assert bottom.startswith("Bottom line.") and "on 8 seeds" in bottom, bottom
+    assert re.search(r"support [^.]*C2 \(", bottom) and re.search(r"contradict C5 \(", bottom)
+    top = chromium.evaluate("document.querySelector('#bottom-line').getBoundingClientRect().top")
+    assert 0 < top < chromium.evaluate("window.innerHeight")
 
     png = screenshot(chromium)  # a full-page screenshot for a person to look at
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
