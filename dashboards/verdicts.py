@@ -17,37 +17,44 @@ Decision rule
 -------------
 Every check turns into an *effect* oriented so that positive means "treatment better" (for
 lower-is-better metrics such as epochs, divergence or grad norm the sign is flipped), with a
-95% CI, and, where defined, P(treatment better than baseline) with a 95% bootstrap CI:
+95% interval, and one test (:mod:`pairedstats.tests`) that decides; P(treatment better than
+baseline) is shown as an effect size with its exact interval and decides nothing:
 
-* mean: mean (paired) difference, percentile bootstrap; P(A>B) with ties 1/2.
-* rate: difference of rates, Newcombe interval; P(A>B) on the 0/1 outcomes.
-* time_to_threshold: epochs saved = restricted mean epochs-to-threshold (Kaplan-Meier,
-  censored runs kept) of baseline minus treatment; P(treatment faster), Gehan scoring.
-* lr_worst_case: worst mean over learning rates, treatment minus baseline (no P).
-* seed_std: std over seeds, baseline minus treatment (no P).
+* mean: paired t-test on the per-seed differences (Welch when the seeds do not pair); the
+  interval is the same t's.
+* rate: exact McNemar on the discordant seed pairs (Fisher's exact test unpaired); the
+  interval is Newcombe's.
+* time_to_threshold: paired t-test on the epochs restricted to the budget (a run that did not
+  reach the threshold counts the whole budget); *not measurable at this budget* when fewer
+  than half the runs of both arms reach it.
+* seed_std: randomisation test of std(B) - std(A), swapping the arms within seed pairs
+  (Brown-Forsythe unpaired); the interval is a bootstrap, shown.
+* lr_worst_case: no test exists for a worst case over learning rates; its bootstrap interval
+  decides (the docs say this rule is not calibrated).
 
 A check is
 
-* **better** (``min_effect`` m >= 0): *supported* when the effect CI lies above 0 or P(A>B)
-  is significant (lower bound > 0.5); *contradicted* when the effect CI lies below m, or
-  P(A>B)'s upper bound is below 0.5; if both the sign evidence and the support hold, the
-  evidence conflicts and the check is *inconclusive*.
-* **worse**: the same with the effect negated and P replaced by 1 - P.
-* **not_worse** (margin d): *supported* when the effect CI lies above -d, *contradicted* when
-  it lies below -d.
-* **equivalent** (margin d): *supported* when the CI lies inside (-d, d), *contradicted* when
-  it lies wholly outside.
+* **better** (``min_effect`` m >= 0): *supported* when its test rejects no effect at
+  ALPHA = 0.05 (two-sided) and the effect is positive; *contradicted* when the test rejects and
+  the effect is negative, or the effect's 95% interval lies below m.
+* **worse**: the same with the effect negated.
+* **not_worse** (margin d): *supported* when the 95% interval lies above -d (a one-sided test at
+  0.025 for t intervals), *contradicted* when it lies below -d.
+* **equivalent** (margin d): *supported* when the 95% interval lies inside (-d, d) (TOST at
+  0.025 each side), *contradicted* when it lies wholly outside.
 * **below / above** (benchmarks, C9): *supported* when the figure (its CI if given) lies below
   / above ``value``, *contradicted* when it lies on the other side.
 * otherwise, or when an arm has fewer than ``min_seeds`` runs, *inconclusive*; the check
-  then reports the seeds per arm a two-sided t-test at alpha 0.05 would need for power 0.8
-  at the observed effect (Colas et al. 2018; see ``stats.seeds_needed``).
+  then reports the seeds per arm its own decision needs for power 0.8 at the observed effect
+  (:func:`dashboards.power.seeds_needed`, paired), or why no such number exists.
 * *no runs yet* when either arm has no selected runs (or the metric column is missing);
   *no data* for a benchmark claim whose figure was not given.
 
-A claim is *contradicted* if any check is, *supported* if all checks are, *no runs yet* (or
-*no data*) if no check has data, and *inconclusive* otherwise (its seeds-needed is the largest
-among its inconclusive checks).
+A claim controls its error across its checks: *contradicted* only when a contradicted check
+survives Holm's correction over all of its checks with data (p-values of contradictions a
+95% interval decided enter at their bound 0.05), *supported* when every check is (an
+intersection-union test: no correction needed), *no runs yet* (or *no data*) when no check has
+data, and *inconclusive* otherwise. Its seeds-needed is its headline check's own figure.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ from dashboards.survival import KaplanMeier
 from dashboards.tuning import LrRobustness
 from pairedstats import multiplicity
 from pairedstats import tests as ptests
+from pairedstats.bestof import BestOf
 from pairedstats.power import SeedsNeeded
 
 EMPTY = frozenset({"no runs yet", "no data"})
@@ -88,6 +96,7 @@ class ArmResult:
     reached: Estimate | None = None  # fraction that reached it within the budget (Wilson)
     lr: LrRobustness | None = None
     grad_norms: GradNorms | None = None
+    best_of: BestOf | None = None  # expected best of k seeds (the paper's protocol), in unit
 
 
 @dataclass(frozen=True)
