@@ -506,6 +506,8 @@ def failure_cause(err: BaseException) -> str:
             return f"disk full{where} ({os.strerror(e.errno)})"
     for e in chain:
         text = str(e)
+        if "database or disk is full" in text or "No space left" in text:
+            return f"disk full ({text.splitlines()[0][:200]})"
         if "API request to" in text or "Max retries exceeded" in text:
             host = text.split("API request to ", 1)[-1].split(" ", 1)[0]
             return f"the MLflow server is unreachable ({host})"
@@ -554,7 +556,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         lock.release()
-    return 1 if result.errors else 0
+    if result.errors:
+        print(
+            f"{prog}: error: {result.errors} trials failed (each trial's error.txt under "
+            f"{options.experiment_dir} says why); fix the cause and rerun with --resume: "
+            f"{resume_command(argv)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
