@@ -2,13 +2,19 @@
 against it and cuDNN's ``torch.nn.LSTM``, on one NVIDIA GPU with only PyTorch and Triton.
 
 Correctness (fp64, on the GPU): two layers, K=3 seed members, every gradient mode, the
-``torch`` and ``triton`` backends (Triton with and without CUDA graphs, the graphs replayed)
-against Algorithm 1 (``trainables/oracle.py``) run per member, to 1e-10; fp32 against cuDNN
-at p=0 to 1e-4. Speed (fp32, median of interleaved repeats after warm-up, synchronised):
-the authors' loop at K=1, cuDNN ``nn.LSTM`` (one seed a call; and 64 seeds as one batch with
-shared weights, an optimistic floor no per-seed model reaches), and the engine's backends
-at K = 1, 16, 64 seed members, per seed, on both paper shapes. Every case that fails is
-recorded with its error and the rest go on; a time budget keeps the whole under 8 minutes.
+``torch``, ``triton`` (with and without CUDA graphs, the graphs replayed) and ``persistent``
+backends against Algorithm 1 (``trainables/oracle.py``) run per member, to 1e-10; fp32
+against cuDNN at p=0 to 1e-4; the persistent backend's fp32 and TF32 outputs and gradients
+against the fp64 oracle, relative to their largest value (fp32 to 1e-4, TF32 to 1e-2).
+Speed (median of interleaved repeats after warm-up, synchronised): the authors' loop at
+K=1, cuDNN ``nn.LSTM`` (one seed a call; and 64 seeds as one batch with shared weights, an
+optimistic floor no per-seed model reaches), and the engine's backends (persistent in fp32
+and TF32 too) at K = 1, 16, 64 seed members, per seed, on both paper shapes. Every timed row
+gets its TFLOP/s and fraction of the chip's FP32 peak (``trainables/kernels/cost.py``); the
+summary adds the persistent loop's FLOP and L2 bounds, its targets (issue 24) and the
+GPU-hours of the paper-scale verdicts C1, C2 and C5 at 32 seeds per arm from the measured
+step times. Every case that fails is recorded with its error and the rest go on; a time
+budget keeps the whole under 8 minutes.
 
     python benchmarks/gpu_check.py --out gpu_check.json      (benchmarks/gpu_check.sh)
     python benchmarks/gpu_check.py --smoke                    (CPU + Triton interpreter, tiny)
@@ -39,6 +45,7 @@ from torch.nn import functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainables.engine import DetachMasks, HDetachLSTM, MemberLinear  # noqa: E402
+from trainables.kernels import cost, persistent_lstm  # noqa: E402
 from trainables.oracle import GRADIENT_MODES as MODES  # noqa: E402
 from trainables.oracle import oracle_lstm  # noqa: E402
 
@@ -48,6 +55,18 @@ SHAPES = {  # name: T, B, I, H, classes, loss at every step
     "mnist": (784, 100, 1, 100, 10, False),
 }
 SMOKE_SHAPES = {"copying": (12, 4, 1, 8, 9, True), "mnist": (20, 4, 1, 6, 10, False)}
+#: Largest relative error of outputs and gradients against the fp64 oracle (check_precision):
+#: fp32 as the other backends; TF32 rounds each product's inputs to 11 significant bits
+#: (unit roundoff 2^-11 = 4.9e-4), which a 40-step recursion may grow some tenfold.
+PRECISION_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2}
+#: The engine rows: backend, CUDA graphs, precision.
+ENGINES = (
+    ("torch", False, "fp32"),
+    ("triton", False, "fp32"),
+    ("triton", True, "fp32"),
+    ("persistent", False, "fp32"),
+    ("persistent", False, "tf32"),
+)
 
 
 def _graphs(on: bool) -> None:
@@ -109,6 +128,28 @@ def check_oracle(device, backend: str, graphs: bool, mode: str) -> float:
     return worst
 
 
+def check_precision(device, precision: str) -> float:
+    """The persistent backend at ``precision`` (fp32 weights) against the fp64 oracle: the
+    largest deviation of outputs and parameter gradients, relative to the largest reference
+    value of each, on a training-sized step (T=40, B=20: two batch tiles, H=48: padded)."""
+    T, B, I, H = 40, 20, 3, 48
+    torch.manual_seed(0)
+    single = HDetachLSTM(I, H, dtype=F64, p_detach=0.25)
+    model = HDetachLSTM(I, H, p_detach=0.25, backend="persistent", precision=precision)
+    model.load_state_dict({k: v.float() for k, v in single.state_dict().items()})
+    model.to(device)
+    x = torch.randn(T, B, I, dtype=F64)
+    masks = single.sample_masks(T, B, torch.Generator().manual_seed(0))
+    y, (h, c) = model(x.float().to(device), masks=masks)
+    grads = torch.autograd.grad(_loss(y.double(), h.double(), c.double()), list(model.parameters()))
+    y_ref, (h_ref, c_ref) = oracle_lstm(single, x, masks=masks)
+    refs = torch.autograd.grad(_loss(y_ref, h_ref, c_ref), list(single.parameters()))
+    worst = ((y.cpu().double() - y_ref).abs().max() / y_ref.abs().max()).item()
+    for g, r in zip(grads, refs, strict=True):
+        worst = max(worst, ((g.cpu().double() - r).abs().max() / r.abs().max()).item())
+    return worst
+
+
 def check_cudnn(device, backend: str) -> float:
     """fp32 at p=0 against ``torch.nn.LSTM`` (cuDNN on a GPU, TF32 off), outputs and gradients."""
     with _exact_cudnn():
@@ -164,7 +205,7 @@ def check_graph_training(device) -> float:
 
 def run_checks(device) -> list[dict]:
     rows = []
-    variants = [("torch", False), ("triton", False), ("triton", True)]
+    variants = [("torch", False), ("triton", False), ("triton", True), ("persistent", False)]
     for backend, graphs in variants:
         for mode in MODES:
             label = f"oracle fp64 {backend}{' graphs' if graphs else ''} {mode}"
@@ -176,9 +217,12 @@ def run_checks(device) -> list[dict]:
     if device.type == "cuda":
         rows.append(_check("graphs replayed in training = eager", 1e-12,
                            lambda: check_graph_training(device)))  # fmt: skip
-    for backend in ("torch", "triton"):
+    for backend in ("torch", "triton", "persistent"):
         rows.append(_check(f"nn.LSTM fp32 p=0 {backend}", 1e-4,
                            lambda b=backend: check_cudnn(device, b)))  # fmt: skip
+    for precision, tolerance in PRECISION_TOLERANCE.items():
+        rows.append(_check(f"persistent {precision} vs fp64 oracle (relative)", tolerance,
+                           lambda p=precision: check_precision(device, p)))  # fmt: skip
     return rows
 
 
@@ -242,9 +286,11 @@ def bench_cases(name: str, shape, members: list[int], device) -> list[tuple[str,
     cases.append((f"cuDNN nn.LSTM {wide} seeds as one batch (shared weights)", wide,
                   lambda: loss(cudnn(xw)[0], head, tw).backward()))  # fmt: skip
 
-    for backend, graphs in (("torch", False), ("triton", False), ("triton", True)):
+    for backend, graphs, precision in ENGINES:
         for K in members:
-            model = HDetachLSTM(I, H, p_detach=0.25, members=K, backend=backend).to(device)
+            model = HDetachLSTM(
+                I, H, p_detach=0.25, members=K, backend=backend, precision=precision
+            ).to(device)
             heads = MemberLinear(K, H, classes).to(device)
             xk = x.unsqueeze(1).expand(T, K, B, I).contiguous()
             tk = target.unsqueeze(-2).expand(*target.shape[:-1], K, B).contiguous()
@@ -254,9 +300,13 @@ def bench_cases(name: str, shape, members: list[int], device) -> list[tuple[str,
                 _graphs(graphs)
                 loss(model(xk, generator=gens)[0], heads, tk).backward()
 
-            label = f"engine {backend}{' + CUDA graphs' if graphs else ''} K={K}, p=0.25"
-            cases.append((label, K, step))
+            cases.append((engine_label(backend, graphs, precision, K), K, step))
     return cases
+
+
+def engine_label(backend: str, graphs: bool, precision: str, members: int) -> str:
+    extra = (" + CUDA graphs" if graphs else "") + ("" if precision == "fp32" else f" {precision}")
+    return f"engine {backend}{extra} K={members}, p=0.25"
 
 
 def run_bench(shapes, members, repeats, device, deadline) -> list[dict]:
@@ -341,16 +391,111 @@ def summarise(rows: list[dict], members: list[int]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+#: Engine rows whose K-member step times price the paper's verdicts: today's default on CUDA
+#: and the persistent backend at each precision.
+PRICED = (("triton", True, "fp32"), ("persistent", False, "fp32"), ("persistent", False, "tf32"))
+
+
+def cost_summary(
+    rows: list[dict], shapes: dict, members: list[int], device_name: str, processors: int | None
+) -> dict:
+    """What the timed rows mean against the chip (``trainables/kernels/cost.py``): per row
+    TFLOP/s and fraction of the FP32 peak; per shape the persistent loop's FLOP and L2 bounds
+    at each K, its speed-ups over today's engine (triton + CUDA graphs) at the largest K and
+    the issue's targets; the GPU-hours of C1, C2 and C5 from each priced engine's step time
+    per seed at the largest K. No peaks or bounds for a GPU not in ``cost.CHIPS``."""
+    chip = cost.chip_for(device_name)
+    K = max(members)
+    out: dict = {"chip": None if chip is None else vars(chip), "rows": {}, "persistent": {}}
+    per_seed: dict[tuple[str, str], float] = {}
+    for row in rows:
+        if "median_s" not in row or row["shape"] not in shapes:
+            continue
+        T, B, I, H, _, _ = shapes[row["shape"]]
+        flops = row["seeds"] * cost.step_flops(T, B, I, H)
+        entry = {"tflops": flops / row["median_s"] / 1e12}
+        if chip is not None:
+            entry["fp32_peak_fraction"] = flops / row["median_s"] / chip.fp32_flops
+        out["rows"].setdefault(row["shape"], {})[row["case"]] = entry
+        per_seed[row["shape"], row["case"]] = row["seconds_per_seed"]
+    for shape, (T, B, I, H, _, _) in shapes.items():
+
+        def seed_s(backend, graphs, precision, k, shape=shape):
+            return per_seed.get((shape, engine_label(backend, graphs, precision, k)))
+
+        summary: dict = {}
+        if chip is not None:
+            summary["bounds"] = {
+                f"{precision} K={k}": cost.loop_bounds(
+                    T,
+                    B,
+                    I,
+                    H,
+                    k,
+                    persistent_lstm.batch_tile(k, B, processors),
+                    chip,
+                    tf32=precision == "tf32",
+                )  # fmt: skip
+                for k in members
+                for precision in ("fp32", "tf32")
+            }
+        today = seed_s("triton", True, "fp32", K)
+        fp32, tf32 = seed_s("persistent", False, "fp32", K), seed_s("persistent", False, "tf32", K)
+        if today and fp32:
+            summary[f"fp32_speedup_over_triton_graphs_K{K}"] = today / fp32
+            summary["target_fp32_speedup"] = ">= 4"
+        if today and tf32:
+            summary[f"tf32_speedup_over_triton_graphs_K{K}"] = today / tf32
+            summary["target_tf32_speedup"] = ">= 10"
+        small = seed_s("persistent", False, "fp32", 16)
+        if small and fp32 and K != 16:
+            summary[f"fp32_per_seed_K16_over_K{K}"] = small / fp32
+            summary["target_K16_ratio"] = "<= 1.5"
+        out["persistent"][shape] = summary
+    out["gpu_hours"] = {}
+    for verdict in cost.PAPER_VERDICTS:
+        if verdict.shape not in shapes:
+            continue
+        steps = shapes[verdict.shape][0]
+        hours = {}
+        for backend, graphs, precision in PRICED:
+            label = engine_label(backend, graphs, precision, K)
+            seconds = per_seed.get((verdict.shape, label))
+            if seconds:
+                hours[label] = cost.verdict_gpu_hours(seconds, steps, verdict)
+        out["gpu_hours"][verdict.claim] = {
+            "seeds_per_arm": verdict.seeds_per_arm, "arms": verdict.arms,
+            "epochs": verdict.epochs, "batches_per_epoch": verdict.batches_per_epoch,
+            "time_steps": verdict.steps, "hours": hours,
+        }  # fmt: skip
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; a bad ``--members`` exits 2 naming it (argparse's error)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--members", default="1,16,64")
+    parser.add_argument("--members", type=_members, default=[1, 16, 64], help="e.g. 1,16,64")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole run")
     parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _members(text: str) -> list[int]:
+    try:
+        members = [int(k) for k in text.split(",")]
+    except ValueError:
+        members = []
+    if not members or min(members) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {text!r}")
+    return members
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     start = time.monotonic()
-    members = [int(k) for k in args.members.split(",")]
+    members = args.members
     if args.smoke:
         device, shapes, members, repeats = torch.device("cpu"), SMOKE_SHAPES, [1, 2], 1
     elif not torch.cuda.is_available():
@@ -387,10 +532,23 @@ def main(argv: list[str] | None = None) -> int:
               f"engine per seed = {s['cudnn_per_seed_over_engine_per_seed']:.2f} (target >= 1; "
               f"{s.get('cudnn_tf32_off_per_seed_over_engine_per_seed', float('nan')):.2f} against "
               f"cuDNN with TF32 off)  [{s['best_engine_at_K']}]")  # fmt: skip
+    processors = (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else None
+    )
+    costs = cost_summary(rows, shapes, members, machine["device"] or "", processors)
+    for shape, s in costs["persistent"].items():
+        shown = {k: round(v, 2) for k, v in s.items() if isinstance(v, float)}
+        print(f"{shape}: persistent {shown}")
+    for claim, c in costs["gpu_hours"].items():
+        print(f"{claim} GPU-hours ({c['seeds_per_arm']} seeds x {c['arms']} arms): "
+              + ", ".join(f"{label}: {h:.2f}" for label, h in c["hours"].items()))  # fmt: skip
     if device.type == "cuda":
         machine["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        machine["multiprocessors"] = processors
     payload = {"machine": machine, "checks": checks, "rows": rows, "summary": summary,
-               "seconds": time.monotonic() - start}  # fmt: skip
+               "cost": costs, "seconds": time.monotonic() - start}  # fmt: skip
     args.out.write_text(json.dumps(payload, indent=1))
     print(f"wrote {args.out} ({payload['seconds']:.0f} s)")
     return 0 if all(c["ok"] for c in checks) else 1
