@@ -49,6 +49,7 @@ from trainables.locking import BadName, check_name, inside
 SEARCHES = ("tpe", "grid", "fixed")
 OBJECTIVES = ("mean-se", "mean", "iqm", "worst")
 ALPHA_SPENDING = ("pocock", "obrien-fleming")
+CORRECTIONS = ("holm", "bh", "none")  # pairedstats.multiplicity.METHODS
 #: What a sequential comparison can be decided on: a final metric of each seed (its best
 #: checkpoint), or a per-epoch metric at the last epoch (direction: trainables.contract).
 DECISION_METRICS = (
@@ -98,8 +99,10 @@ class StudyOptions:
     min_seeds: int = 8  # --seeds auto: paired seeds at the first look
     max_seeds: int = 32  # --seeds auto: never more
     seed_block: int = 4  # --seeds auto: seeds added per look
-    alpha: float = 0.05  # --seeds auto: error of a wrong "better"/"worse", over all looks
+    alpha: float = 0.05  # error of a wrong "better"/"worse" (--seeds auto: over all looks)
     alpha_spending: str = "pocock"
+    correction: str = "holm"  # across the configurations: holm, bh or none (summary, parents)
+    confirm_seeds: int = 8  # fresh seeds for the selected configuration and vanilla; 0: off
     margin: float | None = None  # --seeds auto: stop as "equivalent" when surely within
     decision_metric: str = SCORE_METRIC
     budget_hours: float | None = None  # --seeds auto: sum of trial hours, then stop
@@ -295,6 +298,11 @@ class StudyOptions:
             _int("epochs", self.epochs, 1)
         if self.gpus_per_trial and self.cpus_per_trial < 1:
             fail("cpus_per_trial", self.cpus_per_trial, "must be >= 1 for GPU trials")
+        c = self.confirm_seeds
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0 or c == 1:
+            fail("confirm_seeds", c, "must be 0 (off) or an integer >= 2")
+        if self.correction not in CORRECTIONS:
+            fail("correction", self.correction, f"must be one of {', '.join(CORRECTIONS)}")
         try:
             base = self.run_config()
             for seeds in self.seed_blocks:
@@ -388,8 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seeds", type=int, help="--seeds auto: paired seeds at the first look")
     p.add_argument("--max-seeds", type=int, help="--seeds auto: at most this many seeds")
     p.add_argument("--seed-block", type=int, help="--seeds auto: seeds added after each look")
-    p.add_argument("--alpha", type=float, help="--seeds auto: error of a wrong decision")
+    p.add_argument(
+        "--alpha", type=float, help="error of a wrong better/worse (--seeds auto: over all looks)"
+    )
     p.add_argument("--alpha-spending", choices=ALPHA_SPENDING, help="--seeds auto: when to spend")
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        help="after a search of several configurations, run the selected one and vanilla on "
+        "this many fresh seeds and rest the verdict on them (default 8; 0: off, the verdict "
+        "is labelled selection-biased)",
+    )
+    p.add_argument(
+        "--correction",
+        choices=CORRECTIONS,
+        help="better/worse than vanilla across the configurations: holm (family-wise error, "
+        "default), bh (false discovery rate) or none",
+    )
     p.add_argument("--margin", type=float, help="--seeds auto: stop as equivalent within this")
     p.add_argument(
         "--decision-metric",

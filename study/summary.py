@@ -1,5 +1,15 @@
 """The end-of-study console summary: configurations ranked by their seed-robust objective,
-each with its paired vanilla baseline beside it (read back from MLflow)."""
+each with its paired vanilla baseline beside it (read back from MLflow), and the study's
+family of "better / worse than vanilla" verdicts: each configuration's raw p-value, adjusted
+across the configurations the study tested (``--correction``: Holm by default, controlling
+the family-wise error; Benjamini-Hochberg, the false discovery rate; or none), computed once
+here and written to the parent runs (``log_family``) for the report to read.
+
+The p-value of a configuration: with ``--seeds auto`` the sequential design's stage-wise
+p-value (``study/sequential.py``, logged by the driver when the comparison stopped); with a
+fixed number of seeds the same sign-flip test with one look at all the paired seeds, on the
+headline metric. A verdict survives the correction when the test itself decided it and its
+adjusted p-value is at most alpha."""
 
 from __future__ import annotations
 
@@ -7,12 +17,18 @@ import math
 
 import numpy as np
 
+from pairedstats.multiplicity import CONTROLS, adjust
+from study import sequential as seq
 from study.tracking import StudyTracker
 from trainables.contract import (
+    ADJUSTED_DECISION_TAG,
     BASELINE_TAG,
     CHILD,
+    CORRECTION_TAG,
     DECISION_TAG,
     LOWER_IS_BETTER,
+    P_ADJUSTED_METRIC,
+    P_VALUE_METRIC,
     PARENT,
     STOP_TAG,
     VANILLA,
@@ -21,7 +37,9 @@ from trainables.contract import (
 )
 
 
-def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
+def ranked_summary(
+    tracker: StudyTracker, *, correction: str = "holm", alpha: float = 0.05
+) -> tuple[list[dict], str]:
     """Rows (one per configuration, best first) and the table as text."""
     parents = {p.config_id: p for p in tracker.find_runs(PARENT)}
     tasks = {p.params.get("task") or p.tags.get("task") for p in parents.values()}
@@ -66,7 +84,12 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
                 float(prob_better(sign * a[ok], sign * b[ok])) if ok.any() else math.nan
             )
             row["pairs"] = int(ok.sum())
+            if not row["decision"]:  # fixed seeds: one look at every pair
+                row["decision"], row["p_value"] = _fixed_test(sign * (a[ok] - b[ok]), cid, alpha)
+        if parent.tags.get(DECISION_TAG):
+            row["p_value"] = parent.metrics.get(P_VALUE_METRIC, math.nan)
         rows.append(row)
+    family(rows, correction, alpha)
     rows.sort(key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
 
     lines = [
@@ -82,18 +105,71 @@ def ranked_summary(tracker: StudyTracker) -> tuple[list[dict], str]:
             f"{i:>4}  {r['config_id']:<28} {r['seeds']:>5} {show(r['objective']):>9} "
             f"{show(r['mean']):>9}  {vanilla:>14} {better:>9}"
         )
-    sequential = [r for r in rows if r["decision"] and r["arm"] != VANILLA]
+    tested = [r for r in rows if math.isfinite(r.get("p_value", math.nan))]
+    if tested:
+        lines += [
+            "",
+            f"Better / worse than vanilla (alpha {alpha}; correction {correction}: "
+            f"{CONTROLS[correction]}):",
+            f"  {'config':<28} {'pairs':>5} {'p raw':>8} {'p adj':>8}  {'test':<10} verdict",
+        ]
+        for r in tested:
+            lines.append(
+                f"  {r['config_id']:<28} {r['pairs']:>5} {r['p_value']:>8.4f} "
+                f"{r['p_adjusted']:>8.4f}  {r['decision']:<10} {r['decision_adjusted']}"
+            )
+    sequential = [r for r in rows if r["stopped_by"] and r["arm"] != VANILLA]
     if sequential:
         lines += ["", "Sequential seeds (--seeds auto): decision against the paired baseline"]
         for r in sequential:
             look = r["decided_at_look"]
             when = f"at look {int(look)}" if look else f"stopped by {r['stopped_by']}"
             fixed = r["fixed_design_seeds"]
-            vs = f"; a fixed design of the same power: {int(fixed)} seeds" if fixed else ""
+            vs = f"; a fixed design (80% power at this effect): {int(fixed)}" if fixed else ""
             lines.append(
                 f"  {r['config_id']:<28} {r['decision']:<10} {when}, {r['seeds']} seeds{vs}"
             )
     return rows, "\n".join(lines)
+
+
+def family(rows: list[dict], correction: str, alpha: float) -> None:
+    """Adjust the rows' p-values across the study's configurations (in place: ``p_adjusted``
+    and ``decision_adjusted``, with ``correction``); rows without a test are not counted."""
+    p = [r.get("p_value", math.nan) for r in rows]
+    adjusted = adjust(p, correction)
+    for r, q in zip(rows, adjusted, strict=True):
+        if not math.isfinite(q):
+            continue
+        kept = r["decision"] in (seq.BETTER, seq.WORSE) and q <= alpha
+        r["p_adjusted"] = float(q)
+        r["correction"] = correction
+        r["decision_adjusted"] = r["decision"] if kept else seq.UNDECIDED
+
+
+def log_family(tracker: StudyTracker, rows: list[dict]) -> None:
+    """Write each tested configuration's raw and adjusted p-value, the correction and the
+    verdict after it to its parent run (what the report reads)."""
+    parents = {p.config_id: p for p in tracker.find_runs(PARENT)}
+    for r in rows:
+        parent = parents.get(r["config_id"])
+        if parent is None or "p_adjusted" not in r:
+            continue
+        tracker.finish(
+            parent.run_id,
+            {P_VALUE_METRIC: r["p_value"], P_ADJUSTED_METRIC: r["p_adjusted"]},
+            parent.status,
+            tags={CORRECTION_TAG: r["correction"], ADJUSTED_DECISION_TAG: r["decision_adjusted"]},
+        )
+
+
+def _fixed_test(d: np.ndarray, key: str, alpha: float) -> tuple[str | None, float]:
+    """A fixed-seed study's test of one configuration: the sign-flip design with one look
+    at all ``d.size`` pairs (None and NaN below 2 pairs)."""
+    if d.size < 2:
+        return None, math.nan
+    design = seq.SequentialDesign(min_seeds=d.size, seed_block=1, max_seeds=d.size, alpha=alpha)
+    result = seq.analyse(d, design, key)
+    return result.decision, result.p_value
 
 
 def _pct(value: float) -> str:
