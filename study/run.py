@@ -7,21 +7,32 @@ MLflow (one experiment per study, a parent run per configuration, a child run pe
 Without ``--address`` the study runs on an embedded local Ray; ``--address auto`` joins a
 cluster (see ``ray_cluster.yaml``). A killed study continues with ``--resume``.
 
-Validation comes first: a bad option, an unreachable tracking server or missing data exits
-with code 2 and a one-line message before Ray starts or anything is written to MLflow.
+Validation comes first: a bad option, an unreachable tracking server, missing data or a
+study another driver is running exits with code 2 and a one-line message before Ray starts or
+anything is written to MLflow. Later failures exit 1 with one line (the cause, the resume
+command, the log holding the traceback); Ctrl-C exits 130 once Tune has saved its state.
+Every case and what the user sees: ``docs/reliability.md``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import errno
 import json
+import logging
 import os
+import shlex
+import signal
 import sys
+import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from study.options import OptionsError, StudyOptions, options_from_args
-from trainables.tracking_uri import TrackingError, check_tracking_uri
+from trainables.locking import LockHeld, StudyLock, sqlite_init_lock
+from trainables.tracking_uri import TrackingError, check_tracking_uri, local_store_path
 
 __all__ = ["StudyOptions", "StudyResult", "main", "run_study"]
 
@@ -52,6 +63,13 @@ RUNTIME_ENVIRONMENT = {
     "RAY_DEDUP_LOGS": "0",
     # Per-epoch checkpoints make Tune snapshot often; that is intended, not worth a warning.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # The bounded wait for an unreachable MLflow server: each request is retried 5 times
+    # with backoff 2, 4, 8, 16, 32 s (about a minute, plus 30 s timeouts), so an outage of
+    # tens of seconds is ridden out and a longer one ends the study with exit 1 and the resume
+    # command, instead of MLflow's default of over four minutes per request.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 
 
@@ -63,6 +81,10 @@ def set_runtime_environment() -> None:
 
 class StudyError(ValueError):
     """A problem with the study's setup that the user can fix (exit code 2)."""
+
+
+class StudyInterrupted(Exception):
+    """Ctrl-C (SIGINT): Tune has saved its state; the study continues with ``--resume``."""
 
 
 def preflight(options: StudyOptions) -> None:
@@ -80,6 +102,8 @@ def preflight(options: StudyOptions) -> None:
             f"a study already exists at {options.experiment_dir}: pass --resume to continue "
             "it, or --run-name / --experiment for a new one"
         )
+    if options.resume:
+        _check_resume_store(options)
     if options.task != "copying":  # MNIST must be on disk (or downloaded now, if asked)
         from trainables.train import load_task_for
 
@@ -118,6 +142,41 @@ def _prepare_backend(options: StudyOptions) -> None:
 
 def _non_empty(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
+
+
+def _check_resume_store(options: StudyOptions) -> None:
+    """A resumed study writes where the resuming command says (``--tracking-uri`` now, not
+    the address it was started with); refuse when that store does not hold its runs, which
+    would split one study over two stores."""
+    saved = Path(options.experiment_dir) / "study_options.json"
+    if "://" in options.experiment_dir or not saved.is_file():
+        return
+    try:
+        before = json.loads(saved.read_text()).get("tracking_uri")
+    except ValueError:
+        raise StudyError(f"--resume: {saved} is not valid JSON (corrupt or truncated)") from None
+    if not before or before == options.tracking_uri:
+        return
+    if _store_holds_study(options.tracking_uri, options.experiment_name):
+        return  # the same store at another address (a moved server, a new tunnel port)
+    raise StudyError(
+        f"--resume: study {options.experiment_name!r} was started with --tracking-uri {before} "
+        f"and {options.tracking_uri} holds none of its runs: resume with --tracking-uri "
+        f"{before}, or move the study first (copy the sqlite file, or mlflow-export-import "
+        "the experiment) and resume against its new home"
+    )
+
+
+def _store_holds_study(uri: str, experiment: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        return False  # and it is not created by asking
+    with sqlite_init_lock(uri):
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+    return found is not None and bool(client.search_runs([found.experiment_id], max_results=1))
 
 
 def _init_ray(options: StudyOptions) -> None:
@@ -285,6 +344,7 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     )
     if options.resume:
         tuner = tune.Tuner.restore(options.experiment_dir, trainable, resume_errored=True)
+        callback = _restored_callback(tuner, callback)
     else:
         base_dict = base.to_dict()
         base_dict.pop("seeds")
@@ -328,7 +388,10 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
         )
         _save_options(options)
     started = time.perf_counter()
-    results = tuner.fit()
+    with _interrupt_watch() as interrupted:
+        results = tuner.fit()
+    if interrupted():
+        raise StudyInterrupted(options.experiment_dir)
     fit_seconds = time.perf_counter() - started
     errors = sum(1 for r in results if r.error is not None)
     trial_seconds = [float((r.metrics or {}).get("time_total_s", 0.0)) for r in results]
@@ -363,6 +426,53 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     )
 
 
+def _restored_callback(tuner, fresh):
+    """The study callback Tune restored with the experiment, bound to this driver's tracker
+    (the resuming command's tracking URI). Tuner.restore takes no run config, and the
+    restored one is only reachable through the Tuner's local implementation."""
+    from study.callback import MlflowStudyCallback
+
+    local = getattr(tuner, "_local_tuner", None)
+    callbacks = local.get_run_config().callbacks if local is not None else None
+    restored = [c for c in callbacks or [] if isinstance(c, MlflowStudyCallback)]
+    if len(restored) != 1:
+        raise StudyError(
+            "--resume: the saved study has no MLflow callback to resume (saved by another "
+            "version of this program?)"
+        )
+    restored[0].bind(fresh.tracker)
+    return restored[0]
+
+
+class _interrupt_watch:
+    """Whether Tune caught a Ctrl-C during ``fit``. Tune installs its own SIGINT handler
+    (save the state one last time, then return normally) and on the first signal puts back
+    the handler it found: ours, which is therefore in place after ``fit`` only if a signal
+    came. A second Ctrl-C reaches ours and stops at once (KeyboardInterrupt)."""
+
+    #: Tune's own lines on an interruption; the driver prints one line of its own instead.
+    TUNE_LINES = ("Stop signal received", "Experiment has been interrupted", "Trials did not")
+
+    def __enter__(self):
+        def on_sigint(signum, frame):
+            raise KeyboardInterrupt
+
+        self._handler = on_sigint
+        self._before = signal.signal(signal.SIGINT, on_sigint)
+        self._fired = False
+        self._logger = logging.getLogger("ray.tune.tune")
+        self._logger.addFilter(self._quiet)
+        return lambda: self._fired
+
+    def _quiet(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.TUNE_LINES)
+
+    def __exit__(self, *exc):
+        self._fired = signal.getsignal(signal.SIGINT) is self._handler
+        signal.signal(signal.SIGINT, self._before)
+        self._logger.removeFilter(self._quiet)
+
+
 def _trial_name(trial) -> str:
     """``<config_id>_b<block>_<trial id>``: readable in the table and on disk."""
     config = trial.config
@@ -378,17 +488,95 @@ def _save_options(options: StudyOptions) -> None:
     (path / "study_options.json").write_text(json.dumps(options.to_dict(), indent=1))
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this study."""
+    words = ["python", "study/run.py", *argv]
+    if "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(words)
+
+
+def _log_path(options: StudyOptions) -> Path:
+    """Where a failed study's traceback goes: beside its Tune experiment when that is local."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{options.run_name}.error-{stamp}.log"
+    if "://" not in options.tune_root:
+        return Path(options.tune_root) / name
+    return Path(tempfile.gettempdir()) / f"hdetach-{options.experiment_name}-{name}"
+
+
+def failure_cause(err: BaseException) -> str:
+    """One line naming what failed, from the exception and the ones it wraps."""
+    seen, chain = set(), []
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            where = f" writing {e.filename}" if e.filename else ""
+            return f"disk full{where} ({os.strerror(e.errno)})"
+    for e in chain:
+        text = str(e)
+        if "database or disk is full" in text or "No space left" in text:
+            return f"disk full ({text.splitlines()[0][:200]})"
+        if "API request to" in text or "Max retries exceeded" in text:
+            host = text.split("API request to ", 1)[-1].split(" ", 1)[0]
+            return f"the MLflow server is unreachable ({host})"
+        if type(e).__name__ in ("DatabaseError", "OperationalError") and "sqlite" in text:
+            return f"the tracking store failed: {text.splitlines()[0][:200]}"
+    last = chain[0]
+    first_line = (str(last).strip().splitlines() or [""])[0][:200]
+    return f"{type(last).__name__}: {first_line}"
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = "python study/run.py"
+    argv = list(sys.argv[1:] if argv is None else argv)
     set_runtime_environment()
     try:
         options = options_from_args(argv)
         preflight(options)
-    except (OptionsError, StudyError, TrackingError, ValueError) as err:
+        lock = StudyLock(options.tracking_uri, options.experiment_name).__enter__()
+    except (OptionsError, StudyError, TrackingError, ValueError, LockHeld) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    result = run_study(options, checked=True)
-    return 1 if result.errors else 0
+    except Exception as err:  # a store that cannot be reached to take the study's claim
+        print(f"{prog}: error: {failure_cause(err)}", file=sys.stderr)
+        return 1
+    try:
+        result = run_study(options, checked=True)
+    except (StudyInterrupted, KeyboardInterrupt):
+        print(f"{prog}: interrupted: rerun with --resume: {resume_command(argv)}", file=sys.stderr)
+        return 130
+    except (StudyError, TrackingError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        log = _log_path(options)
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            where = f"traceback in {log}"
+        except OSError:  # the disk that failed may be this one
+            where = "traceback not saved (the log could not be written)"
+        print(
+            f"{prog}: error: {failure_cause(err)}; fix it and rerun with --resume: "
+            f"{resume_command(argv)} ({where})",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        lock.release()
+    if result.errors:
+        print(
+            f"{prog}: error: {result.errors} trials failed (each trial's error.txt under "
+            f"{options.experiment_dir} says why); fix the cause and rerun with --resume: "
+            f"{resume_command(argv)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
