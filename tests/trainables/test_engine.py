@@ -372,7 +372,7 @@ def test_a_wide_member_head_runs_the_batched_matmuls():
 
 def test_member_head_rejects_an_unknown_backend_naming_it():
     with pytest.raises(
-        ValueError, match="backend must be one of auto, cpp, torch, triton, got 'fast'"
+        ValueError, match="backend must be one of auto, cpp, torch, triton, persistent, got 'fast'"
     ):
         MemberLinear(2, 4, 3, backend="fast")
 
@@ -412,7 +412,10 @@ def test_the_mask_generator_is_separate_from_the_global_rng():
         ({"members": 0}, "members (K) must be an integer >= 1, got 0"),
         ({"mask_scope": "layer"}, "mask_scope must be one of"),
         ({"num_layers": 0}, "num_layers must be a positive integer, got 0"),
-        ({"backend": "cuda"}, "backend must be one of auto, cpp, torch, triton, got 'cuda'"),
+        (
+            {"backend": "cuda"},
+            "backend must be one of auto, cpp, torch, triton, persistent, got 'cuda'",
+        ),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_value(kwargs, needle):
