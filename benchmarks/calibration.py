@@ -178,21 +178,17 @@ def run(
 
 #: Rules on a mean whose false-verdict rate this table shows above alpha, and why: every
 #: t-based test of a mean (and the claim's Holm step over such tests) on strongly skewed
-#: differences (lognormal sigma 1, skewness about 6: 0.16-0.18 at n = 3..20) and on the
-#: ceiling shape's left-skewed differences at the non-inferiority margin (0.046 at n=10 for
+#: differences (lognormal sigma 1, skewness about 6: 0.13-0.17 at n = 3..20 for 0.05) and on
+#: the ceiling shape's left-skewed differences at a margin (0.039-0.043 at n = 8..20 for
 #: 0.025). No test of a mean keeps its level over all skewed distributions at small n
 #: (Bahadur & Savage 1956); skew-corrected t (Johnson 1978, Hall 1992) was tried and still
 #: gave 0.08-0.14. These rows stay in the table, marked; the test holds every other row.
 KNOWN_OVER = {
     ("mean: paired t", "skewed"),
     ("equivalence: TOST at upper margin", "skewed"),
-    ("equivalence: TOST at lower margin", "skewed"),
-    ("non-inferiority: one-sided t at margin", "skewed"),
     (f"claim of {CLAIM_CHECKS} checks: Holm", "skewed"),
-    ("mean: paired t", "ceiling"),
     ("non-inferiority: one-sided t at margin", "ceiling"),
     ("equivalence: TOST at lower margin", "ceiling"),
-    ("equivalence: TOST at upper margin", "ceiling"),
 }
 
 
@@ -223,6 +219,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: list[dict]) -> str:
+    """One line per (rule, shape): the worst null rate over n (with its n and SE) against
+    alpha, and the power at the largest effect at n = 10 (or the largest n with one)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["rule"], r["shape"]), []).append(r)
+    lines = [
+        "| rule | shape | alpha | worst null rate (SE) at n | power (effect, n) |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for (rule, shape), rs in groups.items():
+        nulls = [r for r in rs if r["truth"] == "null"]
+        if nulls:
+            w = max(nulls, key=lambda r: (r["rate"] - r["alpha"]) / max(r["se"], 1e-9))
+            mark = ""
+            if too_high(w):
+                mark = " (known limit)" if known(w) else " **over**"
+            worst = f"{w['rate']:.3f} ({w['se']:.3f}) at {w['n']}{mark}"
+            alpha = f"{w['alpha']:g}"
+        else:
+            worst, alpha = "-", f"{rs[0]['alpha']:g}"
+        effects = [r for r in rs if r["truth"].startswith("effect=")]
+        if effects:
+            top = max(effects, key=lambda r: (float(r["truth"][7:]), r["n"] == 10, r["n"]))
+            power = f"{top['rate']:.2f} ({top['truth']}, n={top['n']})"
+        else:
+            power = "-"
+        lines.append(f"| {rule} | {shape} | {alpha} | {worst} | {power} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small grid, under a minute")
@@ -230,8 +257,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="leave out calibration_study.py's rows"
     )
+    parser.add_argument(
+        "--table-from", type=Path, help="print the summary table of a saved JSON and exit"
+    )
     parser.add_argument("--json", type=Path, help="write the rows with machine, date, command")
     args = parser.parse_args(argv)
+    if args.table_from is not None:
+        if not args.table_from.is_file():
+            print(f"--table-from: no such file {args.table_from}", file=sys.stderr)
+            return 2
+        doc = json.loads(args.table_from.read_text())
+        print(f"{doc['command']} ({doc['date']}, {doc['machine']['cpu']})\n")
+        print(summary_table(doc["rows"]))
+        return 0
     if args.json is not None and not args.json.parent.is_dir():
         print(f"--json: no such folder {args.json.parent}", file=sys.stderr)
         return 2
@@ -246,10 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(surprises)} of them outside the known limits"
     )
     if args.json is not None:
+        date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        command = " ".join(["python", "benchmarks/calibration.py", *(argv or sys.argv[1:])])
+        machine = {"cpu": _cpu(), "platform": platform.platform(), "python": sys.version}
         doc = {
-            "machine": {"cpu": _cpu(), "platform": platform.platform(), "python": sys.version},
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "command": " ".join(["python", "benchmarks/calibration.py", *(argv or sys.argv[1:])]),
+            "machine": {**machine, "date": date, "command": command},
+            "date": date,
+            "command": command,
             "seed": args.seed,
             "quick": args.quick,
             "seconds": seconds,
