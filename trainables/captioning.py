@@ -123,6 +123,7 @@ class CaptioningTrainer(Trainer):
             lstm = HDetachLSTM(
                 E + D if attention else E, H, p_detach=cfg.p_detach, c_detach=cfg.c_detach,
                 damp=cfg.damp, per_sample=cfg.per_sample_masks, backend=cfg.backend,
+                precision=cfg.precision,
             )  # fmt: skip
             lstm.reset_parameters(gen)
             member = {"embedding": emb, "lstm": lstm, "head": _linear(H, V, gen)}

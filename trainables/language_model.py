@@ -111,7 +111,7 @@ class LanguageModelTrainer(Trainer):
             lstm = HDetachLSTM(
                 E, H, cfg.num_layers, p_detach=cfg.p_detach, c_detach=cfg.c_detach,
                 damp=cfg.damp, mask_scope=cfg.mask_scope, per_sample=cfg.per_sample_masks,
-                backend=cfg.backend,
+                backend=cfg.backend, precision=cfg.precision,
             )  # fmt: skip
             lstm.reset_parameters(gen)
             head = nn.Linear(H, V)

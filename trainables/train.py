@@ -41,6 +41,7 @@ from trainables.config import (
     BACKENDS,
     DECODERS,
     OPTIMIZERS,
+    PRECISIONS,
     PRESETS,
     SELECT_MODES,
     ConfigError,
@@ -80,6 +81,7 @@ def build_member(cfg: RunConfig, input_size: int, num_classes: int, seed: int):
         mask_scope=cfg.mask_scope,
         per_sample=cfg.per_sample_masks,
         backend=cfg.backend,
+        precision=cfg.precision,
     )
     lstm.reset_parameters(gen)
     head = nn.Linear(cfg.hidden_size, num_classes)
@@ -602,6 +604,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle-seed", type=int, help="shuffle of an IDX-pair folder (mnist5k)")
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument("--backend", choices=BACKENDS, help="engine backend (default auto: fastest)")
+    p.add_argument(
+        "--precision", choices=PRECISIONS, help="recurrent products: fp32 (default) or tf32"
+    )
     p.add_argument("--checkpoint", type=Path, help="write a checkpoint here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--json", type=Path, help="write histories and final metrics here")

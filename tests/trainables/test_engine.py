@@ -463,7 +463,7 @@ def test_dtypes_and_no_grad_forward(dtype, backend):
 needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="CUDA is not available on this machine"
 )
-CUDA_BACKENDS = ["torch", "triton"]
+CUDA_BACKENDS = ["torch", "triton", "persistent"]
 
 
 @needs_cuda

@@ -140,7 +140,7 @@ def test_precision_is_a_setup_key_and_validated_with_the_run_options():
 
 
 def test_auto_never_picks_persistent_and_warns_once_on_cuda_without_triton(monkeypatch):
-    """auto stays cpp on the CPU; on CUDA without Triton it takes the PyTorch path with one
+    """On CUDA auto takes triton, never persistent; without Triton the PyTorch path with one
     RuntimeWarning for the whole process (issue 22's loose end), not silently."""
     monkeypatch.setitem(kernels._state, "triton", False)
     monkeypatch.setitem(kernels._state, "warned", set())
@@ -152,8 +152,6 @@ def test_auto_never_picks_persistent_and_warns_once_on_cuda_without_triton(monke
         assert kernels.resolve("auto", cuda, torch.float32) == "torch"
     monkeypatch.setitem(kernels._state, "triton", True)
     assert kernels.resolve("auto", cuda, torch.float32) == "triton"
-    if kernels.cpp_available():
-        assert kernels.resolve("auto", torch.device("cpu"), torch.float32) == "cpp"
 
 
 def test_persistent_needs_cuda_or_the_interpreter(monkeypatch):
