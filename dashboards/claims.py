@@ -58,6 +58,9 @@ class Check:
     success_at: float | None = None
     exceeds: float | None = None
     select_lr: str | None = None
+    #: what a mean check is decided on: "mean_difference" (paired t) or "prob_better" (the
+    #: exact sign test on paired wins, ties dropped); issue 20: never both
+    decide_by: str = "mean_difference"
     value: float | None = None
     unit: str = ""
     paper: dict[str, Any] = field(default_factory=dict)
@@ -190,6 +193,7 @@ def _check(cid: str, i: int, raw: Mapping, claim: Mapping, defaults: Mapping) ->
         success_at=raw.get("success_at"),
         exceeds=raw.get("exceeds"),
         select_lr=raw.get("select_lr"),
+        decide_by=str(raw.get("decide_by", "mean_difference")),
         value=raw.get("value"),
         unit=str(raw.get("unit", "")),
         paper=dict(raw.get("paper", {})),

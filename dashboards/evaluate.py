@@ -107,9 +107,18 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
     }
     what = "paired" if paired else "unpaired"
     describe = f"{what} mean difference in {col}{' (sign flipped)' if sign < 0 else ''}"
+    pvalue, effect = cmp.pvalue, cmp.difference
+    if check.decide_by == "prob_better":
+        if not paired:
+            return empty(check, "no runs yet", "P(A>B) is declared but the seeds do not pair")
+        # the declared statistic decides, through its exact test; the effect is P(A>B) - 1/2
+        pvalue = float(ptests.prob_better_pvalue(sign * a, sign * b))
+        p = cmp.p_improve
+        effect = Estimate(p.value - 0.5, p.low - 0.5, p.high - 0.5)
+        describe = f"P(A>B) - 1/2 on {col} (exact sign test, ties dropped)"
     return judged(
-        check, claim, cmp.difference, cmp.p_improve, (at, ab), describe,
-        pvalue=cmp.pvalue, paired=paired, seeds=_seeds(check, oa, ob, paired),
+        check, claim, effect, cmp.p_improve, (at, ab), describe,
+        pvalue=pvalue, paired=paired, seeds=_seeds(check, oa, ob, paired),
         margin_p=margin_pvalues(check, oa, ob, paired), details=details,
     )  # fmt: skip
 

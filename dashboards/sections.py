@@ -33,7 +33,7 @@ MAX_PANELS = 6
 @dataclass(frozen=True)
 class Figure:
     title: str
-    uri: str  # a PNG data URI
+    uri: str  # a PNG data URI; empty when there is nothing to draw (the caption says so)
     caption: str
 
 
@@ -151,7 +151,7 @@ def _intervals_figure(checks: Sequence[CheckVerdict]) -> Figure | None:
 
 
 def _success_figure(judged, runs, ctx: Context) -> Figure | None:
-    panels = []
+    panels, blank = [], []
     for cv in judged:
         check, pair = cv.check, runs[id(cv)]
         if check.statistic != "time_to_threshold" or check.threshold is None or pair is None:
@@ -169,17 +169,26 @@ def _success_figure(judged, runs, ctx: Context) -> Figure | None:
             arm = check.treatment if treatment else check.baseline
             label = f"{_arm_label(check, treatment)} (n={int(ok.sum())})"
             fits.append((label, arm, km, time[~event]))
-        if fits:
+        if fits and not any(np.any(km.reached > 0) for _, _, km, _ in fits):
+            blank.append(f"{cv.name} ({cv.setup.short()})")
+        elif fits:
             panels.append((_panel_title(cv), fits))
+    nothing = (
+        f"No run of either arm reached the threshold within its budget for {'; '.join(blank)}: "
+        "there is no curve to draw, and the check is not measurable at this budget."
+        if blank
+        else ""
+    )
     if not panels:
-        return None
+        # a figure with nothing to show is one sentence (Figure.uri empty), not a flat plot
+        return Figure("Success over epochs", "", nothing) if blank else None
     return Figure(
         "Success over epochs",
         figures.png_data_uri(figures.success_curves(panels[:MAX_PANELS])),
         "Fraction of runs that reached the check's threshold by each epoch, at its headline "
         "setup (Kaplan-Meier; runs that stopped or diverged before reaching it are censored at "
         "their last epoch, not dropped, and marked with a tick), with pointwise 95% log-log "
-        "bands.",
+        "bands." + (" " + nothing if nothing else ""),
     )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats as sps
 
 from dashboards import claims as cl
 from dashboards import verdicts as vd
@@ -604,3 +605,22 @@ def test_seeds_needed_is_not_applicable_when_the_effect_points_against_the_claim
     )
     out = vd.verdict_json(v)
     assert out["seeds_needed"] is None and out["seeds_needed_reason"] == v.seeds_reason
+
+
+def test_a_declared_p_of_a_better_decides_through_the_exact_sign_test():
+    """Issue 20: where P(A>B) is a check's declared statistic it decides through the sign
+    test: 8 wins of 8 (p = 0.008) is supported, 7 of 8 (p = 0.07) is not, whatever the means."""
+    b = np.array([0.60, 0.62, 0.58, 0.61, 0.59, 0.63, 0.60, 0.62])
+    for last, verdict in ((0.001, "supported"), (-0.09, "inconclusive")):
+        a = b + np.array([0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, last])
+        runs = pd.concat(
+            [make_runs("copying", "h-detach", a, p_detach=0.25), make_runs("copying", "vanilla", b)]
+        )
+        v = evaluate(one_check_claim(decide_by="prob_better"), runs)
+        check = v.checks[0]
+        assert check.verdict == verdict, check.reason
+        wins = 8 if last > 0 else 7
+        assert check.pvalue == pytest.approx(sps.binomtest(wins, 8).pvalue)
+        assert "exact sign test" in check.reason
+    with pytest.raises(ValueError, match="decide_by"):
+        one_check_claim(decide_by="median")
