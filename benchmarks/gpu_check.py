@@ -405,6 +405,7 @@ def cost_summary(
     the issue's targets; the GPU-hours of C1, C2 and C5 from each priced engine's step time
     per seed at the largest K. No peaks or bounds for a GPU not in ``cost.CHIPS``."""
     chip = cost.chip_for(device_name)
+    processors = processors or (chip.processors if chip else None)
     K = max(members)
     out: dict = {"chip": None if chip is None else vars(chip), "rows": {}, "persistent": {}}
     per_seed: dict[tuple[str, str], float] = {}
@@ -479,7 +480,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--members", type=_members, default=[1, 16, 64], help="e.g. 1,16,64")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole run")
     parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny")
+    parser.add_argument(
+        "--cost-of",
+        type=Path,
+        help="no run: the cost summary of an earlier gpu_check JSON (its rows and device)",
+    )
     return parser.parse_args(argv)
+
+
+def cost_of(source: Path, out: Path, argv: list[str]) -> int:
+    """``--cost-of``: ``cost_summary`` of an earlier run's rows, written with this command's
+    provenance and the measured run's machine; exit 2 naming a file that is not one."""
+    try:
+        earlier = json.loads(source.read_text())
+        rows, device = earlier["rows"], earlier["machine"]["device"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"gpu_check: --cost-of {source}: not a gpu_check JSON ({err})", file=sys.stderr)
+        return 2
+    members = sorted({r["seeds"] for r in rows if r["case"].startswith("engine")}) or [1]
+    costs = cost_summary(rows, SHAPES, members, device, earlier["machine"].get("multiprocessors"))
+    payload = {
+        "machine": {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "device": f"none (arithmetic on the rows measured on {device})",
+            "command": "python benchmarks/gpu_check.py " + " ".join(argv),
+            "measured": {"file": str(source), **earlier["machine"]},
+        },
+        "cost": costs,
+    }
+    out.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {out}")
+    return 0
 
 
 def _members(text: str) -> list[int]:
@@ -494,6 +525,8 @@ def _members(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cost_of is not None:
+        return cost_of(args.cost_of, args.out, argv if argv is not None else sys.argv[1:])
     start = time.monotonic()
     members = args.members
     if args.smoke:

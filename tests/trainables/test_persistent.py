@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -260,3 +261,25 @@ def test_gpu_check_arguments(tmp_path, capsys):
     if not torch.cuda.is_available():  # no CUDA and no --smoke: exit 2, nothing written
         assert gpu_check.main(["--out", str(tmp_path / "g.json")]) == 2
         assert not (tmp_path / "g.json").exists()
+
+
+def test_gpu_check_cost_of_an_earlier_run(tmp_path, capsys):
+    """--cost-of prices an earlier run's rows without a GPU; a file that is not a gpu_check
+    JSON exits 2 naming it and writes nothing."""
+    import json
+
+    from benchmarks import gpu_check
+
+    shapes = {"copying": gpu_check.SHAPES["copying"]}
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"machine": {"device": "NVIDIA H200"}, "rows": _rows(shapes)}))
+    out = tmp_path / "cost.json"
+    assert gpu_check.main(["--cost-of", str(earlier), "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["machine"]["measured"]["device"] == "NVIDIA H200"
+    hours = payload["cost"]["gpu_hours"]["C1"]["hours"]["engine persistent K=64, p=0.25"]
+    assert hours == pytest.approx(9.1e-3 / 64 * 600 * 1000 * 64 / 3600)
+    assert "fp32 K=64" in payload["cost"]["persistent"]["copying"]["bounds"]  # H200: 132 SMs
+    (tmp_path / "bad.json").write_text("{}")
+    assert gpu_check.main(["--cost-of", str(tmp_path / "bad.json"), "--out", str(out) + "2"]) == 2
+    assert "--cost-of" in capsys.readouterr().err and not Path(str(out) + "2").exists()

@@ -30,21 +30,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Chip:
-    """A GPU's dense peaks (FLOP/s, without sparsity) and L2 read bandwidth (bytes/s)."""
+    """A GPU's dense peaks (FLOP/s, without sparsity), L2 read bandwidth (bytes/s) and
+    streaming multiprocessors."""
 
     name: str
     fp32_flops: float
     tf32_flops: float
     l2_bytes_per_s: float
+    processors: int
 
 
 #: NVIDIA's datasheet peaks for the SXM parts (the H200 is the H100's GH100 chip with more
 #: and faster HBM: the same compute and L2). NVIDIA publishes no L2 bandwidth: 5.5 TB/s is a
 #: microbenchmark-level estimate, used only for the loop's bound and recorded with it.
 CHIPS = {
-    "H200": Chip("H200", 66.9e12, 494.7e12, 5.5e12),
-    "H100 PCIe": Chip("H100 PCIe", 51.2e12, 378.0e12, 5.5e12),
-    "H100": Chip("H100", 66.9e12, 494.7e12, 5.5e12),
+    "H200": Chip("H200", 66.9e12, 494.7e12, 5.5e12, 132),
+    "H100 PCIe": Chip("H100 PCIe", 51.2e12, 378.0e12, 5.5e12, 114),
+    "H100": Chip("H100", 66.9e12, 494.7e12, 5.5e12, 132),
 }
 
 
