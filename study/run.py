@@ -309,6 +309,7 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     from ray.tune.schedulers import ASHAScheduler
 
     from study.callback import MlflowStudyCallback
+    from study.mlflow_ui import describe_parents, experiment_tags, runs_location
     from study.summary import log_family, ranked_summary
     from study.tracking import StudyTracker
     from study.trainable import train_block
@@ -331,6 +332,7 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
             "study.preset": options.preset,
             "study.search": options.search,
             "study.command": " ".join(sys.argv),
+            **experiment_tags(),  # the MLflow UI opens the study on its runs
         }
     )
     callback = MlflowStudyCallback(
@@ -406,9 +408,10 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
         confirmation, more = confirm_selected(options, tracker, configurations)
         text = f"{text}\n\n{more}" if more else text
         errors += confirmation.get("errors", 0) if confirmation else 0
+    describe_parents(tracker, configurations, options.task, options.preset)
     if options.verbose:
         print(text)
-        print(f"\nMLflow: mlflow ui --backend-store-uri {options.tracking_uri}")
+        print(f"\nMLflow: {runs_location(options.tracking_uri, tracker.experiment_id)}")
         if "://" not in options.optuna_storage_path:
             print(f"Optuna: optuna-dashboard {options.optuna_storage_path}")
         print(f"Tune:   {options.experiment_dir}")
