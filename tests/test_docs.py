@@ -260,3 +260,10 @@ def test_the_readmes_links_reach_files() -> None:
     assert local, "the README links into the docs"
     missing = [t for t in local if not (ROOT / t).exists()]
     assert not missing, f"README.md links to files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_code_fence_opens_an_empty_block(page: Path) -> None:
+    """An empty fenced block is a fence doubled by a move, which shows the code as prose."""
+    doubled = re.findall(r"^```\w*\n```", page.read_text(), flags=re.MULTILINE)
+    assert not doubled, f"{page.relative_to(ROOT)}: a code fence opens an empty block"
