@@ -624,3 +624,33 @@ def test_a_declared_p_of_a_better_decides_through_the_exact_sign_test():
         assert "exact sign test" in check.reason
     with pytest.raises(ValueError, match="decide_by"):
         one_check_claim(decide_by="median")
+
+
+def test_numbers_do_not_move_when_unrelated_runs_are_added(rng):
+    """Issue 20: resampling streams are keyed by the quantity, so adding another task's runs
+    (evaluated first) leaves every interval of this claim bit for bit unchanged."""
+    runs = pd.concat(
+        [
+            make_runs("copying", "h-detach", rng.normal(0.9, 0.03, 8), p_detach=0.25),
+            make_runs("copying", "vanilla", rng.normal(0.88, 0.03, 8)),
+        ]
+    )
+    other = pd.concat(
+        [
+            make_runs("pmnist", "h-detach", rng.normal(0.9, 0.03, 8), p_detach=0.25),
+            make_runs("pmnist", "vanilla", rng.normal(0.88, 0.03, 8)),
+        ]
+    )
+    spread = one_check_claim(metric="best_val_acc", statistic="seed_std")
+    mean = one_check_claim()
+    first = vd.evaluate_claims([spread, mean], runs, None, 0, n_resamples=500)
+    later = vd.evaluate_claims(
+        [one_check_claim(task="pmnist", statistic="seed_std"), spread, mean],
+        pd.concat([other, runs]),
+        None,
+        1,
+        n_resamples=500,
+    )[1:]
+    for a, b in zip(first, later, strict=True):
+        assert vd.verdict_json(a) == vd.verdict_json(b)
+        assert a.checks[0].treatment.summary == b.checks[0].treatment.summary
