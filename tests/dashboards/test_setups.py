@@ -204,3 +204,41 @@ def test_text_task_setups_name_corpus_and_decoder_and_keep_their_keys_to_themsel
     digits = cap.assign(corpus="digit_scenes")
     ((other, _),) = setups.split(digits)
     assert other.scale(coco) == setups.OTHER  # another dataset is not a reduced COCO
+
+
+def test_one_arm_one_interval_in_the_check_table_and_the_configuration_table():
+    """Issue 20: vanilla at T=5 showed [62.67, 83.57] in a check table and [61.16, 81.56] in
+    the configuration table (two bootstrap streams). Both now read Student's t of the same
+    values: one number, one interval."""
+    from dashboards import configs
+
+    rng = np.random.default_rng(5)
+    runs = pd.concat(
+        [
+            make_runs("copying", "h-detach", rng.uniform(0.5, 0.9, 6), p_detach=0.25),
+            make_runs("copying", "vanilla", rng.uniform(0.5, 0.9, 6)),
+        ],
+        ignore_index=True,
+    )
+    claim = cl.parse_claims(
+        {
+            "claims": [
+                {
+                    "id": "C97",
+                    "title": "t",
+                    "source": "t",
+                    "task": "copying",
+                    "checks": [{"metric": "best_val_acc", "comparison": "better"}],
+                }
+            ]
+        }
+    )[0]
+    (v,) = vd.evaluate_claims([claim], runs, None, 0, n_resamples=500)
+    rows = configs.configuration_table(runs, np.random.default_rng(99), n_resamples=700)
+    by_arm = {r.arm: r.best_val_acc.mean for r in rows}
+    check = v.checks[0]
+    for arm in (check.treatment, check.baseline):
+        assert arm.summary.mean == by_arm[arm.arm]
+        x = runs.loc[runs["arm"] == arm.arm, "best_val_acc"].to_numpy()
+        half = sps.t.ppf(0.975, 5) * x.std(ddof=1) / np.sqrt(6)
+        assert arm.summary.mean.high - arm.summary.mean.value == pytest.approx(half)
