@@ -33,7 +33,7 @@ from trainables.engine import HDetachLSTM, MemberLinear
 from trainables.language_model import MemberEmbedding, init_embedding
 from trainables.seeds import stream_generator
 from trainables.tasks.captions import END, PAD, START, CaptionData, CaptionSplit, load_captions
-from trainables.train import Trainer
+from trainables.trainer import Trainer
 
 
 def _linear(n_in: int, n_out: int, gen: torch.Generator) -> nn.Linear:

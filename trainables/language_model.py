@@ -26,7 +26,7 @@ from trainables.contract import EXTRA_EPOCH_METRICS
 from trainables.engine import HDetachLSTM, MemberLinear, copy_member, stack_parameters
 from trainables.seeds import stream_generator
 from trainables.tasks.text import TextData, batchify, load_text
-from trainables.train import Trainer
+from trainables.trainer import Trainer
 
 EVAL_STREAMS = 10
 
