@@ -35,17 +35,15 @@ import math
 import os
 from dataclasses import dataclass
 
-from trainables.contract import PIXEL_POOLS, TASKS, arm_of
-
-#: Engine backends (``trainables/kernels``); ``auto`` picks the fastest that runs here.
-BACKENDS = ("auto", "cpp", "torch", "triton", "persistent")
-#: Precisions of the LSTM's recurrent products: fp32, or TF32 tensor cores (persistent
-#: backend only). A setup key: arms compare only within one precision.
-PRECISIONS = ("fp32", "tf32")
-#: The C++ backend's CPU kernel sets, chosen per process by this environment variable
-#: (``trainables/kernels``; default auto: ``avx2`` on AVX2 CPUs without AVX-512).
-CPU_KERNELS_ENV = "HDETACH_CPU_KERNELS"
-CPU_KERNELS = ("auto", "avx2", "generic")
+from trainables.contract import (
+    BACKENDS,
+    CPU_KERNELS,
+    CPU_KERNELS_ENV,
+    PIXEL_POOLS,
+    PRECISIONS,
+    TASKS,
+    arm_of,
+)
 
 PRESETS = ("paper", "reduced", "smoke")
 DECODERS = ("show_and_tell", "soft_attention")

@@ -43,6 +43,19 @@ def arm_of(p_detach: float = 0.0, c_detach: float = 0.0, damp: float = 0.0) -> s
     return H_DETACH if p_detach > 0 else VANILLA
 
 
+# -- engine options (the kernels and the run configuration both read these) --------------
+
+#: Engine backends (``trainables/kernels``); ``auto`` picks the fastest that runs here.
+BACKENDS = ("auto", "cpp", "torch", "triton", "persistent")
+#: Precisions of the LSTM's recurrent products: fp32, or TF32 tensor cores (persistent
+#: backend only). A setup key: arms compare only within one precision.
+PRECISIONS = ("fp32", "tf32")
+#: The C++ backend's CPU kernel sets, chosen per process by this environment variable
+#: (``trainables/kernels``; default auto: ``avx2`` on AVX2 CPUs without AVX-512).
+CPU_KERNELS_ENV = "HDETACH_CPU_KERNELS"
+CPU_KERNELS = ("auto", "avx2", "generic")
+
+
 # -- metrics -------------------------------------------------------------------------------
 
 #: Per-epoch metrics of a child run (MLflow ``step = epoch``).

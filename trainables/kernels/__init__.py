@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.config import BACKENDS, CPU_KERNELS, CPU_KERNELS_ENV, PRECISIONS
+from trainables.contract import BACKENDS, CPU_KERNELS, CPU_KERNELS_ENV, PRECISIONS
 
 __all__ = [
     "BACKENDS",

@@ -43,7 +43,7 @@ from trainables.kernels.triton_lstm import input_projection
 
 __all__ = ["DOT_PRECISION", "batch_tile", "layer"]
 
-#: ``tl.dot``'s ``input_precision`` for each of ``trainables.config.PRECISIONS``.
+#: ``tl.dot``'s ``input_precision`` for each of ``trainables.contract.PRECISIONS``.
 DOT_PRECISION = {"fp32": "ieee", "tf32": "tf32"}
 #: Inference runs the input projection over chunks of steps of at most this many elements
 #: (transfer copying evaluates at T = 5000: all steps' gates at once would be hundreds of GB).
