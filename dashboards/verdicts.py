@@ -261,7 +261,8 @@ def decide(
             p = margin_p.get("below_min_effect", ALPHA)
             return "contradicted", f"the effect is surely smaller than {check.min_effect:g}", p
         if support:
-            return "supported", f"the treatment is {word} (p = {p:.2g})", nan
+            how = "its 95% interval excludes no effect" if pvalue is None else f"p = {p:.2g}"
+            return "supported", f"the treatment is {word} ({how})", nan
         return "inconclusive", "no significant difference", nan
     if kind == "not_worse":
         if effect.low > -check.margin:
