@@ -44,8 +44,9 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainables.engine import DetachMasks, HDetachLSTM, MemberLinear  # noqa: E402
+from trainables.engine import DetachMasks, HDetachLSTM  # noqa: E402
 from trainables.kernels import cost, persistent_lstm  # noqa: E402
+from trainables.members import MemberLinear  # noqa: E402
 from trainables.oracle import GRADIENT_MODES as MODES  # noqa: E402
 from trainables.oracle import oracle_lstm  # noqa: E402
 
@@ -354,6 +355,8 @@ def run_bench(shapes, members, repeats, device, deadline) -> list[dict]:
                 row["seconds_per_seed"] = row["median_s"] / seeds
             if label in errors:
                 row["error"] = errors[label]
+            elif not t:  # the checks or earlier rows used the budget before any repeat
+                row["error"] = "not timed: time budget reached"
             if "graphs" in label:  # of the timed calls' loops: captured anew, replayed
                 row["graph_captures"], row["graph_replays"] = replays[label]
             rows.append(row)
