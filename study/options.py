@@ -276,8 +276,10 @@ class StudyOptions:
         if self.lr_range[1] > MAX_LR:
             fail("lr_range", self.lr_range, f"must stay <= {MAX_LR:g}")
         for lr in self.lr_values:
-            if not _number(lr) or not 0 < lr <= MAX_LR:
-                fail("lr", lr, f"must be in (0, {MAX_LR:g}]")
+            if not _number(lr) or lr <= 0:
+                fail("lr", lr, "must be > 0")
+            if lr > MAX_LR:
+                fail("lr", lr, f"must be <= {MAX_LR:g}")
         if not self.clip_values or any(not isinstance(c, bool) for c in self.clip_values):
             fail("clip_values", self.clip_values, "must be a list of true/false")
         if self.search == "fixed":
@@ -369,8 +371,10 @@ def _check_fixed_config(config) -> None:
     p, lr, clip = config.get("p_detach"), config.get("lr"), config.get("clip", True)
     if not _number(p) or not 0 <= p <= 1:
         raise OptionsError(f"p_detach must be in [0, 1], got {p!r}")
-    if not _number(lr) or not 0 < lr <= MAX_LR:
-        raise OptionsError(f"lr must be in (0, {MAX_LR:g}], got {lr!r}")
+    if not _number(lr) or lr <= 0:
+        raise OptionsError(f"lr must be > 0, got {lr!r}")
+    if lr > MAX_LR:
+        raise OptionsError(f"lr must be <= {MAX_LR:g}, got {lr!r}")
     if not isinstance(clip, bool):
         raise OptionsError(f"clip must be true or false, got {clip!r}")
 

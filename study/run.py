@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -299,7 +300,9 @@ def _reporter(options: StudyOptions):
     )
 
 
-def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
+def run_study(
+    options: StudyOptions, *, checked: bool = False, log_to: Path | None = None
+) -> StudyResult:
     """Run (or resume) a study. Problems the user can fix raise ``OptionsError``,
     ``StudyError``, ``TrackingError`` or ``ValueError`` before anything starts
     (``checked=True``: the caller already ran ``preflight``)."""
@@ -321,6 +324,8 @@ def run_study(options: StudyOptions, *, checked: bool = False) -> StudyResult:
     if local_storage:  # snapshots are cheap here: keep Tune's own record fresh
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     _init_ray(options)
+    if log_to is not None and options.verbose < 2:  # verbose 2 shows everything, as it comes
+        _send_library_logs_to(log_to)
     trainable = tune.with_resources(
         train_block,
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial, **options.resources},
@@ -499,13 +504,47 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(words)
 
 
-def _log_path(options: StudyOptions) -> Path:
-    """Where a failed study's traceback goes: beside its Tune experiment when that is local."""
+def _log_paths(options: StudyOptions) -> list[Path]:
+    """Where the driver's log goes, in order of preference: beside its Tune experiment when
+    that is local, else (or when that disk is the one that failed) the temp directory."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{options.run_name}.error-{stamp}.log"
-    if "://" not in options.tune_root:
-        return Path(options.tune_root) / name
-    return Path(tempfile.gettempdir()) / f"hdetach-{options.experiment_name}-{name}"
+    name = f"{options.run_name}.driver-{stamp}.log"
+    spare = Path(tempfile.gettempdir()) / f"hdetach-{options.experiment_name}-{name}"
+    return [Path(options.tune_root) / name, spare] if "://" not in options.tune_root else [spare]
+
+
+class _DriverLog(logging.FileHandler):
+    """Ray's, Tune's and MLflow's own log lines (each failed trial's traceback, every failed
+    sync, each failed database write) go to a file, so the terminal keeps the one line that
+    says what happened."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass  # a full disk must not turn every later log line into a traceback on stderr
+
+
+def _send_library_logs_to(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = _DriverLog(path, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray", "ray.data", "mlflow"):  # their loggers do not propagate to the root
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            if type(old) is not logging.FileHandler and isinstance(old, logging.StreamHandler):
+                logger.removeHandler(old)
+        logger.addHandler(handler)
+
+
+def _save_traceback(paths: list[Path]) -> Path | None:
+    text = traceback.format_exc()
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as log:
+                log.write(text)
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def failure_cause(err: BaseException) -> str:
@@ -521,11 +560,16 @@ def failure_cause(err: BaseException) -> str:
             return f"disk full{where} ({os.strerror(e.errno)})"
     for e in chain:
         text = str(e)
-        if "database or disk is full" in text or "No space left" in text:
-            return f"disk full ({text.splitlines()[0][:200]})"
-        if "API request to" in text or "Max retries exceeded" in text:
-            host = text.split("API request to ", 1)[-1].split(" ", 1)[0]
-            return f"the MLflow server is unreachable ({host})"
+        full = re.search(r"^.*(?:database or disk is full|No space left).*$", text, re.MULTILINE)
+        if full is not None:  # a wrapped error's text may be a whole traceback: its line
+            return f"disk full ({full.group(0).strip()[:200]})"
+        # Tune wraps the callback's error in a TuneError whose text is the whole traceback.
+        server = re.search(r"API request to (https?://[^/\s]+)", text)
+        if server is None:
+            server = re.search(r"HTTP\w*ConnectionPool\(host='([^']+)', port=(\d+)\)", text)
+        if server is not None:
+            where = ":".join(server.groups())
+            return f"the MLflow server {where} is unreachable"
         if type(e).__name__ in ("DatabaseError", "OperationalError") and "sqlite" in text:
             return f"the tracking store failed: {text.splitlines()[0][:200]}"
     last = chain[0]
@@ -547,8 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a store that cannot be reached to take the study's claim
         print(f"{prog}: error: {failure_cause(err)}", file=sys.stderr)
         return 1
+    logs = _log_paths(options)
     try:
-        result = run_study(options, checked=True)
+        result = run_study(options, checked=True, log_to=logs[0])
     except (StudyInterrupted, KeyboardInterrupt):
         print(f"{prog}: interrupted: rerun with --resume: {resume_command(argv)}", file=sys.stderr)
         return 130
@@ -556,13 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        log = _log_path(options)
-        try:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(traceback.format_exc())
-            where = f"traceback in {log}"
-        except OSError:  # the disk that failed may be this one
-            where = "traceback not saved (the log could not be written)"
+        log = _save_traceback(logs)
+        where = f"traceback in {log}" if log else "no log: no disk would take the traceback"
         print(
             f"{prog}: error: {failure_cause(err)}; fix it and rerun with --resume: "
             f"{resume_command(argv)} ({where})",
@@ -573,9 +613,9 @@ def main(argv: list[str] | None = None) -> int:
         lock.release()
     if result.errors:
         print(
-            f"{prog}: error: {result.errors} trials failed (each trial's error.txt under "
-            f"{options.experiment_dir} says why); fix the cause and rerun with --resume: "
-            f"{resume_command(argv)}",
+            f"{prog}: error: {result.errors} trials failed (why: each trial's error.txt under "
+            f"{options.experiment_dir}, and {logs[0]}); fix the cause and rerun with "
+            f"--resume: {resume_command(argv)}",
             file=sys.stderr,
         )
         return 1

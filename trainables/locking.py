@@ -178,16 +178,18 @@ class StudyLock:
         if owner.get("token") and owner["token"] == os.environ.get(LOCK_TOKEN_ENV):
             self.inherited = True
             return
-        if owner.get("token") and time.time() - beat < STALE_S:
+        age = time.time() - beat
+        if owner.get("token") and age < STALE_S and not _gone(owner):
             raise LockHeld(
                 f"study {self.experiment!r} on {self.uri} is claimed by {_describe(owner)}, "
                 f"heartbeat {time.time() - beat:.0f} s ago: wait for it to finish or stop it "
                 "(one driver per study)"
             )
         if owner.get("token"):
+            why = "whose process is gone" if _gone(owner) else f"silent for {age:.0f} s"
             warnings.warn(
                 f"study {self.experiment!r}: taking over the claim of {_describe(owner)}, "
-                f"whose last heartbeat was {time.time() - beat:.0f} s ago (> {STALE_S:.0f} s)",
+                f"{why} (a claim is stale after {STALE_S:.0f} s without a heartbeat)",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -239,6 +241,20 @@ def sqlite_init_lock(uri: str) -> Iterator[None]:
         return
     with filelock.FileLock(store.with_name(store.name + ".init.lock")):
         yield
+
+
+def _gone(owner: dict) -> bool:
+    """Whether the claim's holder ran on this host and its process no longer exists (a
+    driver that died while the server was down could not withdraw its claim)."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _read_json(path: Path) -> dict:

@@ -78,11 +78,14 @@ def test_a_full_disk_ends_the_study_in_one_line_and_resume_finishes(tmp_path, sm
         assert proc.wait(timeout=600) == 1, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         _kill_session(proc.pid)
-    last = (tmp_path / "driver.log").read_text().strip().splitlines()[-1]
+    stderr = (tmp_path / "driver.log").read_text()
+    last = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr, stderr[-3000:]  # tracebacks go to the log, not here
     assert "disk full" in last and "rerun with --resume:" in last, last
 
     filler.unlink()  # space again: the printed command finishes the study
-    command = shlex.split(last.split("rerun with --resume: ", 1)[1].rsplit(" (", 1)[0])
+    command = shlex.split(last.split("rerun with --resume: ", 1)[1].split(" (traceback in ")[0])
+    assert "(traceback in " in last, last  # a disk with room (the temp directory) took it
     resumed = subprocess.run(
         [*args[:2], *command[2:]], cwd=tmp_path, env=ENV, capture_output=True, text=True,
         timeout=900,
