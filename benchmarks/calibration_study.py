@@ -283,12 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {
-            "machine": platform.processor() or platform.machine(),
-            "cpu": _cpu(),
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "command": " ".join(
-                ["python", "benchmarks/calibration_study.py", *(argv or sys.argv[1:])]
-            ),
+            "machine": {
+                "cpu": _cpu(),
+                "arch": platform.machine(),
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "command": " ".join(
+                    ["python", "benchmarks/calibration_study.py", *(argv or sys.argv[1:])]
+                ),
+            },
             "seconds": seconds,
             "rows": out,
             "alternatives": others,
