@@ -260,7 +260,10 @@ class MlflowStudyCallback(tune.Callback):
         test = [c.metrics.get("test_acc_at_best", math.nan) for c in done]
         diverged = [c.metrics.get("diverged", 0.0) for c in done]
         finals = {
-            "objective": objective_value(score, self.objective),
+            # No seed measured anything (every child failed): no objective, not 0.0.
+            "objective": objective_value(score, self.objective)
+            if any(c.status != "FAILED" for c in done)
+            else math.nan,
             "best_val_score_mean": _nanmean(score),
             "best_val_acc_mean": _nanmean(best),
             "best_val_acc_min": float(np.nanmin(best)) if np.isfinite(best).any() else math.nan,

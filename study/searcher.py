@@ -195,6 +195,8 @@ class PairedSeedSearcher(Searcher):
         chosen = _decision_values(metric, scored, members)
         if error or len(values) != len(seeds):
             values = [math.nan] * len(seeds)
+        if error:  # Tune hands a failed trial no result: the block measured nothing
+            self.configs[cid].setdefault("failed_units", []).append(unit)
         if len(chosen) != len(seeds) or error:
             chosen = [math.nan] * len(seeds)
         seconds = float(result.get("time_total_s") or 0.0)
@@ -481,10 +483,16 @@ class PairedSeedSearcher(Searcher):
             if not c["stopped"]:
                 return
             values = [v for b in sorted(c["done"]) for v in c["done"][b]]
-        c["objective"] = objective_value(values, self.objective)
+        # Every block failed: nothing was measured, so Optuna hears a failed trial, not the
+        # 0.0 that failed seeds count as beside measured ones (issue 21).
+        unmeasured = set(c["done"]) <= set(c.get("failed_units", []))
+        c["objective"] = math.nan if unmeasured else objective_value(values, self.objective)
         for optuna_id in c["optuna_ids"]:
             if optuna_id not in c["reported"]:
-                self.searcher.on_trial_complete(optuna_id, {OBJECTIVE: c["objective"]})
+                if unmeasured:
+                    self.searcher.on_trial_complete(optuna_id, error=True)
+                else:
+                    self.searcher.on_trial_complete(optuna_id, {OBJECTIVE: c["objective"]})
                 c["reported"].append(optuna_id)
 
 
