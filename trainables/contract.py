@@ -160,8 +160,8 @@ LOWER_IS_BETTER = frozenset(
     {"test_perplexity", "test_loss", "best_val_perplexity", "epochs_to_threshold", "val_ppl"}
 )
 #: Final metrics of a parent run of a sequential study (``--seeds auto``): the seeds it ran,
-#: the look that decided it, its compute, and what a fixed design of the same power would
-#: have needed (seeds and the pair's trial seconds).
+#: the look that decided it, its stage-wise p-value, its compute, and what a fixed design
+#: with 80% power at the observed effect would have needed (seeds and the pair's seconds).
 SEQUENTIAL_METRICS = (
     "seeds_used",
     "trial_seconds",
@@ -171,7 +171,6 @@ SEQUENTIAL_METRICS = (
     "mean_difference",
     "sd_difference",
     "p_value",
-    "design_power",
     "fixed_design_seeds",
     "fixed_design_seconds",
     "pair_seconds_per_seed",
