@@ -11,7 +11,6 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import gammaln
 
 from dashboards.stats import (
     CONFIDENCE,
@@ -22,6 +21,7 @@ from dashboards.stats import (
     check_confidence,
     quantile_ci,
 )
+from pairedstats.bestof import order_weights
 from pairedstats.streams import keyed_rng
 
 
@@ -167,7 +167,8 @@ def expected_max(values: np.ndarray) -> ExpectedMax:
     since v_(i) is the maximum of exactly C(i-1, n-1) of the C(N, n) subsets. At n = 1 it is
     the mean, at n = N the maximum. ``std`` is sqrt(E[max_n^2] - E[max_n]^2) under the same
     weights (the spread of the best-of-n value; 0 at n = N). Dodge et al.'s original plug-in
-    formula samples with replacement and is biased upwards for n close to N.
+    formula samples with replacement and is biased for n close to N. The weights are
+``pairedstats.bestof.order_weights``, the ones the report's best-of-5 uses.
 
     Args:
         values: ``num_trials`` best validation values; NaNs are dropped.
@@ -177,19 +178,11 @@ def expected_max(values: np.ndarray) -> ExpectedMax:
     """
     v = np.sort(as_1d(values, "values"))
     v = v[~np.isnan(v)]
-    big_n = v.size
-    n = np.arange(1, big_n + 1)[:, None]
-    i = np.arange(1, big_n + 1)[None, :]
-    with np.errstate(invalid="ignore"):
-        log_w = (
-            gammaln(i)
-            - gammaln(n)
-            - gammaln(np.maximum(i - n, 0) + 1)
-            - (gammaln(big_n + 1) - gammaln(n + 1) - gammaln(big_n - n + 1))
-        )
-    w = np.where(i >= n, np.exp(log_w), 0.0)
-    w /= w.sum(axis=1, keepdims=True) if big_n else 1.0  # exact up to rounding; renormalise
+    w = np.zeros((v.size, v.size))
+    for n in range(1, v.size + 1):
+        w[n - 1] = order_weights(v.size, n)
     mean = w @ v
     second = w @ (v * v)
     std = np.sqrt(np.maximum(second - mean * mean, 0.0))
-    return ExpectedMax(n_trials=n.ravel(), mean=mean, std=std)
+    n = np.arange(1, v.size + 1)
+    return ExpectedMax(n_trials=n, mean=mean, std=std)

@@ -12,6 +12,7 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.weightstats import ttost_paired
 
+from dashboards import tuning
 from pairedstats import bestof, effects, multiplicity, streams
 from pairedstats import tests as pt
 
@@ -93,10 +94,16 @@ def test_holm_rejects_anything_iff_the_smallest_p_is_below_alpha_over_m(rng):
 
 def test_expected_best_of_k_is_the_order_statistic_formula(rng):
     x = rng.normal(size=5)
-    k = 3
-    draws = np.array(list(itertools.product(x, repeat=k)))
-    assert bestof.expected_max(x, k) == pytest.approx(draws.max(axis=1).mean(), rel=1e-12)
-    assert bestof.expected_max(x, 1) == pytest.approx(x.mean())
+    # k <= n: the mean best over every k-subset of the runs (the unbiased U-statistic)
+    for k in (1, 3, 5):
+        subsets = np.array(list(itertools.combinations(x, k)))
+        assert bestof.expected_max(x, k) == pytest.approx(subsets.max(axis=1).mean(), rel=1e-12)
+    # k > n: no subset exists; the plug-in over k draws with replacement
+    draws = np.array(list(itertools.product(x, repeat=6)))
+    assert bestof.expected_max(x, 6) == pytest.approx(draws.max(axis=1).mean(), rel=1e-12)
+    # the report's best-of-k and the expected-max curve are one computation
+    curve = [bestof.expected_max(x, k) for k in range(1, 6)]
+    assert tuning.expected_max(x).mean == pytest.approx(curve, rel=1e-12)
     b = bestof.best_of(x, 5, np.random.default_rng(0))
     assert b.low <= b.value <= b.high <= x.max() and b.value > x.mean()
     assert math.isnan(bestof.best_of(x[:1], 5, rng).low)
