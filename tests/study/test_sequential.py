@@ -197,6 +197,9 @@ def test_the_searcher_stops_a_clear_configuration_early_and_caps_a_null_one():
     trials = searcher.searcher._ot_study.trials
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE"]
     assert searcher.outcome(clear)["fixed_design_seeds"] >= 2
+    # the stage-wise p-values the study's correction adjusts
+    assert searcher.outcome(clear)["p_value"] <= design.alpha
+    assert searcher.outcome(null)["p_value"] > design.alpha
     assert searcher.outcome(clear)["trial_seconds"] == pytest.approx(4 * 10.0)
 
 
