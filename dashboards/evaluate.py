@@ -1,4 +1,4 @@
-"""The evaluators behind :func:`dashboards.verdicts.evaluate_claims`: one per statistic of a
+"""The evaluators behind :func:`evaluate_claims`: one per statistic of a
 check (mean, rate, time to threshold, worst learning rate, spread over seeds, benchmark).
 
 Each selects the two arms' runs, computes the estimates with :mod:`dashboards.stats`,
@@ -24,7 +24,10 @@ from dashboards.verdicts import (
     NOT_MEASURABLE,
     ArmResult,
     CheckVerdict,
+    Verdict,
+    aggregate,
     empty,
+    headline,
     judged,
     margin_pvalues,
 )
@@ -448,3 +451,37 @@ def evaluate_check(
         reason = f"{scale.capitalize()} ({setup.words()}): {verdict.reason}"
         out.append(replace(verdict, setup=setup, scale=scale, reason=reason))
     return out or [empty(check, "no runs yet", why or "no runs")]
+
+
+def evaluate_claims(
+    claims: list[Claim],
+    runs: pd.DataFrame,
+    history: pd.DataFrame | None,
+    rng: np.random.Generator | int,
+    benchmarks: Mapping[str, Any] | None = None,
+    *,
+    n_resamples: int | None = None,
+    context: Any = None,
+) -> list[Verdict]:
+    """Judge every claim on the study's runs (decision rule: module docstring).
+
+    Args:
+        claims: from :func:`dashboards.claims.load_claims`.
+        runs: one row per run; history: one row per (run, epoch), or None.
+        rng: generator (or seed) driving every bootstrap, for reproducible verdicts.
+        benchmarks: figures for benchmark claims (C9), e.g. ``{"backward_time_ratio": 0.8}``
+            or ``{"backward_time_ratio": {"value": 0.8, "low": 0.75, "high": 0.86}}``.
+        n_resamples: bootstrap resamples per interval (default: ``stats.N_RESAMPLES``).
+        context: a :class:`Context` of these runs to reuse (the report
+            draws its figures from the same one); built here when None.
+
+    Returns:
+        one :class:`Verdict` per claim, in order.
+    """
+    ctx = context or Context(runs, history, np.random.default_rng(rng), n_resamples)
+    out = []
+    for claim in claims:
+        per_check = [evaluate_check(c, claim, ctx, benchmarks) for c in claim.checks]
+        every = tuple(v for verdicts in per_check for v in verdicts)
+        out.append(aggregate(claim, [headline(v) for v in per_check], every))
+    return out

@@ -46,9 +46,9 @@ from dashboards import claims as claims_mod
 from dashboards import overview, sections, stats
 from dashboards.bottom_line import bottom_line
 from dashboards.configs import ConfigRow, configuration_table, sequential_table
-from dashboards.evaluate import Context
+from dashboards.evaluate import Context, evaluate_claims
 from dashboards.render import render
-from dashboards.verdicts import Verdict, evaluate_claims, verdict_json
+from dashboards.verdicts import Verdict, verdict_json
 
 REPORT_FILE = "index.html"
 SUMMARY_FILE = "summary.json"

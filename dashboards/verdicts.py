@@ -1,8 +1,9 @@
 """Verdicts on the paper's claims: typed results holding every estimate, and the decision rule.
 
-:func:`evaluate_claims` judges each :class:`~dashboards.claims.Claim` on a study's ``runs``
-(and ``history``, for epochs-to-threshold at a claim's own threshold); the per-statistic
-evaluators live in :mod:`dashboards.evaluate`. Results are dataclasses holding
+:func:`dashboards.evaluate.evaluate_claims` judges each :class:`~dashboards.claims.Claim` on a
+study's ``runs`` (and ``history``, for epochs-to-threshold at a claim's own threshold) with
+the per-statistic evaluators of :mod:`dashboards.evaluate`, which use the types and rules
+here (this module imports none of them). Results are dataclasses holding
 :class:`~dashboards.stats.Estimate` values; :func:`verdict_json` turns one into plain JSON
 (``summary.json``) and nothing else serialises them.
 
@@ -65,7 +66,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from dashboards.claims import Check, Claim
 from dashboards.setups import PAPER, Setup
@@ -428,42 +428,6 @@ def aggregate(
     needed = head.seeds_needed if verdict == "inconclusive" else None
     why = head.seeds_reason if verdict == "inconclusive" else None
     return Verdict(claim, verdict, reason, tuple(checks), needed, by_setup, why, note)
-
-
-def evaluate_claims(
-    claims: list[Claim],
-    runs: pd.DataFrame,
-    history: pd.DataFrame | None,
-    rng: np.random.Generator | int,
-    benchmarks: Mapping[str, Any] | None = None,
-    *,
-    n_resamples: int | None = None,
-    context: Any = None,
-) -> list[Verdict]:
-    """Judge every claim on the study's runs (decision rule: module docstring).
-
-    Args:
-        claims: from :func:`dashboards.claims.load_claims`.
-        runs: one row per run; history: one row per (run, epoch), or None.
-        rng: generator (or seed) driving every bootstrap, for reproducible verdicts.
-        benchmarks: figures for benchmark claims (C9), e.g. ``{"backward_time_ratio": 0.8}``
-            or ``{"backward_time_ratio": {"value": 0.8, "low": 0.75, "high": 0.86}}``.
-        n_resamples: bootstrap resamples per interval (default: ``stats.N_RESAMPLES``).
-        context: an :class:`dashboards.evaluate.Context` of these runs to reuse (the report
-            draws its figures from the same one); built here when None.
-
-    Returns:
-        one :class:`Verdict` per claim, in order.
-    """
-    from dashboards.evaluate import Context, evaluate_check
-
-    ctx = context or Context(runs, history, np.random.default_rng(rng), n_resamples)
-    out = []
-    for claim in claims:
-        per_check = [evaluate_check(c, claim, ctx, benchmarks) for c in claim.checks]
-        every = tuple(v for verdicts in per_check for v in verdicts)
-        out.append(aggregate(claim, [headline(v) for v in per_check], every))
-    return out
 
 
 # --------------------------------------------------------------------------------------------

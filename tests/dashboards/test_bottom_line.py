@@ -13,8 +13,7 @@ import pytest
 
 from dashboards import claims as claims_mod
 from dashboards.bottom_line import bottom_line
-from dashboards.evaluate import Context
-from dashboards.verdicts import evaluate_claims
+from dashboards.evaluate import Context, evaluate_claims
 from study.options import options_from_args
 from tests.dashboards.test_report import EXPERIMENT, synthetic
 from trainables.contract import seconds_per_seed, study_hours
@@ -50,6 +49,10 @@ def test_the_paragraph_follows_the_verdicts():
     for cid, verdict in by_id.items():
         if verdict in ("supported", "contradicted"):
             assert f"{cid} (" in (support if verdict == "supported" else contradict), cid
+    # Each open claim is the one the next command settles, or the last sentence says why not.
+    for cid in (c for c, v in by_id.items() if v == "inconclusive"):
+        chosen = line.next_run is not None and line.next_run.claim_id == cid
+        assert chosen or f"{cid}: " in line.next_step, (cid, line.next_step)
     unmeasured = [cid for cid, v in by_id.items() if v in ("no runs yet", "no data")]
     assert f"No run here measures {', '.join(unmeasured[:-1])} and {unmeasured[-1]}." in line.open
 

@@ -13,6 +13,7 @@ from scipy import stats as sps
 
 from dashboards import claims as cl
 from dashboards import verdicts as vd
+from dashboards.evaluate import evaluate_claims
 
 # ---------------------------------------------------------------------------- synthetic studies
 
@@ -87,7 +88,7 @@ def one_check_claim(**check) -> cl.Claim:
 
 
 def evaluate(claim: cl.Claim, runs: pd.DataFrame, history=None, benchmarks=None) -> vd.Verdict:
-    (verdict,) = vd.evaluate_claims([claim], runs, history, 0, benchmarks, n_resamples=1000)
+    (verdict,) = evaluate_claims([claim], runs, history, 0, benchmarks, n_resamples=1000)
     return verdict
 
 
@@ -257,12 +258,12 @@ def test_missing_task_and_missing_arm_give_no_runs_yet(rng):
     v = evaluate(one_check_claim(), runs)
     assert v.verdict == "no runs yet" and "vanilla" in v.reason
     claims = cl.load_claims()
-    verdicts = {x.claim_id: x for x in vd.evaluate_claims(claims, runs, None, 0)}
+    verdicts = {x.claim_id: x for x in evaluate_claims(claims, runs, None, 0)}
     for cid in ("C4", "C5", "C8", "C10"):
         assert verdicts[cid].verdict == "no runs yet", cid
     assert "captioning" in verdicts["C8"].checks[0].reason
     assert verdicts["C9"].verdict == "no data"
-    empty = vd.evaluate_claims(claims, pd.DataFrame(), None, 0)
+    empty = evaluate_claims(claims, pd.DataFrame(), None, 0)
     assert {x.verdict for x in empty} == {"no runs yet", "no data"}
 
 
@@ -505,8 +506,8 @@ def test_verdicts_are_reproducible_for_a_seed(rng):
         ]
     )
     claim = one_check_claim()
-    a = vd.verdict_json(vd.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0])
-    b = vd.verdict_json(vd.evaluate_claims([claim], runs, None, 42, n_resamples=500)[0])
+    a = vd.verdict_json(evaluate_claims([claim], runs, None, 42, n_resamples=500)[0])
+    b = vd.verdict_json(evaluate_claims([claim], runs, None, 42, n_resamples=500)[0])
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
@@ -643,8 +644,8 @@ def test_numbers_do_not_move_when_unrelated_runs_are_added(rng):
     )
     spread = one_check_claim(metric="best_val_acc", statistic="seed_std")
     mean = one_check_claim()
-    first = vd.evaluate_claims([spread, mean], runs, None, 0, n_resamples=500)
-    later = vd.evaluate_claims(
+    first = evaluate_claims([spread, mean], runs, None, 0, n_resamples=500)
+    later = evaluate_claims(
         [one_check_claim(task="pmnist", statistic="seed_std"), spread, mean],
         pd.concat([other, runs]),
         None,

@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from dashboards import claims as cl
 from dashboards import sections, setups, stats, survival
-from dashboards import verdicts as vd
+from dashboards.evaluate import evaluate_claims
 from tests.dashboards.test_claims import make_runs
 
 #: The copying smoke setup shape, at any delay.
@@ -65,7 +65,7 @@ def test_setup_words_scale_and_normalised_values():
 
 
 def test_verdict_per_setup_and_the_headline_picks_the_larger(rng):
-    (v,) = vd.evaluate_claims([claim("C2")], ladder_study(rng), None, 0, n_resamples=300)
+    (v,) = evaluate_claims([claim("C2")], ladder_study(rng), None, 0, n_resamples=300)
     best = [cv for cv in v.by_setup if cv.name == "p=0.25 best val acc higher"]
     assert sorted(cv.setup.delay for cv in best) == [5.0, 20.0]
     by_delay = {cv.setup.delay: cv for cv in best}
@@ -84,14 +84,14 @@ def test_pairs_never_cross_setups(rng):
     wider = copying("h-detach", rng.normal(0.9, 0.02, 8), seq_len=20, p=0.25, hidden_size="128")
     longer = copying("h-detach", rng.normal(0.9, 0.02, 8), seq_len=20, p=0.25, epochs=24)
     for treatment in (wider, longer):
-        (v,) = vd.evaluate_claims(
+        (v,) = evaluate_claims(
             [claim("C2")], pd.concat([base, treatment], ignore_index=True), None, 0
         )
         assert v.checks[0].verdict == "no runs yet"
         assert "share no setup" in v.checks[0].reason
     # The same seeds in the same setup pair up.
     same = copying("h-detach", rng.normal(0.9, 0.02, 8), seq_len=20, p=0.25)
-    (v,) = vd.evaluate_claims([claim("C2")], pd.concat([base, same], ignore_index=True), None, 0)
+    (v,) = evaluate_claims([claim("C2")], pd.concat([base, same], ignore_index=True), None, 0)
     assert v.checks[0].paired and v.checks[0].details["n_pairs"] == 8
 
 
@@ -107,7 +107,7 @@ def test_paper_numbers_only_at_paper_scale(rng):
     )  # fmt: skip
     for key, value in PAPER_T300.items():
         full[key] = value
-    (v,) = vd.evaluate_claims(
+    (v,) = evaluate_claims(
         [claim("C2")], pd.concat([reduced, full], ignore_index=True), None, 0, n_resamples=300
     )
     headline = v.checks[0]
@@ -119,7 +119,7 @@ def test_paper_numbers_only_at_paper_scale(rng):
 
 def test_the_ladder_has_one_point_per_delay_with_intervals(rng):
     study = ladder_study(rng)
-    (v,) = vd.evaluate_claims([claim("C2")], study, None, 0, n_resamples=300)
+    (v,) = evaluate_claims([claim("C2")], study, None, 0, n_resamples=300)
     panels = {(title, ylabel): series for title, ylabel, series in sections.ladder_panels(v)}
     (series,) = [s for s in panels["best_val_acc", "difference (pp)"] if s.label == "p=0.25"]
     assert sorted(series.delays) == [5.0, 20.0]
@@ -233,7 +233,7 @@ def test_one_arm_one_interval_in_the_check_table_and_the_configuration_table():
             ]
         }
     )[0]
-    (v,) = vd.evaluate_claims([claim], runs, None, 0, n_resamples=500)
+    (v,) = evaluate_claims([claim], runs, None, 0, n_resamples=500)
     rows = configs.configuration_table(runs, np.random.default_rng(99), n_resamples=700)
     by_arm = {r.arm: r.best_val_acc.mean for r in rows}
     check = v.checks[0]
