@@ -98,9 +98,12 @@ def confirm_selected(options: StudyOptions, tracker: StudyTracker, rows: list[di
             "not confirmed on fresh seeds, --confirm-seeds 0)",
         )
     from study.run import run_study
+    from trainables.locking import StudyLock
 
     confirm = confirmation_options(options, row)
-    result = run_study(confirm)
+    # its own experiment: held like the search's, so no second driver runs it at once
+    with StudyLock(confirm.tracking_uri, confirm.experiment_name):
+        result = run_study(confirm)
     confirm_tracker = StudyTracker(confirm.tracking_uri, confirm.experiment_name)
     confirm_tracker.start()
     for run in confirm_tracker.find_runs(None):
