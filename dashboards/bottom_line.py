@@ -148,12 +148,10 @@ def _open(verdicts: Sequence[Verdict]) -> str:
 
 def _next_sentence(next_run: NextRun | None, verdicts: Sequence[Verdict]) -> str:
     if next_run is None:
-        if any(v.verdict == "inconclusive" for v in verdicts):
-            return (
-                "No inconclusive h-detach claim can be settled by adding seeds here (the "
-                f"observed effects would need more than {MAX_QUOTED_SEEDS:,} seeds per arm, "
-                "or the checks give no figure); a larger setup is the next step."
-            )
+        open_ = [v for v in verdicts if v.verdict == "inconclusive"]
+        if open_:
+            why = "; ".join(f"{v.claim_id}: {_why_no_command(v)}" for v in open_)
+            return f"No command here would settle an open claim ({why})."
         return "Every claim with runs is decided at this scale."
     cost = (
         f"about {next_run.hours:.2g} compute hours (both arms, from these runs' seconds per epoch)"
@@ -165,6 +163,15 @@ def _next_sentence(next_run: NextRun | None, verdicts: Sequence[Verdict]) -> str
         f"the setup it was judged on ({next_run.setup}); {next_run.more_seeds} more per arm "
         f"there would cost {cost}, then report again:"
     )
+
+
+def _why_no_command(verdict: Verdict) -> str:
+    """Why the bottom line proposes no more seeds for an inconclusive claim."""
+    if verdict.seeds_needed is None:
+        return verdict.seeds_reason or "its headline check gives no seeds-per-arm figure"
+    if verdict.seeds_needed > MAX_QUOTED_SEEDS:
+        return f"the observed effect would need {fmt_seeds(verdict.seeds_needed)} seeds per arm"
+    return "its arms are not h-detach against vanilla, which the study command runs"
 
 
 def _next_run(
