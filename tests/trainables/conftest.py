@@ -1,9 +1,10 @@
 """Engine backends under test: every backend that runs on CPU tensors here.
 
-Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter
-(``TRITON_INTERPRET=1``, set before ``trainables.kernels.triton_lstm`` is first imported),
-which checks their arithmetic on small shapes, not their speed. With a GPU they are tested
-on CUDA instead (the CUDA tests of ``test_engine.py``, run by ``benchmarks/gpu_check.sh``).
+Without a GPU the Triton kernels (the ``triton`` and ``persistent`` backends) run on CPU
+tensors through Triton's interpreter (``TRITON_INTERPRET=1``, set before
+``trainables.kernels.triton_lstm`` is first imported), which checks their arithmetic on small
+shapes, not their speed. With a GPU they are tested on CUDA instead (the CUDA tests of
+``test_engine.py`` and ``test_persistent.py``, run by ``benchmarks/gpu_check.sh``).
 
 The C++ backend has two sets of CPU kernels (``set_kernels``: ``generic`` and, on x86-64 with
 AVX2 and FMA, ``avx2``); each runs here under its own id (``cpp-generic``, ``cpp-avx2``),
@@ -41,7 +42,7 @@ def cpu_kernels_here() -> list[str]:
 def backends_here() -> list[str]:
     out = ["torch", *(f"cpp-{kind}" for kind in cpu_kernels_here())]
     if importlib.util.find_spec("triton") is not None and os.environ.get("TRITON_INTERPRET") == "1":
-        out.append("triton")
+        out += ["triton", "persistent"]
     return out
 
 
