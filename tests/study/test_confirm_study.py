@@ -83,6 +83,12 @@ def test_the_selected_configuration_is_confirmed_on_fresh_seeds(tmp_path):
     assert "Confirmation on 2 fresh seeds (2..3" in done.stdout
     assert "Verdict (confirmed on fresh seeds): undecided" in done.stdout
     assert "correction bh" in done.stdout
+    # resumed after it finished: the confirmation is taken up again, not run a second time
+    again = _study(tmp_path, "--confirm-seeds", "2", "--correction", "bh", "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = _runs(client, "tiny" + CONFIRM_SUFFIX, "child")
+    assert sorted(r.info.run_id for r in rerun) == sorted(r.info.run_id for r in confirm)
+    assert "Confirmation on 2 fresh seeds (2..3" in again.stdout
 
 
 def test_confirmation_seeds_follow_every_seed_the_search_may_use():
