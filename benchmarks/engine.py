@@ -43,7 +43,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables import kernels
-from trainables.engine import HDetachLSTM, MemberLinear
+from trainables.engine import HDetachLSTM
+from trainables.members import MemberLinear
 from trainables.oracle import oracle_lstm
 from trainables.runtime import keep_freed_memory
 

@@ -29,8 +29,8 @@ from torch.nn import functional as F
 
 from trainables import caption_metrics
 from trainables.contract import EXTRA_EPOCH_METRICS
-from trainables.engine import HDetachLSTM, MemberLinear
-from trainables.language_model import MemberEmbedding, init_embedding
+from trainables.engine import HDetachLSTM
+from trainables.members import MemberEmbedding, MemberLinear, init_embedding
 from trainables.seeds import stream_generator
 from trainables.tasks.captions import END, PAD, START, CaptionData, CaptionSplit, load_captions
 from trainables.trainer import Trainer

@@ -23,38 +23,13 @@ from torch.nn import functional as F
 
 from trainables.config import ConfigError
 from trainables.contract import EXTRA_EPOCH_METRICS
-from trainables.engine import HDetachLSTM, MemberLinear, copy_member, stack_parameters
+from trainables.engine import HDetachLSTM
+from trainables.members import MemberEmbedding, MemberLinear, init_embedding
 from trainables.seeds import stream_generator
 from trainables.tasks.text import TextData, batchify, load_text
 from trainables.trainer import Trainer
 
 EVAL_STREAMS = 10
-
-
-class MemberEmbedding(nn.Module):
-    """``nn.Embedding`` for K members: ids ``(..., K, B)`` -> ``(..., K, B, E)``."""
-
-    def __init__(self, members: int, num: int, dim: int):
-        super().__init__()
-        self.members, self.num, self.dim = members, num, dim
-        self.weight = nn.Parameter(torch.empty(members, num, dim).uniform_(-0.1, 0.1))
-
-    def forward(self, ids: Tensor) -> Tensor:
-        offset = torch.arange(self.members, device=ids.device).view(-1, 1) * self.num
-        flat = self.weight.reshape(self.members * self.num, self.dim)
-        return flat[ids + offset]
-
-    @classmethod
-    def from_members(cls, embeddings: Sequence[nn.Embedding]) -> MemberEmbedding:
-        ref = embeddings[0]
-        stacked = cls(len(embeddings), ref.num_embeddings, ref.embedding_dim).to(ref.weight)
-        stack_parameters(stacked, embeddings)
-        return stacked
-
-    def member(self, k: int) -> nn.Embedding:
-        single = nn.Embedding(self.num, self.dim).to(self.weight)
-        copy_member(single, self, k)
-        return single
 
 
 class TiedDecoder(nn.Module):
@@ -68,14 +43,6 @@ class TiedDecoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (T, K, B, E) -> (T, K, B, V)
         weight = self.embedding[0].weight  # (K, V, E)
         return torch.einsum("tkbe,kve->tkbv", x, weight) + self.bias.view(1, -1, 1, weight.shape[1])
-
-
-def init_embedding(num: int, dim: int, gen: torch.Generator) -> nn.Embedding:
-    """An embedding drawn from U(-0.1, 0.1) with the member's init stream."""
-    emb = nn.Embedding(num, dim)
-    with torch.no_grad():
-        emb.weight.uniform_(-0.1, 0.1, generator=gen)
-    return emb
 
 
 def member_dropout(x: Tensor, p: float, gens: Sequence[torch.Generator]) -> Tensor:

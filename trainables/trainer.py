@@ -39,7 +39,8 @@ from trainables.config import (
     RunConfig,
 )
 from trainables.contract import epochs_to_threshold, transfer_metric
-from trainables.engine import HDetachLSTM, MemberLinear
+from trainables.engine import HDetachLSTM
+from trainables.members import MemberLinear
 from trainables.seeds import stream_generator
 from trainables.tasks import load_task
 from trainables.tasks.base import Split, TaskData

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.engine import DetachMasks, HDetachLSTM, MemberLinear
+from trainables.engine import DetachMasks, HDetachLSTM
+from trainables.members import MemberLinear
 from trainables.oracle import GRADIENT_MODES, lstm_cell, oracle_lstm
 
 F64 = torch.float64
@@ -356,7 +357,7 @@ def test_member_head_is_bitwise_reproducible_for_any_thread_count(backend):
 def test_a_wide_member_head_runs_the_batched_matmuls():
     """Above HEAD_CPP_MAX_OUT outputs (a vocabulary) the C++ head would be slower than the
     BLAS: the cpp backend then gives the torch path's bits."""
-    from trainables.engine import HEAD_CPP_MAX_OUT
+    from trainables.members import HEAD_CPP_MAX_OUT
 
     linears, x, g = _head_case(2, (4,), 6, 16, HEAD_CPP_MAX_OUT + 1, torch.float32)
     wide = [
