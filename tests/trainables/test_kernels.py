@@ -119,12 +119,14 @@ def test_the_gpu_check_script_runs_its_checks_and_benchmark(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     payload = json.loads(out.read_text())
-    assert len(payload["checks"]) == 23 and all(c["ok"] for c in payload["checks"])
+    assert len(payload["checks"]) == 33 and all(c["ok"] for c in payload["checks"])
     cases = {(r["shape"], r["case"]) for r in payload["rows"] if "median_s" in r}
     for shape in ("copying", "mnist"):
         assert (shape, "engine triton + CUDA graphs K=2, p=0.25") in cases
+        assert (shape, "engine persistent tf32 K=2, p=0.25") in cases
         assert (shape, "authors' loop (oracle) K=1, p=0.25") in cases
     assert set(payload["summary"]) == {"copying", "mnist"}
+    assert set(payload["cost"]["persistent"]) == {"copying", "mnist"}
 
 
 def _cpu_flags() -> set[str]:
