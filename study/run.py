@@ -349,12 +349,22 @@ def run_study(
         objective=options.objective,
         sequential_key=options.experiment_dir if options.sequential else None,
     )
+    base_dict = base.to_dict()
+    base_dict.pop("seeds")
+    param_space = {
+        "run": base_dict,
+        "cpus_per_trial": options.cpus_per_trial,
+        "objective": options.objective,
+    }
     if options.resume:
-        tuner = tune.Tuner.restore(options.experiment_dir, trainable, resume_errored=True)
+        # Tune keeps only the keys of the param space in its saved state: a trial created
+        # after the restore (a configuration not started before) would get the searcher's
+        # suggestion alone, without the run options (seen after a disk filled up).
+        tuner = tune.Tuner.restore(
+            options.experiment_dir, trainable, resume_errored=True, param_space=param_space
+        )
         callback = _restored_callback(tuner, callback)
     else:
-        base_dict = base.to_dict()
-        base_dict.pop("seeds")
         scheduler = None
         if options.asha:
             scheduler = ASHAScheduler(
@@ -366,11 +376,7 @@ def run_study(
             )
         tuner = tune.Tuner(
             trainable,
-            param_space={
-                "run": base_dict,
-                "cpus_per_trial": options.cpus_per_trial,
-                "objective": options.objective,
-            },
+            param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=build_searcher(options),
                 scheduler=scheduler,
