@@ -80,6 +80,7 @@ def _check_sqlite_file(path: Path, uri: str) -> None:
     deep inside MLflow's migrations with a traceback."""
     if not path.exists() or path.stat().st_size == 0:
         return  # created on first use
+    path = path.absolute()  # named in full: the user may have given it relative to elsewhere
     with open(path, "rb") as f:
         header = f.read(100)
     # The SQLite file format: a 16-byte magic string, then a 100-byte header of which bytes
