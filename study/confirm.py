@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 from study.options import StudyOptions
 from study.tracking import StudyTracker
@@ -76,10 +78,17 @@ def confirmation_options(options: StudyOptions, row: dict) -> StudyOptions:
     return dataclasses.replace(out, resume=Tuner.can_restore(out.experiment_dir))
 
 
-def confirm_selected(options: StudyOptions, tracker: StudyTracker, rows: list[dict]):
+def confirm_selected(
+    options: StudyOptions,
+    tracker: StudyTracker,
+    rows: list[dict],
+    run_study: Callable[[StudyOptions], Any],
+):
     """Run (or label) the confirmation after a search; returns ``(confirmation, text)``:
     ``confirmation`` a dict (selected, seeds, the search-stage and confirmed rows) or None
-    when there is nothing to confirm; ``text`` the lines for the console summary."""
+    when there is nothing to confirm; ``text`` the lines for the console summary.
+    ``run_study`` runs the confirmation study (``study.run.run_study``, passed in by its
+    caller so that this module sits below the driver, not in a cycle with it)."""
     row = selected(rows)
     if row is None:
         return None, ""
@@ -97,7 +106,6 @@ def confirm_selected(options: StudyOptions, tracker: StudyTracker, rows: list[di
             f"{head}\nVerdict: {row.get('decision_adjusted') or '-'} ({SELECTION_BIASED}: "
             "not confirmed on fresh seeds, --confirm-seeds 0)",
         )
-    from study.run import run_study
     from trainables.locking import StudyLock
 
     confirm = confirmation_options(options, row)

@@ -416,7 +416,7 @@ def run_study(
     if options.search != "fixed":  # a fixed batch selects nothing: its family is corrected
         from study.confirm import confirm_selected
 
-        confirmation, more = confirm_selected(options, tracker, configurations)
+        confirmation, more = confirm_selected(options, tracker, configurations, run_study)
         text = f"{text}\n\n{more}" if more else text
         errors += confirmation.get("errors", 0) if confirmation else 0
     describe_parents(tracker, configurations, options.task, options.preset)
