@@ -129,8 +129,10 @@ def _prepare_backend(options: StudyOptions) -> None:
     from trainables import kernels
 
     backend = options.run_config().backend
-    if backend == "triton" and not options.gpus_per_trial:
-        raise StudyError("backend 'triton' runs on GPUs: give --gpus-per-trial (or --backend auto)")
+    if backend in ("triton", "persistent") and not options.gpus_per_trial:
+        raise StudyError(
+            f"backend {backend!r} runs on GPUs: give --gpus-per-trial (or --backend auto)"
+        )
     if options.gpus_per_trial or backend not in ("auto", "cpp"):
         return
     try:

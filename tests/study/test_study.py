@@ -315,6 +315,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         (["--task", "copying", "--tracking-uri", "file:./mlruns"], "file"),
         (["--task", "copying", "--tracking-uri", "sqlite:///no/such/dir/m.db"], "no/such/dir"),
         (["--task", "copying", "--backend", "triton"], "backend 'triton' runs on GPUs"),
+        (["--task", "copying", "--backend", "persistent"], "backend 'persistent' runs on GPUs"),
         (
             ["--task", "copying", "--seeds", "auto", "--min-seeds", "9", "--max-seeds", "8"],
             "min_seeds (9) must be <= max_seeds (8)",
