@@ -256,7 +256,7 @@ def _read(path: Path, fixed: Mapping[str, pa.DataType]) -> pd.DataFrame:
     if not files:
         empty = pa.schema([("task", pa.string()), *fixed.items()]).empty_table()
         return empty.to_pandas()
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    schema = pa.unify_schemas([_schema(f) for f in files], promote_options="permissive")
     schema = schema.append(pa.field("task", pa.string()))
     dataset = ds.dataset(
         [str(f) for f in files],
@@ -266,6 +266,16 @@ def _read(path: Path, fixed: Mapping[str, pa.DataType]) -> pd.DataFrame:
         partition_base_dir=str(path),
     )
     return dataset.to_table().to_pandas()
+
+
+def _schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DatasetError(
+            f"dataset file {path} is unreadable (corrupt or truncated: {err}): delete "
+            f"{path.parent} and export again"
+        ) from None
 
 
 def read_partition(root: str | os.PathLike, experiment: str) -> dict[str, pd.DataFrame]:

@@ -46,3 +46,13 @@ def test_distinct_seeds_load_without_a_warning(tmp_path, recwarn):
     loaded, _ = export.load(tmp_path, "once")
     assert len(loaded) == 2
     assert not [w for w in recwarn if "repeat" in str(w.message)]
+
+
+def test_a_truncated_parquet_file_is_named_in_one_line(tmp_path):
+    ids = ["a0", "a1"]
+    export.write_frames(tmp_path, "cut", _runs(ids, [0, 1], ["FINISHED"] * 2), _history(ids))
+    (part,) = [p for p in tmp_path.rglob("*.parquet") if "runs" in p.parts]
+    part.write_bytes(part.read_bytes()[:40])
+    with pytest.raises(export.ExportError, match=f"dataset file {part} is unreadable") as err:
+        export.load(tmp_path, "cut")
+    assert len(str(err.value).splitlines()) == 1
