@@ -158,23 +158,23 @@ def lr_worst_case_difference(
 def expected_max(values: np.ndarray) -> ExpectedMax:
     """Expected best value among n trials, n = 1..N, from N observed trial values.
 
-    Unbiased order-statistic estimator (n trials drawn *without* replacement from the N
-    observed, so it is the U-statistic of max over n-subsets): with v_(1) <= ... <= v_(N)
-    sorted,
+        Unbiased order-statistic estimator (n trials drawn *without* replacement from the N
+        observed, so it is the U-statistic of max over n-subsets): with v_(1) <= ... <= v_(N)
+        sorted,
 
-        E[max_n] = sum_{i=n}^{N} v_(i) * C(i-1, n-1) / C(N, n),
+            E[max_n] = sum_{i=n}^{N} v_(i) * C(i-1, n-1) / C(N, n),
 
-    since v_(i) is the maximum of exactly C(i-1, n-1) of the C(N, n) subsets. At n = 1 it is
-    the mean, at n = N the maximum. ``std`` is sqrt(E[max_n^2] - E[max_n]^2) under the same
-    weights (the spread of the best-of-n value; 0 at n = N). Dodge et al.'s original plug-in
-    formula samples with replacement and is biased for n close to N. The weights are
-``pairedstats.bestof.order_weights``, the ones the report's best-of-5 uses.
+        since v_(i) is the maximum of exactly C(i-1, n-1) of the C(N, n) subsets. At n = 1 it is
+        the mean, at n = N the maximum. ``std`` is sqrt(E[max_n^2] - E[max_n]^2) under the same
+        weights (the spread of the best-of-n value; 0 at n = N). Dodge et al.'s original plug-in
+        formula samples with replacement and is biased for n close to N. The weights are
+    ``pairedstats.bestof.order_weights``, the ones the report's best-of-5 uses.
 
-    Args:
-        values: ``num_trials`` best validation values; NaNs are dropped.
+        Args:
+            values: ``num_trials`` best validation values; NaNs are dropped.
 
-    Returns:
-        arrays of length N (empty when no values).
+        Returns:
+            arrays of length N (empty when no values).
     """
     v = np.sort(as_1d(values, "values"))
     v = v[~np.isnan(v)]
