@@ -7,9 +7,9 @@
 #   bash cluster/install_nightly.sh STORAGE_PATH [off]
 #
 # With HDETACH_UNIT_DIR set, the units are only written there (nothing is installed): that is
-# how tests/dashboards/test_nightly_schedule.py checks them.
+# how tests/hdetach/test_nightly_schedule.py checks them.
 #
-# The batches are in ~/hdetach-nightly.yaml, made once from dashboards/nightly.yaml: edit it to set
+# The batches are in ~/hdetach-nightly.yaml, made once from hdetach/nightly.yaml: edit it to set
 # the tasks, configurations and seeds per night. Every night starts GPU workers: pass `off`
 # (or later `sudo systemctl disable --now hdetach-nightly.timer`) to install without enabling.
 set -euo pipefail
@@ -34,7 +34,7 @@ if [ ! -f "$config" ]; then  # the repository's example, pointed at this cluster
     -e 's|^gpus_per_trial: .*|gpus_per_trial: 0.25|' \
     -e 's|^seeds_per_trial: .*|seeds_per_trial: 5|' \
     -e 's|^max_concurrent: .*|max_concurrent: null|' \
-    -e '/^tracking_uri:/d' "$repo/dashboards/nightly.yaml" > "$config"
+    -e '/^tracking_uri:/d' "$repo/hdetach/nightly.yaml" > "$config"
 fi
 
 unit_dir=${HDETACH_UNIT_DIR:-}

@@ -4,7 +4,7 @@ Everything is validated here, before Ray starts or MLflow is touched: a bad valu
 ``OptionsError`` with a one-line message naming the value (the CLI turns it into exit code 2).
 Options may come from a YAML file (``--config study.yaml``, keys = option names with ``_``);
 the command line wins over the file, the file over the defaults. The nightly's batches are
-checked by this same code (``python -m study.options``).
+checked by this same code (``hdetach.nightly`` imports it).
 
 One file (over 400 lines) because it is the single validation layer of every study option
 (command line, YAML and the nightly's per-batch overrides): splitting it would recreate the
@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -583,25 +581,3 @@ def options_from_mapping(values: Mapping[str, Any]) -> StudyOptions:
     except TypeError as err:  # a YAML value of the wrong kind
         raise OptionsError(f"bad option: {err}") from None
     return options.validate()
-
-
-def main() -> int:
-    """``python -m study.options``: validate a JSON list of option mappings read from stdin
-    and print, per mapping, ``{"experiment": ..., "seeds": [...]}`` or ``{"error": ...}``.
-
-    How a program that does not import the study (the nightly) checks study options with the
-    study's own code."""
-    out = []
-    for values in json.load(sys.stdin):
-        try:
-            options = options_from_mapping(values)
-        except OptionsError as err:
-            out.append({"error": str(err)})
-        else:
-            out.append({"experiment": options.experiment_name, "seeds": options.seed_values})
-    json.dump(out, sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

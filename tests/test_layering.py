@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pairedstats", "trainables", "study", "dashboards")
+PACKAGES = ("pairedstats", "trainables", "study", "dashboards", "hdetach")
 
 
 def _modules() -> list[Path]:

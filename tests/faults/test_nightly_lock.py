@@ -15,11 +15,11 @@ import sys
 
 import yaml
 
-from dashboards import nightly
+from hdetach import nightly
 from tests.study.test_study import ENV, RUN
 from trainables.locking import LOCK_TOKEN_ENV
 
-NIGHTLY = [sys.executable, "-m", "dashboards.nightly"]
+NIGHTLY = [sys.executable, "-m", "hdetach.nightly"]
 
 
 def _config(tmp_path, reports: str) -> str:

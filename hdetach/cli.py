@@ -6,21 +6,47 @@
     hdetach-study plan --experiment PILOT      seeds (and hours) a study needs, from a pilot
     hdetach-study train --task copying ...     one training run (``python -m trainables.train``)
 
-The one place in ``study`` that reaches into ``dashboards``: the report and nightly commands
-are imported only when asked for.
+It sits above the study and the report (the top layer). Each command's module is imported
+only when asked for, so ``hdetach-study train`` never loads Ray or MLflow.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
-COMMANDS = {
-    "run": "study.run",
-    "report": "dashboards.cli",
-    "nightly": "dashboards.nightly",
-    "train": "trainables.train",
-    "plan": "study.plan",
-}
+
+def _run() -> Callable[[list[str]], int]:
+    from study.run import main
+
+    return main
+
+
+def _report() -> Callable[[list[str]], int]:
+    from dashboards.cli import main
+
+    return main
+
+
+def _nightly() -> Callable[[list[str]], int]:
+    from hdetach.nightly import main
+
+    return main
+
+
+def _train() -> Callable[[list[str]], int]:
+    from trainables.train import main
+
+    return main
+
+
+def _plan() -> Callable[[list[str]], int]:
+    from study.plan import main
+
+    return main
+
+
+COMMANDS = {"run": _run, "report": _report, "nightly": _nightly, "train": _train, "plan": _plan}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         what = f"unknown command {argv[0]!r}" if argv else "a command is required"
         print(f"hdetach-study: error: {what} (one of {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    from importlib import import_module
-
-    return import_module(COMMANDS[argv[0]]).main(argv[1:])
+    return COMMANDS[argv[0]]()(argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Nightly evidence: run fresh seeds of the configured studies, then report what changed.
 
-    hdetach-study nightly --config dashboards/nightly.yaml [--dry-run]
+    hdetach-study nightly --config hdetach/nightly.yaml [--dry-run]
 
-The configuration (``dashboards/nightly.yaml``) is study options: its top-level keys are
+The configuration (``hdetach/nightly.yaml``) is study options: its top-level keys are
 defaults for every batch (any option of ``python study/run.py --config``, e.g.
 ``tracking_uri``, ``storage_path``, ``seeds``, ``seeds_per_trial``, ``cpus_per_trial``),
 each entry of ``batches`` overrides them for one study, and ``reports_dir`` / ``benchmarks``
@@ -15,12 +15,13 @@ seed; every batch of an experiment gets the same new seeds, so the arms stay pai
 one report on all the experiments is written with ``--since latest``, so it says which
 verdicts changed and which intervals tightened.
 
-The study is used through its command only: the options are checked by the study's own
-validation (``python -m study.options``) and each batch runs as ``python -m study.run
---config <batch options>`` in a process of its own, so a batch that crashes cannot take the
-others with it. A bad value exits with code 2 and a one-line message naming it, and so does a
-night whose experiment another driver (a study, another nightly) is running: the nightly
-holds the study lock of each of its experiments (``trainables/locking.py``, the same lock a
+The nightly sits above the study and the report (``hdetach`` is the top layer): it checks
+each batch's options with the study's own validation (``study.options``), runs each batch as
+``python -m study.run --config <batch options>`` in a process of its own, so a batch that
+crashes cannot take the others with it, and writes the report with the report's command.
+A bad value exits with code 2 and a one-line message naming it, and so does a night whose
+experiment another driver (a study, another nightly) is running: the nightly holds the study
+lock of each of its experiments (``trainables/locking.py``, the same lock a
 study driver takes) from choosing the seeds to the report, and its batches run under it.
 Exit code 1: a batch or the report failed (the others still ran); 0: all went through.
 Scheduling: ``deploy/hdetach-nightly.{service,timer}`` or ``deploy/crontab``.
@@ -30,11 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ import filelock
 import yaml
 
 from dashboards import cli as report_cli
+from study.options import OptionsError, options_from_mapping
 from trainables.config import OneLineParser
 from trainables.contract import CHILD, RUN_KIND_TAG, SEED_TAG
 from trainables.locking import LOCK_TOKEN_ENV, BadName, LockHeld, StudyLock, check_name
@@ -91,18 +94,17 @@ def _fail(where: str, problem: str, value: Any) -> NightlyConfigError:
     return NightlyConfigError(f"{where}: {problem}, got {value!r}")
 
 
-def _study_check(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The study's own validation of each batch's options (one process for all of them)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "study.options"],
-        input=json.dumps(batches),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the study's option check failed:\n{done.stderr}")
-    return json.loads(done.stdout)
+def _study_check(batches: list[dict[str, Any]]) -> list[str | None]:
+    """The study's own validation of each batch's options: None, or the error's message."""
+    errors: list[str | None] = []
+    for values in batches:
+        try:
+            options_from_mapping(values)
+        except OptionsError as err:
+            errors.append(str(err))
+        else:
+            errors.append(None)
+    return errors
 
 
 def batch_options(batch: Batch, seed_offset: int, run_name: str) -> dict[str, Any]:
@@ -137,9 +139,9 @@ def parse_config(document: Any) -> NightlyConfig:
             raise NightlyConfigError(str(err)) from None
         merged.append(options)
     checked = _study_check([batch_options(Batch(o, ""), 0, "nightly") for o in merged])
-    for i, result in enumerate(checked):
-        if "error" in result:
-            raise NightlyConfigError(f"batches[{i}]: {result['error']}")
+    for i, error in enumerate(checked):
+        if error is not None:
+            raise NightlyConfigError(f"batches[{i}]: {error}")
     reports_dir = document.get("reports_dir", "reports")
     benchmarks = document.get("benchmarks")
     for name, value in (("reports_dir", reports_dir), ("benchmarks", benchmarks)):
@@ -247,9 +249,37 @@ def _single_instance(config: NightlyConfig) -> Iterator[str]:
         yield token or ""
 
 
-def _log(message: str) -> None:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    print(f"[nightly {stamp}] {message}", flush=True)
+log = logging.getLogger("hdetach.nightly")
+
+
+class _Stdout(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stdout`` is at the time of each line (a caller
+    may swap it after the handler is made, as pytest's capture does)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _console_log() -> None:
+    """Progress lines on stdout as ``[nightly 2026-12-06 01:30:00 UTC] message`` (cron mails
+    and journald keep them), through ``logging`` so a caller can redirect or silence them."""
+    if log.handlers:
+        return
+    handler = _Stdout()
+    formatter = logging.Formatter("[nightly %(asctime)s UTC] %(message)s", "%Y-%m-%d %H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def night(config: NightlyConfig, *, dry_run: bool = False, lock_token: str = "") -> int:
@@ -264,7 +294,7 @@ def night(config: NightlyConfig, *, dry_run: bool = False, lock_token: str = "")
             if configs
             else f"{batch.options.get('trials', 1)} {batch.options['search']} trials"
         )
-        _log(
+        log.info(
             f"batch {i}: {batch.task}/{batch.options['preset']}, {what}, seeds {first}.."
             f"{first + batch.seeds - 1} -> experiment {batch.experiment!r}"
         )
@@ -275,17 +305,17 @@ def night(config: NightlyConfig, *, dry_run: bool = False, lock_token: str = "")
         name = f"nightly-{stamp}-{i}-{batch.task}"
         code = run_batch(batch, offsets[batch.experiment], name, lock_token)
         if code == 0:
-            _log(f"batch {i} done")
+            log.info(f"batch {i} done")
         else:  # one failed batch must not cost the others their night
             failed.append(f"batch {i} (exit {code})")
-            _log(f"batch {i} failed with exit code {code}")
+            log.info(f"batch {i} failed with exit code {code}")
     code = write_report(config)
     if code != 0:
         failed.append(f"the report (exit {code})")
     if failed:
-        _log(f"finished with failures: {', '.join(failed)}")
+        log.info(f"finished with failures: {', '.join(failed)}")
         return 1
-    _log("finished")
+    log.info("finished")
     return 0
 
 
@@ -296,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run", action="store_true", help="validate and print tonight's plan, run nothing"
     )
     args = parser.parse_args(argv)
+    _console_log()
     try:
         config = load_config(args.config)
         if args.dry_run:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards import nightly
+from hdetach import nightly
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -25,7 +25,7 @@ PLACEHOLDER = "/opt/hdetach-study"
 SERVICE = DEPLOY / "hdetach-nightly.service"
 TIMER = DEPLOY / "hdetach-nightly.timer"
 CRONTAB = DEPLOY / "crontab"
-EXAMPLE = REPO / "dashboards" / "nightly.yaml"
+EXAMPLE = REPO / "hdetach" / "nightly.yaml"
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -58,11 +58,11 @@ def repo_path(path: str) -> Path:
 
 
 def check_nightly_command(words: list[str]) -> None:
-    """`<venv>/bin/hdetach-study nightly --config dashboards/nightly.yaml`, the entry point
+    """`<venv>/bin/hdetach-study nightly --config hdetach/nightly.yaml`, the entry point
     declared by the project, with a config file that exists."""
     assert words[0].endswith("/.venv/bin/hdetach-study") or words[0] == ".venv/bin/hdetach-study"
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert re.search(r'^hdetach-study = "study.cli:main"$', pyproject, re.MULTILINE)
+    assert re.search(r'^hdetach-study = "hdetach.cli:main"$', pyproject, re.MULTILINE)
     assert words[1] == "nightly"
     config = words[words.index("--config") + 1]
     assert repo_path(config).is_file(), config
