@@ -6,8 +6,8 @@
 //
 // Why own kernels. The BLAS torch links is tuned for large matrices; the recurrent products
 // here are small (rows: a slice of the batch; weights 4H x H) and repeat T times with the same
-// weights. Measured on an AMD EPYC (Zen 2, AVX2, 92 GFLOP/s peak per core), one thread,
-// copying's shapes: MKL ran them at 50-60 GFLOP/s, the tiles below at 70-85. And the compiler
+// weights. On an AVX2 core (Zen 2) with copying's shapes the tiles below ran them well above
+// MKL's rate (benchmarks/engine.py's GEMM-bound rows measure it). And the compiler
 // left the backward pointwise loop scalar. Tiles: 6 rows x 16 columns (12 accumulators hide
 // the FMA latency), weights packed once per call into 16-column panels, no k-blocking
 // (k <= 4H fits the caches).

@@ -8,8 +8,8 @@ namespace {
 // The member head (trainables.engine.MemberLinear): K small linear maps (C outputs, C small:
 // the task's classes), one per member, over activations laid out (L, K, B, H) as the layer
 // returns them. As batched GEMMs it needs the activations copied into (K, L*B, H) and its
-// weight gradient runs the BLAS's slow skinny orientation: 140 ms of a 605 ms step for 16
-// copying members. Here: one pass over the rows each way, in place (57 ms).
+// weight gradient runs the BLAS's slow skinny orientation. Here: one pass over the rows each
+// way, in place (benchmarks/engine.py's trainer-head rows time both).
 
 // out[r] = b + W x[r] for n rows (C x H weights): C dot products per row, four rows at a time
 // (four independent FMA chains sharing each load of W).
