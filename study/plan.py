@@ -3,6 +3,7 @@
     hdetach-study plan --experiment PILOT [--tracking-uri sqlite:///mlflow.db]
         [--metric best_val_acc] [--effect 0.02] [--power 0.8] [--alpha 0.05]
         [--min-seeds 8 --seed-block 4 --max-seeds 32] [--json plan.json]
+    hdetach-study plan --gpu-check benchmarks/results/gpu_cost_h200_2026-12-04.json
 
 For every h-detach configuration of the pilot with its paired vanilla baseline: the paired
 differences of the metric (seed by seed), their mean and standard deviation, then
@@ -14,6 +15,11 @@ differences of the metric (seed by seed), their mean and standard deviation, the
   its power and its expected seeds for that effect, by running the design itself on 400
   simulated studies of normal differences with the pilot's spread;
 * the compute of each: seeds x 2 arms x the pilot's trial seconds per seed.
+
+``--gpu-check FILE`` prices the paper-scale verdicts instead (C1, C2 and C5 at 32 seeds per
+arm, both arms, training only) from a GPU check's measured step times
+(``benchmarks/gpu_check.py`` writes them, through ``trainables.kernels.cost.verdict_gpu_hours``):
+the GPU-hours of each verdict with each engine the check timed, the same figures its JSON holds.
 
 Nothing is written to MLflow. An unknown experiment, one without paired runs, or bad values
 exit with code 2 and one line.
@@ -49,7 +55,10 @@ class PlanError(ValueError):
 
 def _parser() -> OneLineParser:
     p = OneLineParser(prog="hdetach-study plan", description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", required=True, help="the pilot study's MLflow experiment")
+    p.add_argument("--experiment", help="the pilot study's MLflow experiment")
+    p.add_argument(
+        "--gpu-check", type=Path, help="price the paper's verdicts from this GPU check's JSON"
+    )
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     p.add_argument("--metric", default="best_val_acc", help="final metric of each seed")
     p.add_argument("--effect", type=float, help="difference to detect (default: observed)")
@@ -186,9 +195,49 @@ def _hours(value) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
+def gpu_verdict_hours(path: Path) -> dict[str, dict]:
+    """The GPU-hours of the paper's verdicts in a GPU check's JSON (its ``cost.gpu_hours``:
+    per claim, the verdict's budget and the hours with each timed engine)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise PlanError(f"--gpu-check {path}: {err}") from None
+    hours = (data.get("cost") or {}).get("gpu_hours") if isinstance(data, dict) else None
+    if not hours:
+        raise PlanError(
+            f"--gpu-check {path}: no cost.gpu_hours in it (a benchmarks/gpu_check.py JSON; "
+            "price an older one with gpu_check.py --cost-of)"
+        )
+    return hours
+
+
+def format_gpu_hours(hours: dict[str, dict], path: Path) -> str:
+    lines = [f"Paper-scale verdicts priced from {path} (training only, both arms):"]
+    for claim, v in hours.items():
+        budget = (
+            f"{v['seeds_per_arm']} seeds x {v['arms']} arms, {v['epochs']} epochs x "
+            f"{v['batches_per_epoch']} batches, {v['time_steps']} time steps"
+        )
+        lines.append(f"  {claim}: {budget}")
+        for engine, h in sorted(v["hours"].items(), key=lambda kv: kv[1]):
+            lines.append(f"    {h:8.1f} GPU-hours  {engine}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.gpu_check is not None:
+        try:
+            hours = gpu_verdict_hours(args.gpu_check)
+        except PlanError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
+        print(format_gpu_hours(hours, args.gpu_check))
+        if args.json:
+            args.json.write_text(json.dumps(hours, indent=1))
+        return 0
+    if not args.experiment:
+        parser.exit(2, f"{parser.prog}: error: --experiment (a pilot study) or --gpu-check\n")
     try:
         rows = plan(args)
     except (PlanError, TrackingError) as err:
