@@ -16,24 +16,26 @@ Every case and what the user sees: ``docs/reliability.md``.
 
 from __future__ import annotations
 
-import datetime as dt
-import errno
 import json
 import logging
 import os
-import re
-import shlex
 import signal
 import sys
-import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from study.failures import (
+    failure_cause,
+    log_paths,
+    resume_command,
+    save_traceback,
+    send_library_logs_to,
+)
 from study.options import OptionsError, StudyOptions, options_from_args
-from trainables.locking import LockHeld, StudyLock, sqlite_init_lock
-from trainables.tracking_uri import TrackingError, check_tracking_uri, local_store_path
+from study.preflight import StudyError, preflight
+from trainables.locking import LockHeld, StudyLock
+from trainables.tracking_uri import TrackingError
 
 __all__ = ["StudyOptions", "StudyResult", "main", "run_study"]
 
@@ -80,106 +82,8 @@ def set_runtime_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-class StudyError(ValueError):
-    """A problem with the study's setup that the user can fix (exit code 2)."""
-
-
 class StudyInterrupted(Exception):
     """Ctrl-C (SIGINT): Tune has saved its state; the study continues with ``--resume``."""
-
-
-def preflight(options: StudyOptions) -> None:
-    """Everything checked before Ray starts or MLflow is touched."""
-    from ray.tune import Tuner
-
-    options.validate()
-    check_tracking_uri(options.tracking_uri)
-    exists = Tuner.can_restore(options.experiment_dir)
-    if options.resume and not exists:
-        raise StudyError(f"--resume: no study to resume at {options.experiment_dir}")
-    remote = "://" in options.experiment_dir
-    if not options.resume and (exists or (not remote and _non_empty(Path(options.experiment_dir)))):
-        raise StudyError(
-            f"a study already exists at {options.experiment_dir}: pass --resume to continue "
-            "it, or --run-name / --experiment for a new one"
-        )
-    if options.resume:
-        _check_resume_store(options)
-    if options.task != "copying":  # MNIST must be on disk (or downloaded now, if asked)
-        from trainables.train import load_task_for
-
-        load_task_for(options.run_config())
-    _prepare_backend(options)
-    if options.sequential and not options.design().can_decide_at(0):
-        import warnings
-
-        warnings.warn(
-            f"--seeds auto: the first look ({options.min_seeds} seeds) cannot decide anything "
-            "at this alpha; raise --min-seeds",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-
-def _prepare_backend(options: StudyOptions) -> None:
-    """Build the C++ kernels once, here, before trials start (they then load them from the
-    cache instead of compiling side by side), and reject a backend that cannot run."""
-    import warnings
-
-    from trainables import kernels
-
-    backend = options.run_config().backend
-    if backend in ("triton", "persistent") and not options.gpus_per_trial:
-        raise StudyError(
-            f"backend {backend!r} runs on GPUs: give --gpus-per-trial (or --backend auto)"
-        )
-    if options.gpus_per_trial or backend not in ("auto", "cpp"):
-        return
-    try:
-        kernels.load_cpp()
-    except kernels.KernelUnavailable as err:
-        if backend == "cpp":
-            raise StudyError(f"backend 'cpp': {err}") from None
-        warnings.warn(f"{err}; trials use the PyTorch path", RuntimeWarning, stacklevel=2)
-
-
-def _non_empty(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
-
-
-def _check_resume_store(options: StudyOptions) -> None:
-    """A resumed study writes where the resuming command says (``--tracking-uri`` now, not
-    the address it was started with); refuse when that store does not hold its runs, which
-    would split one study over two stores."""
-    saved = Path(options.experiment_dir) / "study_options.json"
-    if "://" in options.experiment_dir or not saved.is_file():
-        return
-    try:
-        before = json.loads(saved.read_text()).get("tracking_uri")
-    except ValueError:
-        raise StudyError(f"--resume: {saved} is not valid JSON (corrupt or truncated)") from None
-    if not before or before == options.tracking_uri:
-        return
-    if _store_holds_study(options.tracking_uri, options.experiment_name):
-        return  # the same store at another address (a moved server, a new tunnel port)
-    raise StudyError(
-        f"--resume: study {options.experiment_name!r} was started with --tracking-uri {before} "
-        f"and {options.tracking_uri} holds none of its runs: resume with --tracking-uri "
-        f"{before}, or move the study first (copy the sqlite file, or mlflow-export-import "
-        "the experiment) and resume against its new home"
-    )
-
-
-def _store_holds_study(uri: str, experiment: str) -> bool:
-    from mlflow.tracking import MlflowClient
-
-    path = local_store_path(uri)
-    if path is not None and not path.exists():
-        return False  # and it is not created by asking
-    with sqlite_init_lock(uri):
-        client = MlflowClient(uri)
-        found = client.get_experiment_by_name(experiment)
-    return found is not None and bool(client.search_runs([found.experiment_id], max_results=1))
 
 
 def _init_ray(options: StudyOptions) -> None:
@@ -327,7 +231,7 @@ def run_study(
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     _init_ray(options)
     if log_to is not None and options.verbose < 2:  # verbose 2 shows everything, as it comes
-        _send_library_logs_to(log_to)
+        send_library_logs_to(log_to)
     trainable = tune.with_resources(
         train_block,
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial, **options.resources},
@@ -504,87 +408,6 @@ def _save_options(options: StudyOptions) -> None:
     (path / "study_options.json").write_text(json.dumps(options.to_dict(), indent=1))
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command that continues this study."""
-    words = ["python", "study/run.py", *argv]
-    if "--resume" not in words:
-        words.append("--resume")
-    return shlex.join(words)
-
-
-def _log_paths(options: StudyOptions) -> list[Path]:
-    """Where the driver's log goes, in order of preference: beside its Tune experiment when
-    that is local, else (or when that disk is the one that failed) the temp directory."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{options.run_name}.driver-{stamp}.log"
-    spare = Path(tempfile.gettempdir()) / f"hdetach-{options.experiment_name}-{name}"
-    return [Path(options.tune_root) / name, spare] if "://" not in options.tune_root else [spare]
-
-
-class _DriverLog(logging.FileHandler):
-    """Ray's, Tune's and MLflow's own log lines (each failed trial's traceback, every failed
-    sync, each failed database write) go to a file, so the terminal keeps the one line that
-    says what happened."""
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        pass  # a full disk must not turn every later log line into a traceback on stderr
-
-
-def _send_library_logs_to(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = _DriverLog(path, delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("ray", "ray.data", "mlflow"):  # their loggers do not propagate to the root
-        logger = logging.getLogger(name)
-        for old in list(logger.handlers):
-            if type(old) is not logging.FileHandler and isinstance(old, logging.StreamHandler):
-                logger.removeHandler(old)
-        logger.addHandler(handler)
-
-
-def _save_traceback(paths: list[Path]) -> Path | None:
-    text = traceback.format_exc()
-    for path in paths:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as log:
-                log.write(text)
-            return path
-        except OSError:
-            continue
-    return None
-
-
-def failure_cause(err: BaseException) -> str:
-    """One line naming what failed, from the exception and the ones it wraps."""
-    seen, chain = set(), []
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    for e in chain:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            where = f" writing {e.filename}" if e.filename else ""
-            return f"disk full{where} ({os.strerror(e.errno)})"
-    for e in chain:
-        text = str(e)
-        full = re.search(r"^.*(?:database or disk is full|No space left).*$", text, re.MULTILINE)
-        if full is not None:  # a wrapped error's text may be a whole traceback: its line
-            return f"disk full ({full.group(0).strip()[:200]})"
-        # Tune wraps the callback's error in a TuneError whose text is the whole traceback.
-        server = re.search(r"API request to (https?://[^/\s]+)", text)
-        if server is None:
-            server = re.search(r"HTTP\w*ConnectionPool\(host='([^']+)', port=(\d+)\)", text)
-        if server is not None:
-            where = ":".join(server.groups())
-            return f"the MLflow server {where} is unreachable"
-        if type(e).__name__ in ("DatabaseError", "OperationalError") and "sqlite" in text:
-            return f"the tracking store failed: {text.splitlines()[0][:200]}"
-    last = chain[0]
-    first_line = (str(last).strip().splitlines() or [""])[0][:200]
-    return f"{type(last).__name__}: {first_line}"
-
-
 def main(argv: list[str] | None = None) -> int:
     prog = "python study/run.py"
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -599,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a store that cannot be reached to take the study's claim
         print(f"{prog}: error: {failure_cause(err)}", file=sys.stderr)
         return 1
-    logs = _log_paths(options)
+    logs = log_paths(options)
     try:
         result = run_study(options, checked=True, log_to=logs[0])
     except (StudyInterrupted, KeyboardInterrupt):
@@ -609,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        log = _save_traceback(logs)
+        log = save_traceback(logs)
         where = f"traceback in {log}" if log else "no log: no disk would take the traceback"
         print(
             f"{prog}: error: {failure_cause(err)}; fix it and rerun with --resume: "
