@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.shapes import SHAPES  # noqa: E402
+from benchmarks.tally import cpu_name, row  # noqa: E402
 from pairedstats import tests  # noqa: E402
 
 ALPHA = 0.05
@@ -58,23 +59,6 @@ EFFECTS = (0.5, 1.0)
 
 FULL = {"n": (3, 5, 8, 10, 20), "null": 4000, "effect": 2000, "patterns": 1024}
 QUICK = {"n": (3, 5, 10), "null": 1000, "effect": 400, "patterns": 64}
-
-
-def row(rule, shape, n, alpha, truth, verdicts, seeds=None) -> dict:
-    """One calibration row from a ``(studies,)`` boolean array of verdicts."""
-    v = np.asarray(verdicts, dtype=bool)
-    rate = float(v.mean())
-    return {
-        "rule": rule,
-        "shape": shape,
-        "n": int(n),
-        "alpha": alpha,
-        "truth": truth,
-        "studies": int(v.size),
-        "rate": rate,
-        "se": math.sqrt(max(rate * (1 - rate), 1e-12) / v.size),
-        "mean_seeds": None if seeds is None else float(seeds),
-    }
 
 
 def swapped(rng: np.random.Generator, a: np.ndarray, b: np.ndarray):
@@ -286,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         command = " ".join(["python", "benchmarks/calibration.py", *(argv or sys.argv[1:])])
-        machine = {"cpu": _cpu(), "platform": platform.platform(), "python": sys.version}
+        machine = {"cpu": cpu_name(), "platform": platform.platform(), "python": sys.version}
         doc = {
             "machine": {**machine, "date": date, "command": command},
             "date": date,
@@ -299,12 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
-
-
-def _cpu() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    names = [x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.shapes import SHAPES  # noqa: E402
+from benchmarks.tally import cpu_name, row  # noqa: E402
 from pairedstats.multiplicity import adjust  # noqa: E402
 from study import sequential as seq  # noqa: E402
 
@@ -51,23 +52,6 @@ EFFECTS = (0.5, 1.0)
 
 FULL = {"null": 2000, "effect": 1000, "patterns": 4096, "family": 2000, "family_patterns": 1024}
 QUICK = {"null": 300, "effect": 150, "patterns": 256, "family": 150, "family_patterns": 256}
-
-
-def row(rule, shape, n, truth, verdicts, seeds=None, alpha=ALPHA, **extra) -> dict:
-    v = np.asarray(verdicts, dtype=bool)
-    rate = float(v.mean())
-    return {
-        "rule": rule,
-        "shape": shape,
-        "n": int(n),
-        "alpha": alpha,
-        "truth": truth,
-        "studies": int(v.size),
-        "rate": rate,
-        "se": math.sqrt(max(rate * (1 - rate), 1e-12) / v.size),
-        "mean_seeds": None if seeds is None else float(np.mean(seeds)),
-        **extra,
-    }
 
 
 def _run(d: np.ndarray, design: seq.SequentialDesign, key: str, chunk: int = 500) -> seq.Run:
@@ -93,13 +77,13 @@ def sequential_rows(rng, grid) -> list[dict]:
         rule = f"sequential sign-flip, {spending}, looks 8..32: better or worse"
         for shape, draw in SHAPES.items():
             run = _run(_diffs(draw, rng, grid["null"], n), design, f"null-{shape}")
-            out.append(row(rule, shape, n, "null", np.abs(run.code) == 1, run.seeds))
+            out.append(row(rule, shape, n, ALPHA, "null", np.abs(run.code) == 1, run.seeds))
     design = seq.SequentialDesign(**LOOKS, patterns=grid["patterns"])
     for shape in ("normal", "skewed", "ceiling"):
         for effect in EFFECTS:
             run = _run(_diffs(SHAPES[shape], rng, grid["effect"], n, effect), design, "effect")
             rule = "sequential sign-flip, pocock, looks 8..32: better (power)"
-            out.append(row(rule, shape, n, f"effect={effect:g}", run.code == 1, run.seeds))
+            out.append(row(rule, shape, n, ALPHA, f"effect={effect:g}", run.code == 1, run.seeds))
     return out
 
 
@@ -124,7 +108,7 @@ def equivalence_rows(rng, grid) -> list[dict]:
         design = seq.SequentialDesign(**LOOKS, margin=margin, patterns=grid["patterns"])
         run = _run(_diffs(draw, rng, grid["null"], n, effect), design, f"eq-{shape}")
         rule = "sequential equivalence (TOST at the spent level), effect at the margin"
-        out.append(row(rule, shape, n, "null", run.code == 2, run.seeds))
+        out.append(row(rule, shape, n, ALPHA, "null", run.code == 2, run.seeds))
     return out
 
 
@@ -168,7 +152,7 @@ def family_rows(rng, grid) -> list[dict]:
                 adjusted = adjust_rows(p, method)
                 wrong = np.any(raw & (adjusted <= ALPHA), axis=1)
                 rule = f"{CONFIGS} null configurations, {label}, {method}: any better or worse"
-                out.append(row(rule, shape, n, "null", wrong, run.seeds))
+                out.append(row(rule, shape, n, ALPHA, "null", wrong, run.seeds))
     return out
 
 
@@ -194,13 +178,13 @@ def selection_rows(rng, grid) -> list[dict]:
         stage = _run(d, search, f"search-{shape}")
         out.append(
             row(f"best of {SEARCHED} null configurations, search stage: better (selection-biased)",
-                shape, SEARCH_SEEDS, "selected", stage.code == 1, bias_sd=bias)
+                shape, SEARCH_SEEDS, ALPHA, "selected", stage.code == 1, bias_sd=bias)
         )  # fmt: skip
         fresh = _diffs(draw, rng, studies, CONFIRM_SEEDS)
         confirmed = _run(fresh, confirm, f"confirm-{shape}")
         out.append(
             row(f"best of {SEARCHED} null configurations, confirmed on {CONFIRM_SEEDS} fresh "
-                "seeds: better", shape, CONFIRM_SEEDS, "null", confirmed.code == 1)
+                "seeds: better", shape, CONFIRM_SEEDS, ALPHA, "null", confirmed.code == 1)
         )  # fmt: skip
     return out
 
@@ -236,7 +220,7 @@ def alternatives(quick: bool, seed: int) -> list[dict]:
                 ("sign-flip, one look", np.abs(flip.code) == 1),
             ):
                 out.append(
-                    row(f"{rule}, fixed {n} seeds: better or worse", shape, n, "null", wrong)
+                    row(f"{rule}, fixed {n} seeds: better or worse", shape, n, ALPHA, "null", wrong)
                 )
     return out
 
@@ -284,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "machine": {
-                "cpu": _cpu(),
+                "cpu": cpu_name(),
                 "arch": platform.machine(),
                 "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "command": " ".join(
@@ -297,16 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(record, indent=1))
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":

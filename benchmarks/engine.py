@@ -42,11 +42,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainables import kernels
-from trainables.engine import HDetachLSTM
-from trainables.members import MemberLinear
-from trainables.oracle import oracle_lstm
-from trainables.runtime import keep_freed_memory
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+
+from benchmarks.tally import cpu_name  # noqa: E402
+from trainables import kernels  # noqa: E402
+from trainables.engine import HDetachLSTM  # noqa: E402
+from trainables.members import MemberLinear  # noqa: E402
+from trainables.oracle import oracle_lstm  # noqa: E402
+from trainables.runtime import keep_freed_memory  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_flush_denormal(True)
     machine = {
         "date": datetime.date.today().isoformat(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -370,16 +373,6 @@ def main(argv: list[str] | None = None) -> int:
                 break
         args.json.write_text(json.dumps(payload))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -25,8 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dashboards import export, report
-from trainables.contract import EPOCH_METRICS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+
+from benchmarks.tally import cpu_name  # noqa: E402
+from dashboards import export, report  # noqa: E402
+from trainables.contract import EPOCH_METRICS  # noqa: E402
 
 EXPERIMENT = "bench-synthetic"
 TRANSFER_DELAYS = (200, 400, 500, 1000, 2000, 5000)
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         f"report benchmark: {len(runs)} runs x {args.epochs} epochs ({len(history)} history rows)"
     )
     print(
-        f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}"
+        f"machine: {cpu_name()}, python {platform.python_version()}"
     )
     for name, seconds in timings.items():
         print(f"  {name:<28} {seconds:7.2f} s")
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         # Where the figures come from, as every results file under benchmarks/results records.
         machine = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "command": "python benchmarks/report.py " + " ".join(argv or sys.argv[1:]),
@@ -218,16 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"machine": machine, "runs": len(runs), "epochs": args.epochs}
         args.json.write_text(json.dumps({**payload, "total_s": total, **timings}))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

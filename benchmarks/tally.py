@@ -1,0 +1,40 @@
+"""The benchmark scripts' shared bookkeeping: one calibration row from simulated verdicts, and
+the name of the CPU a figure came from (every results file records it)."""
+
+from __future__ import annotations
+
+import math
+import platform
+from pathlib import Path
+
+import numpy as np
+
+
+def row(rule, shape, n, alpha, truth, verdicts, seeds=None, **extra) -> dict:
+    """One calibration row from a ``(studies,)`` boolean array of verdicts: the rate with its
+    binomial standard error; ``seeds`` (a number or per-study counts) as their mean."""
+    v = np.asarray(verdicts, dtype=bool)
+    rate = float(v.mean())
+    return {
+        "rule": rule,
+        "shape": shape,
+        "n": int(n),
+        "alpha": alpha,
+        "truth": truth,
+        "studies": int(v.size),
+        "rate": rate,
+        "se": math.sqrt(max(rate * (1 - rate), 1e-12) / v.size),
+        "mean_seeds": None if seeds is None else float(np.mean(seeds)),
+        **extra,
+    }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
