@@ -200,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"report benchmark: {len(runs)} runs x {args.epochs} epochs ({len(history)} history rows)"
     )
-    print(
-        f"machine: {cpu_name()}, python {platform.python_version()}"
-    )
+    print(f"machine: {cpu_name()}, python {platform.python_version()}")
     for name, seconds in timings.items():
         print(f"  {name:<28} {seconds:7.2f} s")
     print(f"  {'load -> HTML total':<28} {total:7.2f} s  (target < 60 s)")
