@@ -73,22 +73,40 @@ def save_traceback(paths: list[Path]) -> Path | None:
     return None
 
 
-def failure_cause(err: BaseException) -> str:
-    """One line naming what failed, from the exception and the ones it wraps."""
+def _chain(err: BaseException | None) -> list[BaseException]:
+    """The exception and the ones it wraps, outermost first."""
     seen, chain = set(), []
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         chain.append(err)
         err = err.__cause__ or err.__context__
+    return chain
+
+
+def disk_full(err: BaseException) -> str | None:
+    """``disk full (...)`` naming the failed write when ``err`` (or an error it wraps) is a
+    full disk or quota, else ``None``. Used by the driver's line and by the trainable, which
+    fails such a trial without a retry (a retry cannot free space)."""
+    chain = _chain(err)
     for e in chain:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             where = f" writing {e.filename}" if e.filename else ""
             return f"disk full{where} ({os.strerror(e.errno)})"
     for e in chain:
-        text = str(e)
-        full = re.search(r"^.*(?:database or disk is full|No space left).*$", text, re.MULTILINE)
+        full = re.search(r"^.*(?:database or disk is full|No space left).*$", str(e), re.M)
         if full is not None:  # a wrapped error's text may be a whole traceback: its line
             return f"disk full ({full.group(0).strip()[:200]})"
+    return None
+
+
+def failure_cause(err: BaseException) -> str:
+    """One line naming what failed, from the exception and the ones it wraps."""
+    full = disk_full(err)
+    if full is not None:
+        return full
+    chain = _chain(err)
+    for e in chain:
+        text = str(e)
         # Tune wraps the callback's error in a TuneError whose text is the whole traceback.
         server = re.search(r"API request to (https?://[^/\s]+)", text)
         if server is None:

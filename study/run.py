@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.failures import (
@@ -52,6 +52,7 @@ class StudyResult:
     concurrency: int
     logging_seconds: float  # driver time spent writing to MLflow
     confirmation: dict | None = None  # the selected configuration on fresh seeds (confirm.py)
+    causes: list[str] = field(default_factory=list)  # failed trials' causes a retry cannot fix
 
 
 CLUSTER_MAX_CONCURRENT = 64
@@ -221,7 +222,7 @@ def run_study(
     from study.mlflow_ui import describe_parents, experiment_tags, runs_location
     from study.summary import log_family, ranked_summary
     from study.tracking import StudyTracker
-    from study.trainable import train_block
+    from study.trainable import FailDeterministicErrorsOnce, train_block
 
     if not checked:
         preflight(options)
@@ -294,7 +295,7 @@ def run_study(
             run_config=tune.RunConfig(
                 name=options.run_name,
                 storage_path=options.tune_root,
-                callbacks=[callback, JsonLoggerCallback()],
+                callbacks=[callback, FailDeterministicErrorsOnce(), JsonLoggerCallback()],
                 progress_reporter=_reporter(options),
                 verbose=options.verbose,
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
@@ -313,6 +314,7 @@ def run_study(
         raise StudyInterrupted(options.experiment_dir)
     fit_seconds = time.perf_counter() - started
     errors = sum(1 for r in results if r.error is not None)
+    causes = sorted({c for r in results if r.error and (c := _deterministic_cause(r))})
     trial_seconds = [float((r.metrics or {}).get("time_total_s", 0.0)) for r in results]
     configurations, text = ranked_summary(
         tracker, correction=options.correction, alpha=options.alpha
@@ -338,12 +340,20 @@ def run_study(
         tracking_uri=options.tracking_uri,
         configurations=configurations,
         errors=errors,
+        causes=causes,
         fit_seconds=fit_seconds,
         trial_seconds=trial_seconds,
         concurrency=_max_concurrent(options),
         logging_seconds=callback.seconds,
         confirmation=confirmation,
     )
+
+
+def _deterministic_cause(result) -> str | None:
+    """What a trial failed on when a retry could not fix it (its last report says)."""
+    from study.trainable import DETERMINISTIC
+
+    return (result.metrics or {}).get(DETERMINISTIC)
 
 
 def _restored_callback(tuner, fresh):
@@ -443,8 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lock.release()
     if result.errors:
+        why = f"{'; '.join(result.causes[:3])}; " if result.causes else ""
         print(
-            f"{prog}: error: {result.errors} trials failed (why: each trial's error.txt under "
+            f"{prog}: error: {result.errors} trials failed ({why}why: each trial's error.txt under "
             f"{options.experiment_dir}, and {logs[0]}); fix the cause and rerun with "
             f"--resume: {resume_command(argv)}",
             file=sys.stderr,

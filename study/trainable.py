@@ -9,6 +9,12 @@ Each report carries the block's per-member epoch records (``members``, ``None`` 
 that has diverged) and flat summary columns for the progress table and schedulers
 (``epoch``, ``val_acc_mean``, ...). The last report also carries ``finals``: each member's
 final metrics from its best-validation weights (test accuracy, transfer copying).
+
+Tune retries a failed trial up to ``--max-failures`` times, which helps with what comes and
+goes (a killed worker, a lost node, storage that hiccups) and never with an error a retry
+cannot fix: a full disk, a corrupt checkpoint, an invalid configuration. The trainable names
+those (:class:`DeterministicTrialError`) in one last result (``DETERMINISTIC``) before raising,
+and the driver's :class:`FailDeterministicErrorsOnce` then lets Tune fail the trial at once.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import ray
 import torch
 from ray import tune
 
+from study.failures import disk_full
 from study.searcher import OBJECTIVE, objective_value
 from trainables.config import RunConfig
 from trainables.contract import EPOCH_SCORE
@@ -59,18 +66,55 @@ def summary(records: list[dict | None], kind: str) -> dict:
     }
 
 
+#: The result key of a trial's last report before an error a retry cannot fix: the cause.
+DETERMINISTIC = "deterministic_error"
+
+
+class DeterministicTrialError(RuntimeError):
+    """A trial error that a retry would meet again (full disk, corrupt checkpoint, invalid
+    configuration): the trial fails without being retried."""
+
+
 def train_block(config: dict) -> None:
-    """Train one seed block; resumable from Tune's epoch checkpoints."""
+    """Train one seed block; resumable from Tune's epoch checkpoints. An error a retry
+    cannot fix is reported (``DETERMINISTIC``, its cause) and raised as
+    :class:`DeterministicTrialError`; any other error is raised as it is (Tune retries it)."""
+    try:
+        _train_block(config)
+    except Exception as err:
+        cause = str(err) if isinstance(err, DeterministicTrialError) else disk_full(err)
+        if cause is None:
+            raise
+        try:  # tell the driver first: it fails the trial on this error instead of retrying
+            tune.report(
+                {
+                    DETERMINISTIC: cause,
+                    "node_id": ray.get_runtime_context().get_node_id(),
+                    OBJECTIVE: math.nan,  # Tune wants the searcher's and scheduler's metrics
+                    "val_acc_mean": math.nan,
+                }
+            )
+        except Exception:  # noqa: S110 - without the report Tune retries, as before
+            pass
+        if isinstance(err, DeterministicTrialError):
+            raise
+        raise DeterministicTrialError(cause) from err
+
+
+def _train_block(config: dict) -> None:
     keep_freed_memory()
     cpus = max(1, int(config["cpus_per_trial"]))
     torch.set_num_threads(cpus)
-    cfg = run_config_for(config)
+    try:
+        cfg = run_config_for(config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DeterministicTrialError(f"invalid configuration: {err}") from err
     trainer = trainer_for(cfg)
     kind = config["objective"]
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            trainer.load(Path(directory) / CHECKPOINT_FILE)
+            _load(trainer, Path(directory) / CHECKPOINT_FILE)
 
     if trainer.done:  # restarted after its last epoch: only the finals are missing
         last = [h[-1] if h else None for h in trainer.history]
@@ -79,6 +123,39 @@ def train_block(config: dict) -> None:
     while not trainer.done:
         records = trainer.train_epoch()
         _report(trainer, records, kind, trainer.finish() if trainer.done else None)
+
+
+def _load(trainer: Trainer, path: Path) -> None:
+    """Restore from ``path``; a file that is there and does not load is corrupt (an I/O
+    error other than a full disk may be storage that comes back, and stays retried)."""
+    try:
+        trainer.load(path)
+    except OSError:
+        raise
+    except Exception as err:
+        why = (str(err).strip().splitlines() or [""])[0][:200]
+        raise DeterministicTrialError(
+            f"corrupt checkpoint {path} ({type(err).__name__}: {why})"
+        ) from err
+
+
+class FailDeterministicErrorsOnce(tune.Callback):
+    """The driver's half of the retry policy. Tune decides a retry from the trial's
+    ``max_failures`` alone (``FailureConfig``); a trial whose last result names an error a
+    retry cannot fix (``DETERMINISTIC``) gets no retry left for the error that follows, and
+    its budget back once Tune has failed it (a resumed study retries it as any other)."""
+
+    def __init__(self):
+        self._budgets: dict[str, int] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(DETERMINISTIC):
+            self._budgets.setdefault(trial.trial_id, trial.max_failures)
+            trial.max_failures = trial.num_failures  # the coming failure is one too many
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if trial.trial_id in self._budgets:
+            trial.max_failures = self._budgets.pop(trial.trial_id)
 
 
 def _report(trainer: Trainer, records: list, kind: str, finals: list[dict] | None) -> None:

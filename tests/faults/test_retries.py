@@ -1,0 +1,124 @@
+"""Issue 21, failure 4: an error a retry cannot fix is not retried.
+
+Tune retries a failed trial ``--max-failures`` times (2 by default). That is right for a killed
+worker, and wrong for a corrupt checkpoint, a full disk or an invalid configuration: every
+retry meets the same error. Here one trial's worker is killed (a fault a retry fixes) after
+every checkpoint of its trial was truncated (one it does not): Tune restarts the trial once,
+the restart finds the checkpoint corrupt, and the trial fails there, without a third attempt;
+the driver's one line names the corrupt file. The other trials finish with every epoch once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.study.test_study import (
+    _children,
+    _cmdline,
+    _kill_session,
+    _pids,
+    _start,
+    _steps,
+    _study_args,
+    _trial_states,
+    _wait_for,
+)
+
+
+def _workers(session: int) -> list[int]:
+    return [p for p in _pids() if "ImplicitFunc" in _cmdline(p) and _sid(p) == session]
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _trial_of(worker: int) -> str | None:
+    """The trial a worker runs: Tune runs it in the trial's working directory."""
+    try:
+        return Path(os.readlink(f"/proc/{worker}/cwd")).name
+    except OSError:
+        return None
+
+
+def _corrupt_a_running_trial(session: int, trials_dir: Path) -> str | None:
+    """Freeze every trial worker, truncate each checkpoint of one running trial that has
+    some, kill that trial's worker, let the others go on. The trial's name, or None when no
+    running trial has a checkpoint yet."""
+    workers = _workers(session)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for pid in workers:
+            name = _trial_of(pid)
+            files = list((trials_dir / name).glob("checkpoint_*/trainer.pt")) if name else []
+            if files:
+                for file in files:
+                    data = file.read_bytes()
+                    file.write_bytes(data[: len(data) // 2])
+                os.kill(pid, signal.SIGKILL)
+                return name
+        return None
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_is_tried_once_not_max_failures_times(tmp_path):
+    experiment, db = "corrupt", tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    args = _study_args(
+        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=5, batches=50
+    )
+    trials_dir = tmp_path / "runs" / experiment / "main"
+    proc = _start(args, tmp_path)
+    client = MlflowClient(uri)
+    try:
+
+        def corrupted():
+            if not db.exists() or client.get_experiment_by_name(experiment) is None:
+                return None
+            if not any(c.data.metrics.get("epoch", 0) >= 1 for c in _children(client, experiment)):
+                return None
+            name = _corrupt_a_running_trial(proc.pid, trials_dir)
+            if name is None:
+                time.sleep(0.5)
+            return name
+
+        trial = _wait_for(corrupted, 600, "a running trial with a checkpoint", proc)
+        assert proc.wait(timeout=900) == 1, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        _kill_session(proc.pid)
+
+    # Tune's record of the trial: the kill, then one attempt that met the corrupt checkpoint.
+    failures = (trials_dir / trial / "error.txt").read_text().split("Failure # ")[1:]
+    corrupt = [f for f in failures if "PytorchStreamReader failed" in f]  # torch.load's error
+    assert len(corrupt) == 1, f"the corrupt checkpoint was tried {len(corrupt)} times"
+    assert len(failures) == 2 and "corrupt checkpoint " in corrupt[0], failures
+    assert int(_trial_states(trials_dir)[trial]["num_failures"]) == 2
+
+    last = (tmp_path / "driver.log").read_text().strip().splitlines()[-1]
+    assert "1 trials failed (corrupt checkpoint " in last and "trainer.pt" in last, last
+    assert "rerun with --resume:" in last, last
+
+    children = _children(client, experiment)
+    assert len(children) == 6
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 1 and trial.startswith(failed[0].data.tags["config_id"]), trial
+    for child in children:  # the others: every epoch exactly once
+        if child.info.status != "FAILED":
+            assert child.info.status == "FINISHED"
+            assert _steps(client, child.info.run_id, "val_acc") == [1, 2, 3, 4, 5]
