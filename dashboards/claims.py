@@ -32,6 +32,11 @@ LOWER_IS_BETTER = frozenset(
         "test_perplexity",
     }
 )
+#: Metrics whose spread across seeds is strongly right-skewed (a perplexity is exp of a loss; a
+#: gradient norm explodes on some seeds): no test of their mean keeps its error rate at the
+#: seeds a study has (docs/statistics.md, "Known limits"), so a check may not compare their
+#: mean. It compares the log (a loss in nats is log perplexity) or a rate ("exceeds").
+SKEWED_METRICS = frozenset({"val_perplexity", "test_perplexity", "max_grad_norm"})
 #: 0/1 metrics: judged as rates.
 BOOLEAN_METRICS = frozenset({"diverged", "censored"})
 _DEFAULT_ARMS = {"treatment": "h-detach", "baseline": "vanilla"}
@@ -172,6 +177,12 @@ def _check(cid: str, i: int, raw: Mapping, claim: Mapping, defaults: Mapping) ->
     task = raw.get("task", claim.get("task"))
     if statistic != "benchmark" and task is None:
         raise ValueError(f"claim {cid}: field 'checks[{i}].task': a run-based check needs one")
+    if statistic in ("mean", "lr_worst_case") and raw["metric"] in SKEWED_METRICS:
+        raise ValueError(
+            f"claim {cid}: field 'checks[{i}].metric': the mean of {raw['metric']!r} is too "
+            "skewed across seeds to test (docs/statistics.md, Known limits): compare its log "
+            "(test_loss for a perplexity) or a rate (exceeds)"
+        )
     arms = {role: raw.get(role, defaults.get(role, arm)) for role, arm in _DEFAULT_ARMS.items()}
     lower = raw.get("lower_is_better", raw["metric"] in LOWER_IS_BETTER or "exceeds" in raw)
     default_name = f"{arms['treatment']} {raw['comparison']} {arms['baseline']} on {raw['metric']}"

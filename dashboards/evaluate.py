@@ -301,7 +301,7 @@ def _eval_lr(check, claim, treat, base, ctx) -> CheckVerdict:
     kw = {"higher_is_better": higher, "n_resamples": ctx.n_resamples}
     rt = tuning.lr_robustness(lt, vt, ctx.rng, **kw)
     rb = tuning.lr_robustness(lb, vb, ctx.rng, **kw)
-    effect = tuning.lr_worst_case_difference(lt, vt, lb, vb, ctx.rng, **kw)
+    effect, pvalue = tuning.lr_worst_case_difference(lt, vt, lb, vb, higher_is_better=higher)
     sign = 1.0 if higher else -1.0
     seeds = _seeds(
         check,
@@ -315,11 +315,11 @@ def _eval_lr(check, claim, treat, base, ctx) -> CheckVerdict:
         for name, r, lr in ((check.treatment, rt, lt), (check.baseline, rb, lb))
     )  # fmt: skip
     describe = f"worst-case mean {col} over {common.size} learning rates, difference"
-    # No test of a worst case over learning rates: its bootstrap interval decides (the
-    # docs say this rule is not calibrated).
+    # Decided by the conservative t/Bonferroni test of pairedstats.worstcase (its p-value
+    # enters the claim's Holm step like any other check's).
     return judged(
         check, claim, effect, None, arms, describe,
-        pvalue=None, seeds=seeds, details={"common_lrs": common.tolist()},
+        pvalue=pvalue, seeds=seeds, details={"common_lrs": common.tolist()},
     )  # fmt: skip
 
 

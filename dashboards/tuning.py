@@ -21,6 +21,7 @@ from dashboards.stats import (
     check_confidence,
     quantile_ci,
 )
+from pairedstats import worstcase
 from pairedstats.bestof import order_weights
 from pairedstats.streams import keyed_rng
 
@@ -116,13 +117,13 @@ def lr_worst_case_difference(
     values_a: np.ndarray,
     lr_b: np.ndarray,
     values_b: np.ndarray,
-    rng: np.random.Generator,
     *,
     higher_is_better: bool = True,
-    n_resamples: int = N_RESAMPLES,
     confidence_level: float = CONFIDENCE,
-) -> Estimate:
-    """Worst-case mean of A minus that of B over their common learning rates, bootstrap CI.
+) -> tuple[Estimate, float]:
+    """Worst-case mean of A minus that of B over their common learning rates, with the
+    conservative t/Bonferroni interval and two-sided p-value of
+    :mod:`pairedstats.worstcase` (its docstring says why not a bootstrap): ``(estimate, p)``.
 
     Oriented so that a positive value means A's worst case is better.
 
@@ -134,21 +135,22 @@ def lr_worst_case_difference(
     by_lr_b = _lr_groups(lr_b, values_b)
     common = [x for x in by_lr_a if x in by_lr_b]
     if not common:
-        return NAN
-    groups_a = [by_lr_a[x] for x in common]
-    groups_b = [by_lr_b[x] for x in common]
+        return NAN, math.nan
     sign = 1.0 if higher_is_better else -1.0
+    a = _padded([sign * by_lr_a[x] for x in common])
+    b = _padded([sign * by_lr_b[x] for x in common])
+    value = float(np.min(np.nanmean(a, axis=-1)) - np.min(np.nanmean(b, axis=-1)))
+    low, high = worstcase.worst_case_interval(a, b, 1.0 - confidence_level)
+    p = float(worstcase.worst_case_pvalue(a, b))
+    return Estimate(value, float(low), float(high)), p
 
-    def worst(groups: list[np.ndarray]) -> float:
-        return float(min(sign * v.mean() for v in groups))
 
-    value = worst(groups_a) - worst(groups_b)
-    if min(v.size for v in groups_a + groups_b) < 2:
-        return Estimate(value, math.nan, math.nan)
-    boot_a = (sign * _boot_means(groups_a, rng, n_resamples)).min(axis=1)
-    boot_b = (sign * _boot_means(groups_b, rng, n_resamples)).min(axis=1)
-    low, high = quantile_ci(boot_a - boot_b, confidence_level)
-    return Estimate(value, float(min(low, value)), float(max(high, value)))
+def _padded(groups: list[np.ndarray]) -> np.ndarray:
+    """Groups of unequal size as one ``(len(groups), max size)`` array, NaN-padded."""
+    out = np.full((len(groups), max(v.size for v in groups)), np.nan)
+    for j, v in enumerate(groups):
+        out[j, : v.size] = v
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ baseline) is shown as an effect size with its exact interval and decides nothing
   than half the runs of both arms reach it.
 * seed_std: randomisation test of std(B) - std(A), swapping the arms within seed pairs
   (Brown-Forsythe unpaired); the interval is a bootstrap, shown.
-* lr_worst_case: no test exists for a worst case over learning rates; its bootstrap interval
-  decides (the docs say this rule is not calibrated).
+* lr_worst_case: the conservative t/Bonferroni test of the worst-case difference
+  (``pairedstats.worstcase``); the interval is the same bounds'.
 
 A check is
 

@@ -60,6 +60,41 @@ def mean_pvalue(d: np.ndarray, *, null: float = 0.0, alternative: str = "two-sid
     return p
 
 
+#: Cochran's rule (Cochran 1977, *Sampling Techniques*, sec. 2.15): a mean of n values is near
+#: enough to normal for a t verdict when n >= 25 g1^2 (g1 the skewness). Measured as a gate on
+#: the t verdicts with the sample skewness (``benchmarks/skew_guard.py``): it keeps the level on
+#: skewed and ceiling-piled outcomes but halves the power on normal ones at 10 pairs, so no
+#: rule gates on it; docs/statistics.md ("Known limits") gives the figures.
+COCHRAN = 25.0
+
+
+def skewness(x: np.ndarray) -> np.ndarray:
+    """Sample skewness G1 (the adjusted Fisher-Pearson coefficient, scipy's
+    ``skew(bias=False)``) over the last axis; NaN below 3 values or without spread."""
+    x = np.asarray(x, dtype=float)
+    if x.shape[-1] < 3:
+        return np.full(x.shape[:-1], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no spread: NaN below
+        g = np.asarray(sps.skew(x, axis=-1, bias=False))
+    return np.where(np.ptp(x, axis=-1) > 0, g, np.nan)
+
+
+def skew_needed(x: np.ndarray) -> np.ndarray:
+    """Values Cochran's rule asks for at the sample skewness of ``x``: ceil(25 G1^2) (at least
+    3); NaN where the skewness is not defined."""
+    g = skewness(x)
+    return np.where(np.isnan(g), np.nan, np.maximum(3.0, np.ceil(COCHRAN * g * g - 1e-9)))
+
+
+def skew_ok(x: np.ndarray) -> np.ndarray:
+    """Whether a t verdict on the values ``x`` (``(..., n)``) passes Cochran's rule: n >=
+    25 G1^2. False where the skewness is not defined (under 3 values, or all equal: no spread
+    is no evidence about a mean's sampling distribution)."""
+    need = skew_needed(x)
+    return ~np.isnan(need) & (np.asarray(x).shape[-1] >= need)
+
+
 def sign_pvalue(
     wins: np.ndarray, losses: np.ndarray, *, alternative: str = "two-sided"
 ) -> np.ndarray:

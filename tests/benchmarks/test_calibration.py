@@ -33,7 +33,7 @@ def test_rows_cover_every_rule_and_shape_with_power_under_effects(rows):
     assert all(set(r) == KEYS for r in rows)
     assert {r["shape"] for r in rows} == set(calibration.SHAPES)
     nulls = [r for r in rows if r["truth"] == "null"]
-    assert len({r["rule"] for r in nulls}) == 9
+    assert len({r["rule"] for r in nulls}) == 10
     # the mean test has power where it should: a 1-SD effect at 10 normal pairs
     power = next(
         r for r in rows

@@ -154,6 +154,14 @@ def test_malformed_claim_names_the_claim_and_the_field(tmp_path, overrides, fiel
     assert "C4" in str(err.value) and field in str(err.value)
 
 
+@pytest.mark.parametrize("metric", sorted(cl.SKEWED_METRICS))
+def test_the_mean_of_a_skewed_metric_is_refused_its_log_or_rate_is_not(metric):
+    with pytest.raises(ValueError, match=f"C4: field 'checks\\[0\\].metric'.*{metric}.*skewed"):
+        cl.parse_claims(_doc(metric=metric))
+    assert cl.parse_claims(_doc(metric=metric, exceeds=100.0))[0].checks[0].statistic == "rate"
+    assert cl.parse_claims(_doc(metric="test_loss"))[0].checks[0].statistic == "mean"
+
+
 def test_malformed_ids_and_structure(tmp_path):
     with pytest.raises(ValueError, match="'id'"):
         cl.parse_claims({"claims": [{"id": "claim-1", "title": "t", "source": "s"}]})

@@ -126,3 +126,15 @@ def test_prob_better_interval_is_clopper_pearson_with_ties_outward():
     assert high == pytest.approx(sps.beta.ppf(0.975, 8, 1))
     assert low < 0.5  # 7 wins of 8: the exact sign test's p is 0.07, so 1/2 stays inside
     assert all(math.isnan(x) for x in effects.prob_better_interval(0, 0, 0))
+
+
+def test_skewness_and_cochrans_rule():
+    rng = np.random.default_rng(4)
+    x = rng.lognormal(0, 1, (3, 12))
+    np.testing.assert_allclose(pt.skewness(x), sps.skew(x, axis=-1, bias=False))
+    assert np.isnan(pt.skewness(np.ones((1, 5)))).all()  # no spread
+    assert np.isnan(pt.skewness(x[:, :2])).all()  # under 3 values
+    g = pt.skewness(x)
+    np.testing.assert_array_equal(pt.skew_needed(x), np.maximum(3, np.ceil(25 * g * g)))
+    np.testing.assert_array_equal(pt.skew_ok(x), 12 >= np.ceil(25 * g * g))
+    assert not pt.skew_ok(np.ones(6))
