@@ -6,9 +6,10 @@ Options may come from a YAML file (``--config study.yaml``, keys = option names 
 the command line wins over the file, the file over the defaults. The nightly's batches are
 checked by this same code (``hdetach.nightly`` imports it).
 
-One file (over 400 lines) because it is the single validation layer of every study option
-(command line, YAML and the nightly's per-batch overrides): splitting it would recreate the
-three option systems it replaced.
+Each option is declared once, as a field of ``StudyOptions`` (``trainables.declare``): its
+type, default, bounds and help; the checks, the YAML keys and the flags are generated from it.
+What is left by hand are the rules between options (``validate``) and the flags that are not
+one option (``--config``, ``--set``, ``--resource``, ``--backend``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -42,6 +43,7 @@ from trainables.contract import (
     TASKS,
     transfer_delay,
 )
+from trainables.declare import add_flags, check, is_list, option, split_list, unknown_key
 from trainables.locking import BadName, check_name, inside
 
 SEARCHES = ("tpe", "grid", "fixed")
@@ -58,23 +60,9 @@ DECISION_METRICS = (
 )
 PAPER_P_VALUES = (0.1, 0.25, 0.4, 0.5)
 PAPER_LR_VALUES = (1e-3, 5e-4, 1e-4)
-#: Upper bounds of the study's own numbers (the run's are in trainables.config.MAX_INTS),
+#: Upper bounds of the study's own numbers (the run's are declared in trainables.config),
 #: checked before anything is built from them: ``--seeds 1000000000`` must not allocate.
-MAX_COUNTS = {
-    "seeds": 100_000,
-    "max_seeds": 100_000,
-    "min_seeds": 100_000,
-    "seed_block": 100_000,
-    "trials": 100_000,
-    "seeds_per_trial": 4096,
-    "asha_grace": 100_000,
-    "max_concurrent": 100_000,
-    "max_failures": 1000,
-    "verbose": 3,
-    "seed_offset": MAX_SEED,
-    "seed": MAX_SEED,
-    "sampler_seed": 2**32 - 1,  # numpy's seed range
-}
+MAX_SEEDS = 100_000
 MAX_BUDGET_HOURS = 24 * 366.0
 MAX_PER_TRIAL = 1024.0  # CPUs, GPUs or custom resources one trial asks for
 
@@ -83,56 +71,126 @@ class OptionsError(ValueError):
     """A study option the user can fix; the message names the value."""
 
 
+def _count(default, help=None, *, ge=1, cap=MAX_SEEDS, **spec):
+    return option(default, ge=ge, cap=cap, help=help, **spec)
+
+
+def _choice(default, choices, help=None):
+    return option(default, choices=choices, help=help)
+
+
 @dataclass
 class StudyOptions:
     """One study. ``seeds`` is a count S: every configuration runs on seeds
     ``seed_offset .. seed_offset + S - 1`` (or exactly ``seed_list``), in blocks of
-    ``seeds_per_trial`` (K) seed members per Tune trial."""
+    ``seeds_per_trial`` (K) seed members per Tune trial. Each field declares its option once
+    (``trainables.declare``): the checks, the YAML keys and the flags come from it."""
 
-    task: str = "copying"
-    preset: str = "smoke"
-    search: str = "tpe"
-    trials: int = 4
-    seeds: int | str = 3  # a count S, or "auto": sequential allocation (study/sequential.py)
-    min_seeds: int = 8  # --seeds auto: paired seeds at the first look
-    max_seeds: int = 32  # --seeds auto: never more
-    seed_block: int = 4  # --seeds auto: seeds added per look
-    alpha: float = 0.05  # error of a wrong "better"/"worse" (--seeds auto: over all looks)
-    alpha_spending: str = "pocock"
-    correction: str = "holm"  # across the configurations: holm, bh or none (summary, parents)
-    confirm_seeds: int = 8  # fresh seeds for the selected configuration and vanilla; 0: off
-    margin: float | None = None  # --seeds auto: stop as "equivalent" when surely within
-    decision_metric: str = SCORE_METRIC
-    budget_hours: float | None = None  # --seeds auto: sum of trial hours, then stop
-    seed_offset: int = 0
-    seed_list: list[int] | None = None
-    seeds_per_trial: int = 1
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int | None = None
-    resources: dict[str, float] = field(default_factory=dict)  # extra Ray resources per trial
-    address: str | None = None
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str | None = None
-    run_name: str = "main"
-    storage_path: str = "runs"
-    optuna_storage: str | None = None
-    resume: bool = False
-    data_dir: str = "data"
-    download: bool = False
-    p_values: list[float] = field(default_factory=lambda: list(PAPER_P_VALUES))
-    lr_range: list[float] = field(default_factory=lambda: [1e-4, 1e-2])
-    lr_values: list[float] = field(default_factory=lambda: list(PAPER_LR_VALUES))
-    clip_values: list[bool] = field(default_factory=lambda: [True, False])
-    configs: list[dict] | None = None  # search "fixed": [{"p_detach":, "lr":, "clip":}, ...]
-    objective: str = "mean-se"
-    asha: bool = False
-    asha_grace: int = 2
-    epochs: int | None = None
-    set: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides (e.g. seq_len)
-    sampler_seed: int = 0
-    max_failures: int = 2
-    verbose: int = 1
+    task: str = option(
+        "copying",
+        choices=TASKS,
+        message=f"unknown task {{value!r}} (choose from {', '.join(TASKS)})",
+    )
+    preset: str = _choice("smoke", PRESETS)
+    search: str = _choice("tpe", SEARCHES)
+    trials: int = _count(4, "configurations to evaluate")
+    # a count S, or "auto": sequential allocation (study/sequential.py); flag: build_parser
+    seeds: int | Literal["auto"] = _count(3, flag=None)
+    min_seeds: int = _count(8, "--seeds auto: paired seeds at the first look", ge=2)
+    max_seeds: int = _count(32, "--seeds auto: at most this many seeds", ge=2)
+    seed_block: int = _count(4, "--seeds auto: seeds added after each look")
+    alpha: float = option(
+        0.05, gt=0, lt=1, help="error of a wrong better/worse (--seeds auto: over all looks)"
+    )
+    alpha_spending: str = _choice("pocock", ALPHA_SPENDING, "--seeds auto: when to spend")
+    correction: str = _choice(
+        "holm",
+        CORRECTIONS,
+        "better/worse than vanilla across the configurations: holm (family-wise error, "
+        "default), bh (false discovery rate) or none",
+    )
+    confirm_seeds: int = option(
+        8,
+        ge=0,
+        rule="must be 0 (off) or an integer >= 2",
+        help="after a search of several configurations, run the selected one and vanilla on "
+        "this many fresh seeds and rest the verdict on them (default 8; 0: off, the verdict "
+        "is labelled selection-biased)",
+    )
+    margin: float | None = option(None, gt=0, help="--seeds auto: stop as equivalent within this")
+    decision_metric: str = option(
+        SCORE_METRIC,
+        help="--seeds auto: final metric compared (best_val_score: the task's selection value)",
+    )
+    budget_hours: float | None = option(
+        None, gt=0, le=MAX_BUDGET_HOURS, help="--seeds auto: trial hours, then stop"
+    )
+    seed_offset: int = _count(0, "first seed (fresh seeds: raise it)", ge=0, cap=MAX_SEED)
+    seed_list: list[int] | None = option(None, ge=0, cap=MAX_SEED, item="seed", flag=None)
+    seeds_per_trial: int = _count(1, "seed members per trial process (K)", cap=4096)
+    cpus_per_trial: float = option(1.0, gt=0, cap=MAX_PER_TRIAL)
+    gpus_per_trial: float = option(0.0, ge=0, le=MAX_PER_TRIAL, help="fractions allowed, e.g. 0.25")
+    max_concurrent: int | None = _count(
+        None, "trials at once (default: what local Ray holds; 64 on a cluster, for the autoscaler)"
+    )
+    # extra Ray resources per trial (flag --resource NAME=AMOUNT: build_parser)
+    resources: dict[str, float] = option(
+        factory=dict, rule="must map resource names to amounts", flag=None
+    )
+    address: str | None = option(
+        None,
+        rule="must be 'auto', host:port or ray://host:port",
+        help="Ray address: default embedded local Ray; 'auto' = cluster",
+    )
+    tracking_uri: str = option(
+        "sqlite:///mlflow.db", help="MLflow tracking URI (default sqlite:///mlflow.db)"
+    )
+    experiment: str | None = option(None, help="MLflow experiment / study name")
+    run_name: str = option("main", help="name of this batch of trials inside the study")
+    storage_path: str = option("runs", help="Tune storage (shared storage on clusters)")
+    optuna_storage: str | None = option(None, help="Optuna RDB URL or journal file")
+    resume: bool = option(False, help="continue a killed study")
+    data_dir: str = option(
+        "data",
+        help="MNIST root (torchvision layout), captioning split file + features, or the "
+        "language model's corpus files",
+    )
+    download: bool = option(False, help="download MNIST")
+    p_values: list[float] = option(
+        factory=lambda: list(PAPER_P_VALUES),
+        gt=0,
+        le=1,
+        item="p value",
+        help="comma-separated h-detach probabilities to search",
+    )
+    lr_range: list[float] = option(
+        factory=lambda: [1e-4, 1e-2],
+        rule="must be two learning rates > 0",
+        help="tpe: low,high learning rate (log-uniform)",
+    )
+    lr_values: list[float] = option(
+        factory=lambda: list(PAPER_LR_VALUES),
+        gt=0,
+        cap=MAX_LR,
+        item="lr",
+        help="grid: comma-separated learning rates",
+    )
+    clip_values: list[bool] = option(
+        factory=lambda: [True, False],
+        rule="must be a list of true/false",
+        help="comma-separated true/false",
+    )
+    # search "fixed": [{"p_detach":, "lr":, "clip":}, ...]
+    configs: list[dict] | None = option(None, flag=None)
+    objective: str = _choice("mean-se", OBJECTIVES, "seed-robust value given to Optuna")
+    asha: bool = option(False, help="early stopping (HPO)")
+    asha_grace: int = _count(2, "epochs before ASHA may stop a trial")
+    epochs: int | None = option(None, ge=1, help="override the preset's epochs")
+    # RunConfig overrides (e.g. seq_len); flags --set KEY=VALUE and --backend: build_parser
+    set: dict[str, Any] = option(factory=dict, flag=None)
+    sampler_seed: int = option(0, ge=0, cap=2**32 - 1, flag=None)  # numpy's seed range
+    max_failures: int = option(2, ge=0, cap=1000, flag=None)
+    verbose: int = option(1, ge=0, cap=3, help="0 quiet, 1 progress table, 2 + trial output")
 
     # -- derived --------------------------------------------------------------------------
 
@@ -218,67 +276,54 @@ class StudyOptions:
     # -- validation -----------------------------------------------------------------------
 
     def validate(self) -> StudyOptions:
+        """Every option within its declaration, then the rules between options."""
+        check(self, OptionsError)
+
         def fail(name: str, value, why: str):
             raise OptionsError(f"{name} {why}, got {value!r}")
 
-        if self.task not in TASKS:
-            raise OptionsError(f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
-        if self.preset not in PRESETS:
-            fail("preset", self.preset, f"must be one of {', '.join(PRESETS)}")
-        if self.search not in SEARCHES:
-            fail("search", self.search, f"must be one of {', '.join(SEARCHES)}")
-        if self.objective not in OBJECTIVES:
-            fail("objective", self.objective, f"must be one of {', '.join(OBJECTIVES)}")
         if self.sequential:
-            self._validate_sequential()
-        else:
-            _int("seeds", self.seeds, 1)
-        for name in ("trials", "seeds_per_trial", "asha_grace"):
-            _int(name, getattr(self, name), 1)
-        for name in ("seed_offset", "sampler_seed", "max_failures", "verbose"):
-            _int(name, getattr(self, name), 0)
+            if self.min_seeds > self.max_seeds:
+                raise OptionsError(
+                    f"min_seeds ({self.min_seeds}) must be <= max_seeds ({self.max_seeds})"
+                )
+            if self.asha:
+                raise OptionsError(
+                    "--seeds auto cannot be combined with --asha (stopped trials would decide)"
+                )
+            if self.seed_list is not None and len(self.seed_list) < self.max_seeds:
+                fail("seed_list", self.seed_list, f"must list max_seeds ({self.max_seeds}) seeds")
+        if self.decision_metric not in DECISION_METRICS and (
+            transfer_delay(str(self.decision_metric)) is None
+        ):
+            fail(
+                "decision_metric",
+                self.decision_metric,
+                "must be a final or per-epoch metric (e.g. best_val_acc, test_acc_at_best)",
+            )
         if self.max_failures < 2:
             fail("max_failures", self.max_failures, "must be >= 2 (results are never lost)")
         if self.seed_list is not None:
             if not self.seed_list or len(set(self.seed_list)) != len(self.seed_list):
                 fail("seed_list", self.seed_list, "must list distinct seeds")
-            if len(self.seed_list) > MAX_COUNTS["seeds"]:
-                limit = MAX_COUNTS["seeds"]
-                fail("seed_list", len(self.seed_list), f"must list <= {limit:,} seeds")
-            for s in self.seed_list:
-                _int("seed", s, 0)
-        if not _number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
-            fail("cpus_per_trial", self.cpus_per_trial, "must be > 0")
-        if self.cpus_per_trial > MAX_PER_TRIAL:
-            fail("cpus_per_trial", self.cpus_per_trial, f"must be <= {MAX_PER_TRIAL:g}")
-        if not _number(self.gpus_per_trial) or not 0 <= self.gpus_per_trial <= MAX_PER_TRIAL:
-            fail("gpus_per_trial", self.gpus_per_trial, f"must be in [0, {MAX_PER_TRIAL:g}]")
-        if self.max_concurrent is not None:
-            _int("max_concurrent", self.max_concurrent, 1)
+            if len(self.seed_list) > MAX_SEEDS:
+                fail("seed_list", len(self.seed_list), f"must list <= {MAX_SEEDS:,} seeds")
         for name, amount in self.resources.items():
-            if not isinstance(name, str) or not name or name.upper() in ("CPU", "GPU"):
+            if not name or name.upper() in ("CPU", "GPU"):
                 fail(
                     "resource name", name, "must be a custom resource (use --cpus/--gpus-per-trial)"
                 )
-            if not _number(amount) or not 0 < amount <= MAX_PER_TRIAL:
+            if not 0 < amount <= MAX_PER_TRIAL:
                 fail(f"resource {name}", amount, f"must be in (0, {MAX_PER_TRIAL:g}]")
-        for p in self.p_values:
-            if not _number(p) or not 0 < p <= 1:
-                fail("p value", p, "must be in (0, 1]")
         if not self.p_values:
             fail("p_values", self.p_values, "must not be empty")
-        if len(self.lr_range) != 2 or not all(_number(v) and v > 0 for v in self.lr_range):
+        if len(self.lr_range) != 2 or not all(v > 0 for v in self.lr_range):
             fail("lr_range", self.lr_range, "must be two learning rates > 0")
         if self.lr_range[0] >= self.lr_range[1]:
             fail("lr_range", self.lr_range, "must be increasing")
         if self.lr_range[1] > MAX_LR:
             fail("lr_range", self.lr_range, f"must stay <= {MAX_LR:g}")
-        for lr in self.lr_values:
-            if not _number(lr) or lr <= 0:
-                fail("lr", lr, "must be > 0")
-            if lr > MAX_LR:
-                fail("lr", lr, f"must be <= {MAX_LR:g}")
-        if not self.clip_values or any(not isinstance(c, bool) for c in self.clip_values):
+        if not self.clip_values:
             fail("clip_values", self.clip_values, "must be a list of true/false")
         if self.search == "fixed":
             if not self.configs:
@@ -287,22 +332,15 @@ class StudyOptions:
                 _check_fixed_config(c)
         elif self.configs:
             fail("configs", "...", "are only used with search 'fixed'")
-        if self.address is not None and not isinstance(self.address, str):
-            fail("address", self.address, "must be 'auto', host:port or ray://host:port")
         try:
             check_name("run_name", self.run_name)
             check_name("experiment", self.experiment_name)
         except BadName as err:
             raise OptionsError(str(err)) from None
-        if self.epochs is not None:
-            _int("epochs", self.epochs, 1)
         if self.gpus_per_trial and self.cpus_per_trial < 1:
             fail("cpus_per_trial", self.cpus_per_trial, "must be >= 1 for GPU trials")
-        c = self.confirm_seeds
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0 or c == 1:
-            fail("confirm_seeds", c, "must be 0 (off) or an integer >= 2")
-        if self.correction not in CORRECTIONS:
-            fail("correction", self.correction, f"must be one of {', '.join(CORRECTIONS)}")
+        if self.confirm_seeds == 1:
+            fail("confirm_seeds", self.confirm_seeds, "must be 0 (off) or an integer >= 2")
         try:
             base = self.run_config()
             for seeds in self.seed_blocks:
@@ -313,54 +351,9 @@ class StudyOptions:
             raise OptionsError(str(err)) from None
         return self
 
-    def _validate_sequential(self) -> None:
-        def fail(name: str, value, why: str):
-            raise OptionsError(f"{name} {why}, got {value!r}")
-
-        _int("min_seeds", self.min_seeds, 2)
-        _int("seed_block", self.seed_block, 1)
-        _int("max_seeds", self.max_seeds, 2)
-        if self.min_seeds > self.max_seeds:
-            raise OptionsError(
-                f"min_seeds ({self.min_seeds}) must be <= max_seeds ({self.max_seeds})"
-            )
-        if not _number(self.alpha) or not 0 < self.alpha < 1:
-            fail("alpha", self.alpha, "must be in (0, 1)")
-        if self.alpha_spending not in ALPHA_SPENDING:
-            fail(
-                "alpha_spending", self.alpha_spending, f"must be one of {', '.join(ALPHA_SPENDING)}"
-            )
-        if self.margin is not None and (not _number(self.margin) or self.margin <= 0):
-            fail("margin", self.margin, "must be > 0")
-        if self.budget_hours is not None and (
-            not _number(self.budget_hours) or not 0 < self.budget_hours <= MAX_BUDGET_HOURS
-        ):
-            fail("budget_hours", self.budget_hours, f"must be in (0, {MAX_BUDGET_HOURS:g}]")
-        if self.decision_metric not in DECISION_METRICS and (
-            transfer_delay(str(self.decision_metric)) is None
-        ):
-            fail(
-                "decision_metric",
-                self.decision_metric,
-                "must be a final or per-epoch metric (e.g. best_val_acc, test_acc_at_best)",
-            )
-        if self.asha:
-            raise OptionsError(
-                "--seeds auto cannot be combined with --asha (stopped trials would decide)"
-            )
-        if self.seed_list is not None and len(self.seed_list) < self.max_seeds:
-            fail("seed_list", self.seed_list, f"must list max_seeds ({self.max_seeds}) seeds")
-
 
 def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise OptionsError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if name in MAX_COUNTS and value > MAX_COUNTS[name]:
-        raise OptionsError(f"{name} must be <= {MAX_COUNTS[name]:,}, got {value!r}")
 
 
 def _check_fixed_config(config) -> None:
@@ -388,82 +381,22 @@ def build_parser() -> argparse.ArgumentParser:
         "vanilla (p=0) baseline; everything is logged to MLflow.",
     )
     p.add_argument("--config", type=Path, help="YAML file of options (command line wins)")
-    p.add_argument("--task", choices=TASKS)
-    p.add_argument("--preset", choices=PRESETS)
-    p.add_argument("--search", choices=SEARCHES)
-    p.add_argument("--trials", type=int, help="configurations to evaluate")
     p.add_argument(
         "--seeds", type=_seeds_arg, help="seeds per configuration (S), or 'auto': sequential"
     )
-    p.add_argument("--min-seeds", type=int, help="--seeds auto: paired seeds at the first look")
-    p.add_argument("--max-seeds", type=int, help="--seeds auto: at most this many seeds")
-    p.add_argument("--seed-block", type=int, help="--seeds auto: seeds added after each look")
-    p.add_argument(
-        "--alpha", type=float, help="error of a wrong better/worse (--seeds auto: over all looks)"
-    )
-    p.add_argument("--alpha-spending", choices=ALPHA_SPENDING, help="--seeds auto: when to spend")
-    p.add_argument(
-        "--confirm-seeds",
-        type=int,
-        help="after a search of several configurations, run the selected one and vanilla on "
-        "this many fresh seeds and rest the verdict on them (default 8; 0: off, the verdict "
-        "is labelled selection-biased)",
-    )
-    p.add_argument(
-        "--correction",
-        choices=CORRECTIONS,
-        help="better/worse than vanilla across the configurations: holm (family-wise error, "
-        "default), bh (false discovery rate) or none",
-    )
-    p.add_argument("--margin", type=float, help="--seeds auto: stop as equivalent within this")
-    p.add_argument(
-        "--decision-metric",
-        help="--seeds auto: final metric compared (best_val_score: the task's selection value)",
-    )
-    p.add_argument("--budget-hours", type=float, help="--seeds auto: trial hours, then stop")
-    p.add_argument("--seed-offset", type=int, help="first seed (fresh seeds: raise it)")
-    p.add_argument("--seeds-per-trial", type=int, help="seed members per trial process (K)")
-    p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float, help="fractions allowed, e.g. 0.25")
-    p.add_argument(
-        "--max-concurrent",
-        type=int,
-        help="trials at once (default: what local Ray holds; 64 on a cluster, for the autoscaler)",
-    )
+    add_flags(p, StudyOptions)  # every other option, as StudyOptions declares it
     p.add_argument(
         "--resource",
         action="append",
         metavar="NAME=AMOUNT",
         help="a custom Ray resource each trial requests (e.g. a node type), repeatable",
     )
-    p.add_argument("--address", help="Ray address: default embedded local Ray; 'auto' = cluster")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
-    p.add_argument("--experiment", help="MLflow experiment / study name")
-    p.add_argument("--run-name", help="name of this batch of trials inside the study")
-    p.add_argument("--storage-path", help="Tune storage (shared storage on clusters)")
-    p.add_argument("--optuna-storage", help="Optuna RDB URL or journal file")
-    p.add_argument("--resume", action="store_true", default=None, help="continue a killed study")
-    p.add_argument(
-        "--data-dir",
-        help="MNIST root (torchvision layout), captioning split file + features, or the "
-        "language model's corpus files",
-    )
-    p.add_argument("--download", action="store_true", default=None, help="download MNIST")
-    p.add_argument("--p-values", help="comma-separated h-detach probabilities to search")
-    p.add_argument("--lr-range", help="tpe: low,high learning rate (log-uniform)")
-    p.add_argument("--lr-values", help="grid: comma-separated learning rates")
-    p.add_argument("--clip-values", help="comma-separated true/false")
-    p.add_argument("--objective", choices=OBJECTIVES, help="seed-robust value given to Optuna")
-    p.add_argument("--asha", action="store_true", default=None, help="early stopping (HPO)")
-    p.add_argument("--asha-grace", type=int, help="epochs before ASHA may stop a trial")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument(
         "--backend", choices=BACKENDS, help="engine backend of every trial (default auto)"
     )
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="run option override, repeatable"
     )
-    p.add_argument("--verbose", type=int, help="0 quiet, 1 progress table, 2 + trial output")
     return p
 
 
@@ -476,23 +409,6 @@ def _seeds_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(
             f"must be a number of seeds or 'auto', got {text!r}"
         ) from None
-
-
-def _floats(name: str, text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise OptionsError(f"--{name} must be comma-separated numbers, got {text!r}") from None
-
-
-def _bools(text: str) -> list[bool]:
-    values = {"true": True, "false": False, "on": True, "off": False, "1": True, "0": False}
-    out = []
-    for part in text.split(","):
-        if part.strip().lower() not in values:
-            raise OptionsError(f"--clip-values must be true/false, got {part.strip()!r}")
-        out.append(values[part.strip().lower()])
-    return out
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -529,10 +445,9 @@ def load_yaml(path: Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise OptionsError(f"config file {path} must hold a mapping of options")
-    known = {f.name for f in dataclasses.fields(StudyOptions)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise OptionsError(f"unknown option {unknown[0]!r} in {path}")
+    unknown = unknown_key(StudyOptions, data)
+    if unknown is not None:
+        raise OptionsError(f"unknown option {unknown!r} in {path}")
     return data
 
 
@@ -540,20 +455,14 @@ def options_from_args(argv: list[str] | None = None) -> StudyOptions:
     """Parse the command line (and its ``--config`` file) into validated options."""
     args = build_parser().parse_args(argv)
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    cli = {
-        k: v
-        for k, v in vars(args).items()
-        if v is not None and k not in ("config", "p_values", "lr_range", "lr_values")
-        and k not in ("clip_values", "set", "resource", "backend")
-    }  # fmt: skip
-    if args.p_values is not None:
-        cli["p_values"] = _floats("p-values", args.p_values)
-    if args.lr_range is not None:
-        cli["lr_range"] = _floats("lr-range", args.lr_range)
-    if args.lr_values is not None:
-        cli["lr_values"] = _floats("lr-values", args.lr_values)
-    if args.clip_values is not None:
-        cli["clip_values"] = _bools(args.clip_values)
+    cli = {}
+    for f in dataclasses.fields(StudyOptions):
+        given = getattr(args, f.name, None)
+        if given is None or f.name in ("resources", "set"):
+            continue
+        if isinstance(given, str) and is_list(StudyOptions, f.name):
+            given = split_list(StudyOptions, f.name, given, OptionsError)
+        cli[f.name] = given
     if args.resource:
         cli["resources"] = _parse_resources(args.resource)
     if args.set or args.backend:
@@ -567,10 +476,9 @@ def options_from_args(argv: list[str] | None = None) -> StudyOptions:
 def options_from_mapping(values: Mapping[str, Any]) -> StudyOptions:
     """Validated options from option names and values (a YAML file merged with the command
     line, or a nightly batch): the one place study options are checked."""
-    known = {f.name for f in dataclasses.fields(StudyOptions)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise OptionsError(f"unknown option {unknown[0]!r}")
+    unknown = unknown_key(StudyOptions, values)
+    if unknown is not None:
+        raise OptionsError(f"unknown option {unknown!r}")
     values = dict(values)
     if "tracking_uri" not in values and os.environ.get("MLFLOW_TRACKING_URI"):
         values["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]  # MLflow's own variable

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 
@@ -41,9 +40,11 @@ from trainables.contract import (
     CPU_KERNELS_ENV,
     PIXEL_POOLS,
     PRECISIONS,
+    TASK_SETUP_KEYS,
     TASKS,
     arm_of,
 )
+from trainables.declare import check, option, unknown_key
 
 PRESETS = ("paper", "reduced", "smoke")
 DECODERS = ("show_and_tell", "soft_attention")
@@ -64,69 +65,164 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+#: Upper bounds, checked with the lower ones before anything starts: far beyond any real run,
+#: and small enough that sizes derived from them (tensors, seed lists, int64 step counts)
+#: neither overflow nor exhaust memory before the run could fail on its own.
+MAX_LR = 100.0
+MAX_SEED = 2**31 - 1
+MAX_SIZE = 100_000_000  # examples in a split
+MAX_WIDTH = 65_536  # units of a layer or an embedding
+MAX_BATCH = 1_048_576
+
+_MNIST = ("seq_mnist", "pmnist")
+_NOT_CAPTIONING = tuple(t for t in TASKS if t != "captioning")
+
+
+def _size(default, help=None, *, cap=MAX_SIZE, **spec):
+    return option(default, ge=1, cap=cap, help=help, **spec)
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    task: str = "copying"
-    preset: str = "paper"
+    """One training run; each field declares its option once (``trainables.declare``)."""
+
+    task: str = option(
+        "copying",
+        choices=TASKS,
+        message=f"unknown task {{value!r}} (choose from {', '.join(TASKS)})",
+        flag=None,
+    )
+    preset: str = option("paper", choices=PRESETS, flag=None)
     # model and gradient mode
-    hidden_size: int = 128
-    num_layers: int = 1
-    p_detach: float = 0.0
-    c_detach: float = 0.0
-    damp: float = 0.0
-    mask_scope: str = "shared"
-    per_sample_masks: bool = False
-    anneal_p: int = 0
-    select: str = "first"  # best epoch among ties: "first" or "last" (authors' copying)
+    hidden_size: int = _size(128, cap=MAX_WIDTH)
+    num_layers: int = _size(1, cap=64, tasks=_NOT_CAPTIONING)
+    p_detach: float = option(0.0, ge=0, le=1, help="h-detach probability (0 = vanilla)")
+    c_detach: float = option(0.0, ge=0, le=1, help="c-detach probability (ablation)")
+    damp: float = option(0.0, ge=0, le=1, help="deterministic damping (expected h-detach)")
+    mask_scope: str = option(
+        "shared",
+        choices=("shared", "per_layer"),
+        rule="must be 'shared' or 'per_layer'",
+        tasks=_NOT_CAPTIONING,
+        help="one h-detach mask for all layers, or one per layer",
+    )
+    per_sample_masks: bool = option(False, help="draw the h-detach mask per sample")
+    anneal_p: int = option(0, ge=0, cap=MAX_SIZE, help="reference code's --anneal-p (0 = off)")
+    select: str = option(
+        "first",
+        choices=SELECT_MODES,
+        help="best epoch among ties in validation score: first (default) or last (the "
+        "authors' copying script)",
+    )
     # optimisation
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    clip: bool = True
-    clip_norm: float = 1.0
-    batch_size: int = 100
-    epochs: int = 600
-    batches_per_epoch: int | None = 1000  # draws with replacement; None: one shuffled pass
+    optimizer: str = option("adam", choices=OPTIMIZERS)
+    lr: float = option(1e-3, gt=0, cap=MAX_LR)
+    momentum: float = option(0.9, ge=0, lt=1, help="optimizer 'momentum' only")
+    clip: bool = option(True, flag=None)  # --no-clip (trainables.train)
+    clip_norm: float = option(1.0, gt=0, help="gradient-norm clipping value")
+    batch_size: int = _size(100, cap=MAX_BATCH)
+    epochs: int = _size(600, cap=100_000)
+    # draws with replacement; None: one shuffled pass
+    batches_per_epoch: int | None = _size(1000, cap=10_000_000)
     # data
-    seq_len: int = 100  # copying delay T (sequences are T + 20 long)
-    train_size: int = 100_000
-    val_size: int = 5_000
-    one_hot: bool = False
-    data_seed: int = 0
-    permutation_seed: int = 0
-    permutation: str = "fixed"
-    data_dir: str = "data"
-    download: bool = False
-    shuffle_seed: int | None = None  # required for a plain IDX-pair directory (mnist5k)
-    test_size: int | None = None  # MNIST: a prefix of the test set (smoke runs)
-    pixel_pool: int = 1  # MNIST: average k x k pixel blocks first (smoke only; paper: 1)
+    seq_len: int = _size(100, "copying delay T", cap=1_000_000, tasks=_NOT_CAPTIONING)
+    train_size: int = _size(100_000)
+    val_size: int = _size(5_000)
+    one_hot: bool = option(False, help="copying: one-hot token input", tasks=("copying",))
+    data_seed: int = option(0, ge=0, cap=MAX_SEED, tasks=("copying",), help="copying data")
+    permutation_seed: int = option(0, ge=0, cap=MAX_SEED, tasks=("pmnist",))
+    permutation: str = option(
+        "fixed",
+        choices=("fixed", "per_seed"),
+        rule="must be 'fixed' or 'per_seed'",
+        tasks=("pmnist",),
+    )
+    data_dir: str = option(
+        "data",
+        help="MNIST root (torchvision layout) or an IDX-pair folder; captioning: the split "
+        "file + features; language_model: the corpus files",
+    )
+    download: bool = option(False, help="download MNIST if missing")
+    # required for a plain IDX-pair directory (mnist5k)
+    shuffle_seed: int | None = option(
+        None, ge=0, cap=MAX_SEED, tasks=_MNIST, help="shuffle of an IDX-pair folder (mnist5k)"
+    )
+    # MNIST: a prefix of the test set (smoke runs)
+    test_size: int | None = _size(None, tasks=(*_MNIST, "captioning"))
+    # MNIST: average k x k pixel blocks first (smoke only; paper: 1)
+    pixel_pool: int = option(
+        1,
+        choices=PIXEL_POOLS,
+        tasks=_MNIST,
+        rule=f"must divide 28 ({', '.join(map(str, PIXEL_POOLS))})",
+    )
     # language model (task "language_model"): corpus, tokens, embedding, regularisation
     # language model: "ptb", "wikitext-2", "pydoc" or a UTF-8 text file; captioning: the
     # dataset's name ("coco", "digit_scenes", ...), checked against the split file's
-    corpus: str = "pydoc"
-    level: str = "char"  # "word" or "char"
-    embedding_size: int = 128
-    dropout: float = 0.0
-    tie_weights: bool = False
-    min_count: int = 1  # vocabulary: tokens seen at least this often in training
+    corpus: str = option(
+        "pydoc",
+        rule="must name a corpus or a text file",
+        tasks=TASK_SETUP_KEYS["corpus"],
+        help="language_model: ptb, wikitext-2, pydoc or a text file; captioning: the dataset",
+    )
+    level: str = option(
+        "char",
+        choices=("word", "char"),
+        rule="must be 'word' or 'char'",
+        tasks=TASK_SETUP_KEYS["level"],
+        help="language_model tokens",
+    )
+    embedding_size: int = _size(
+        128, "language_model / captioning", cap=MAX_WIDTH, tasks=TASK_SETUP_KEYS["embedding_size"]
+    )
+    dropout: float = option(
+        0.0, ge=0, lt=1, help="language_model dropout", tasks=TASK_SETUP_KEYS["dropout"]
+    )
+    tie_weights: bool = option(False, help="language_model", tasks=TASK_SETUP_KEYS["tie_weights"])
+    # vocabulary: tokens seen at least this often in training
+    min_count: int = _size(
+        1,
+        "vocabulary: words seen fewer times -> <unk>",
+        cap=1_000_000_000,
+        tasks=TASK_SETUP_KEYS["min_count"],
+    )
     # captioning (task "captioning"): decoder and decoding
-    decoder: str = "show_and_tell"  # or "soft_attention"
-    beam_size: int = 3
-    max_caption_len: int = 16  # tokens kept per training caption; decoding stops there too
+    decoder: str = option(
+        "show_and_tell",
+        choices=DECODERS,
+        help="captioning decoder",
+        tasks=TASK_SETUP_KEYS["decoder"],
+    )
+    beam_size: int = _size(
+        3, "captioning test decoding (1 = greedy)", cap=1024, tasks=TASK_SETUP_KEYS["beam_size"]
+    )
+    # tokens kept per training caption; decoding stops there too
+    max_caption_len: int = _size(
+        16, "captioning: words per caption", cap=10_000, tasks=TASK_SETUP_KEYS["max_caption_len"]
+    )
     # evaluation
-    threshold: float = 0.99
-    transfer_delays: tuple[int, ...] = (200, 400, 500, 1000, 2000, 5000)
-    transfer_size: int = 5_000
-    eval_batch_size: int = 1_000
+    threshold: float = option(0.99, ge=0, le=1, help="accuracy for epochs_to_threshold")
+    transfer_delays: tuple[int, ...] = option(
+        (200, 400, 500, 1000, 2000, 5000),
+        ge=1,
+        cap=1_000_000,
+        item="transfer delay",
+        tasks=("copying",),
+        help="copying: delays T the best checkpoint is tested at",
+    )
+    transfer_size: int = _size(5_000, tasks=("copying",))
+    eval_batch_size: int = _size(1_000, cap=MAX_BATCH)
     # seeds (one per member) and execution
-    seeds: tuple[int, ...] = (0,)
-    device: str = "auto"
+    seeds: tuple[int, ...] = option((0,), ge=0, cap=MAX_SEED, item="seed", flag=None)
+    device: str = option("auto", rule="must be auto, cpu or cuda[:N]", help="auto, cpu or cuda[:N]")
     # which engine backend runs the LSTM (trainables/kernels): an execution choice like
     # `device`, not part of a configuration's identity (results agree up to rounding)
-    backend: str = "auto"
+    backend: str = option("auto", choices=BACKENDS, help="engine backend (default auto: fastest)")
     # the recurrent products' precision (PRECISIONS): unlike the backend a setup key, since
     # TF32 rounds differently enough to change training (trainables/contract.py)
-    precision: str = "fp32"
+    precision: str = option(
+        "fp32", choices=PRECISIONS, help="recurrent products: fp32 (default) or tf32"
+    )
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -139,13 +235,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown run option {unknown[0]!r}")
+        unknown = unknown_key(cls, data)
+        if unknown is not None:
+            raise ConfigError(f"unknown run option {unknown!r}")
         data = dict(data)
         for key in ("transfer_delays", "seeds"):
-            if key in data:
+            if key in data and isinstance(data[key], list | tuple):
                 data[key] = tuple(data[key])
         return cls(**data)
 
@@ -169,46 +264,14 @@ class RunConfig:
         return arm_of(self.p_detach, self.c_detach, self.damp)
 
     def validate(self) -> RunConfig:
+        """Every option within its declaration, then the rules between options."""
+        check(self, ConfigError)
+
         def fail(name: str, value, why: str):
             raise ConfigError(f"{name} {why}, got {value!r}")
 
-        if self.task not in TASKS:
-            raise ConfigError(f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
-        if self.preset not in PRESETS:
-            fail("preset", self.preset, f"must be one of {', '.join(PRESETS)}")
-        for name in ("p_detach", "c_detach", "damp", "threshold"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                fail(name, value, "must be in [0, 1]")
-        if not _positive(self.lr):
-            fail("lr", self.lr, "must be > 0")
-        if self.lr > MAX_LR:
-            fail("lr", self.lr, f"must be <= {MAX_LR:g}")
-        if not _positive(self.clip_norm):
-            fail("clip_norm", self.clip_norm, "must be > 0")
-        if not isinstance(self.momentum, int | float) or not 0.0 <= self.momentum < 1.0:
-            fail("momentum", self.momentum, "must be in [0, 1)")
-        for name in ("hidden_size", "num_layers", "batch_size", "epochs", "seq_len"):
-            _check_int(name, getattr(self, name), minimum=1)
-        for name in ("train_size", "val_size", "transfer_size", "eval_batch_size"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("anneal_p", self.anneal_p, minimum=0)
-        if self.batches_per_epoch is not None:
-            _check_int("batches_per_epoch", self.batches_per_epoch, minimum=1)
-        if self.optimizer not in OPTIMIZERS:
-            fail("optimizer", self.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
-        if self.mask_scope not in ("shared", "per_layer"):
-            fail("mask_scope", self.mask_scope, "must be 'shared' or 'per_layer'")
-        if self.select not in SELECT_MODES:
-            fail("select", self.select, f"must be one of {', '.join(SELECT_MODES)}")
-        if self.permutation not in ("fixed", "per_seed"):
-            fail("permutation", self.permutation, "must be 'fixed' or 'per_seed'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             fail("device", self.device, "must be auto, cpu or cuda[:N]")
-        if self.backend not in BACKENDS:
-            fail("backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
-        if self.precision not in PRECISIONS:
-            fail("precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
         if self.precision != "fp32" and self.backend != "persistent":
             fail("precision", self.precision, "needs backend 'persistent'")
         cpu_kernels = os.environ.get(CPU_KERNELS_ENV)
@@ -216,74 +279,13 @@ class RunConfig:
             fail(CPU_KERNELS_ENV, cpu_kernels, f"must be one of {', '.join(CPU_KERNELS)}")
         if not self.seeds:
             fail("seeds", self.seeds, "must name at least one seed")
-        for seed in self.seeds:
-            _check_int("seed", seed, minimum=0)
         if len(set(self.seeds)) != len(self.seeds):
             fail("seeds", self.seeds, "must be distinct")
-        if self.shuffle_seed is not None:
-            _check_int("shuffle_seed", self.shuffle_seed, minimum=0)
-        if self.test_size is not None:
-            _check_int("test_size", self.test_size, minimum=1)
-        if self.pixel_pool not in PIXEL_POOLS:
-            fail(
-                "pixel_pool",
-                self.pixel_pool,
-                f"must divide 28 ({', '.join(map(str, PIXEL_POOLS))})",
-            )
-        for delay in self.transfer_delays:
-            _check_int("transfer delay", delay, minimum=1)
-        if self.level not in ("word", "char"):
-            fail("level", self.level, "must be 'word' or 'char'")
-        if self.decoder not in DECODERS:
-            fail("decoder", self.decoder, f"must be one of {', '.join(DECODERS)}")
-        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
-            fail("dropout", self.dropout, "must be in [0, 1)")
-        for name in ("embedding_size", "min_count", "beam_size", "max_caption_len"):
-            _check_int(name, getattr(self, name), minimum=1)
-        if not isinstance(self.corpus, str) or not self.corpus:
+        if not self.corpus:
             fail("corpus", self.corpus, "must name a corpus or a text file")
         if self.batch_size > self.train_size:
             fail("batch_size", self.batch_size, f"must be <= train_size ({self.train_size})")
         return self
-
-
-def _positive(value) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value) and value > 0
-
-
-#: Upper bounds, checked with the lower ones before anything starts: far beyond any real run,
-#: and small enough that sizes derived from them (tensors, seed lists, int64 step counts)
-#: neither overflow nor exhaust memory before the run could fail on its own.
-MAX_LR = 100.0
-MAX_SEED = 2**31 - 1
-MAX_INTS = {
-    "epochs": 100_000,
-    "batches_per_epoch": 10_000_000,
-    "hidden_size": 65_536,
-    "num_layers": 64,
-    "batch_size": 1_048_576,
-    "seq_len": 1_000_000,
-    "train_size": 100_000_000,
-    "val_size": 100_000_000,
-    "transfer_size": 100_000_000,
-    "test_size": 100_000_000,
-    "eval_batch_size": 1_048_576,
-    "anneal_p": 100_000_000,
-    "seed": MAX_SEED,
-    "shuffle_seed": MAX_SEED,
-    "transfer delay": 1_000_000,
-    "embedding_size": 65_536,
-    "min_count": 1_000_000_000,
-    "beam_size": 1024,
-    "max_caption_len": 10_000,
-}
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if name in MAX_INTS and value > MAX_INTS[name]:
-        raise ConfigError(f"{name} must be <= {MAX_INTS[name]:,}, got {value!r}")
 
 
 _MNIST_PAPER = {

@@ -10,23 +10,14 @@ their own modules). This module sits above all three, so none of them imports it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from trainables.captioning import CaptioningTrainer
-from trainables.config import (
-    BACKENDS,
-    DECODERS,
-    OPTIMIZERS,
-    PRECISIONS,
-    PRESETS,
-    SELECT_MODES,
-    ConfigError,
-    OneLineParser,
-    RunConfig,
-    preset_table,
-)
+from trainables.config import PRESETS, ConfigError, OneLineParser, RunConfig, preset_table
 from trainables.contract import TASKS
+from trainables.declare import add_flags, split_list
 from trainables.language_model import LanguageModelTrainer
 from trainables.runtime import keep_freed_memory
 from trainables.seeds import stream_seeds
@@ -95,58 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", required=True, choices=TASKS, help="the paper's task")
-    p.add_argument("--preset", default="paper", choices=PRESETS)
+    p.add_argument("--preset", default=RunConfig.preset, choices=PRESETS)
     p.add_argument("--seed", type=int, help="run seed (default 0)")
     p.add_argument("--seeds", help="comma-separated seeds trained together as members")
-    p.add_argument("--p-detach", type=float, help="h-detach probability (0 = vanilla)")
-    p.add_argument("--c-detach", type=float, help="c-detach probability (ablation)")
-    p.add_argument("--damp", type=float, help="deterministic damping (expected h-detach)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--clip-norm", type=float, help="gradient-norm clipping value")
     p.add_argument("--no-clip", action="store_true", help="train without gradient clipping")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--hidden-size", type=int)
-    p.add_argument("--num-layers", type=int)
-    p.add_argument("--seq-len", type=int, help="copying delay T")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--train-size", type=int)
-    p.add_argument("--val-size", type=int)
-    p.add_argument("--test-size", type=int)
-    p.add_argument("--corpus", help="language_model: ptb, wikitext-2, pydoc or a text file")
-    p.add_argument("--level", choices=("word", "char"), help="language_model tokens")
-    p.add_argument("--embedding-size", type=int, help="language_model / captioning")
-    p.add_argument("--dropout", type=float, help="language_model dropout")
-    p.add_argument("--tie-weights", action="store_true", default=None, help="language_model")
-    p.add_argument("--min-count", type=int, help="vocabulary: words seen fewer times -> <unk>")
-    p.add_argument("--decoder", choices=DECODERS, help="captioning decoder")
-    p.add_argument("--beam-size", type=int, help="captioning test decoding (1 = greedy)")
-    p.add_argument("--max-caption-len", type=int, help="captioning: words per caption")
-    p.add_argument("--anneal-p", type=int, help="reference code's --anneal-p (0 = off)")
-    p.add_argument(
-        "--select",
-        choices=SELECT_MODES,
-        help="best epoch among ties in validation score: first (default) or last (the "
-        "authors' copying script)",
-    )
-    p.add_argument("--permutation", choices=("fixed", "per_seed"))
-    p.add_argument(
-        "--one-hot", action="store_true", default=None, help="copying: one-hot token input"
-    )
-    p.add_argument(
-        "--data-dir",
-        help="MNIST root (torchvision layout) or an IDX-pair folder; captioning: the split "
-        "file + features; language_model: the corpus files",
-    )
-    p.add_argument(
-        "--download", action="store_true", default=None, help="download MNIST if missing"
-    )
-    p.add_argument("--shuffle-seed", type=int, help="shuffle of an IDX-pair folder (mnist5k)")
-    p.add_argument("--device", help="auto, cpu or cuda[:N]")
-    p.add_argument("--backend", choices=BACKENDS, help="engine backend (default auto: fastest)")
-    p.add_argument(
-        "--precision", choices=PRECISIONS, help="recurrent products: fp32 (default) or tf32"
-    )
+    add_flags(p, RunConfig)  # every other run option, as RunConfig declares it
     p.add_argument("--checkpoint", type=Path, help="write a checkpoint here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--json", type=Path, help="write histories and final metrics here")
@@ -155,13 +99,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    # Options named exactly as RunConfig fields pass straight through when given.
+    # The run options' flags store under the option's name; None: not given.
     overrides = {
-        name: value
-        for name, value in vars(args).items()
-        if value is not None and name in RunConfig.__dataclass_fields__
-        and name not in ("task", "preset", "seeds")
-    }  # fmt: skip
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if getattr(args, f.name, None) is not None and f.name not in ("task", "preset", "seeds")
+    }
+    if isinstance(overrides.get("transfer_delays"), str):
+        delays = split_list(RunConfig, "transfer_delays", args.transfer_delays, ConfigError)
+        overrides["transfer_delays"] = tuple(delays)
     if args.no_clip:
         overrides["clip"] = False
     if args.seeds is not None:
