@@ -28,11 +28,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.util
 import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +43,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.shapes import SHAPES  # noqa: E402
-from benchmarks.tally import cpu_name, row  # noqa: E402
+from benchmarks.tally import row, write_results  # noqa: E402
 from pairedstats import tests, worstcase  # noqa: E402
 
 ALPHA = 0.05
@@ -280,19 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(surprises)} of them outside the known limits"
     )
     if args.json is not None:
-        date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        command = " ".join(["python", "benchmarks/calibration.py", *(argv or sys.argv[1:])])
-        machine = {"cpu": cpu_name(), "platform": platform.platform(), "python": sys.version}
-        doc = {
-            "machine": {**machine, "date": date, "command": command},
-            "date": date,
-            "command": command,
-            "seed": args.seed,
-            "quick": args.quick,
-            "seconds": seconds,
-            "rows": rows,
-        }
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        write_results(args.json, "benchmarks/calibration.py", argv, seed=args.seed,
+                      quick=args.quick, seconds=seconds, rows=rows)  # fmt: skip
         print(f"wrote {args.json}")
     return 0
 

@@ -16,9 +16,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import sys
 import warnings
 from pathlib import Path
@@ -30,7 +27,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.shapes import SHAPES  # noqa: E402
-from benchmarks.tally import cpu_name, row  # noqa: E402
+from benchmarks.tally import row, write_results  # noqa: E402
 from pairedstats import tests  # noqa: E402
 
 NS = (5, 10, 20)
@@ -79,16 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {rule} | {shape} | {n} | {truth} | {r['alpha']} | {r['rate']:.3f} ({r['se']:.3f}) |"
         )
     if args.json is not None:
-        date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        command = " ".join(["python", "benchmarks/skew_guard.py", *(argv or sys.argv[1:])])
-        machine = {"cpu": cpu_name(), "platform": platform.platform(), "python": sys.version}
-        doc = {
-            "machine": {**machine, "date": date, "command": command},
-            "date": date,
-            "command": command,
-            "rows": got,
-        }
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        write_results(args.json, "benchmarks/skew_guard.py", argv, rows=got)
         print(f"wrote {args.json}")
     return 0
 

@@ -3,8 +3,11 @@ the name of the CPU a figure came from (every results file records it)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import math
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +41,13 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_results(path: Path, script: str, argv: list[str] | None, **fields) -> None:
+    """Write a results file: ``fields`` with the machine, date and command that made them (the
+    command as ``python <script> <argv>``, the process's own arguments when ``argv`` is None)."""
+    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    command = " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+    machine = {"cpu": cpu_name(), "platform": platform.platform(), "python": sys.version}
+    doc = {"machine": {**machine, "date": date, "command": command}, "date": date}
+    path.write_text(json.dumps({**doc, "command": command, **fields}, indent=1) + "\n")
