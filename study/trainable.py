@@ -27,8 +27,8 @@ import ray
 import torch
 from ray import tune
 
-from study.failures import disk_full
 from study.searcher import OBJECTIVE, objective_value
+from trainables.causes import disk_full
 from trainables.config import RunConfig
 from trainables.contract import EPOCH_SCORE
 from trainables.runtime import keep_freed_memory
