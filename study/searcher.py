@@ -25,20 +25,22 @@ unless it is decided, at ``max_seeds`` or out of budget, both get the next ``see
 seeds. Optuna hears a configuration's objective only once it has stopped. While
 configurations wait for their looks, new ones are drawn from Optuna so that no slot idles.
 
-One file (over 400 lines): fixed and sequential seed allocation share the searcher's
-bookkeeping (configurations, seed blocks, resume state) and must change together.
+The state is typed: a ``Configuration`` per config id holding its ``Unit`` s (one Tune trial
+each: a block of seeds, its stage, its values once finished); the sequential plan, the paired
+differences and a stopped configuration's ``Outcome`` live beside the test in
+``study/sequential.py``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 from ray.tune.search import Searcher
 
 from study import sequential as seq
+from study.sequential import Comparison, Outcome, SequentialPlan, paired_differences
 from trainables.contract import (
     EPOCH_SCORE,
     H_DETACH,
@@ -49,8 +51,6 @@ from trainables.contract import (
 )
 
 OBJECTIVE = "objective"
-#: power of the fixed design a sequential outcome is compared with
-FIXED_POWER = 0.8
 
 
 def config_id(arm: str, p_detach: float, lr: float, clip: bool) -> str:
@@ -88,26 +88,57 @@ def objective_value(values: list[float], kind: str = "mean-se") -> float:
     return float(x.mean() - se)
 
 
-@dataclass(frozen=True)
-class SequentialPlan:
-    """``--seeds auto``: the design, the seeds in the order they are used (``max_seeds`` of
-    them), how a stage is split into trials, the decision metric and the compute budget."""
+@dataclass
+class Unit:
+    """One Tune trial of a configuration: a block of seeds at a stage (always 0 without
+    ``--seeds auto``), and once it finished its values (``values``: the score of each seed,
+    what Optuna hears; ``metric``: the decision metric of each seed)."""
 
-    design: seq.SequentialDesign
-    seeds: tuple[int, ...]
-    seeds_per_trial: int = 1
-    metric: str = SCORE_METRIC
-    budget_seconds: float | None = None  # sum of trial seconds; None: no budget
-    gpus_per_trial: float = 0.0
-
-    def stage_seeds(self, stage: int) -> list[int]:
-        looks = self.design.looks
-        lo = 0 if stage == 0 else looks[stage - 1]
-        return list(self.seeds[lo : looks[stage]])
+    seeds: list[int]
+    stage: int = 0
+    values: list[float] | None = None  # None: not finished
+    metric: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    failed: bool = False  # Tune handed a failed trial no result: it measured nothing
+    dropped: bool = False  # queued, then not run: its configuration stopped
 
     @property
-    def stages(self) -> int:
-        return len(self.design.looks)
+    def done(self) -> bool:
+        return self.values is not None
+
+
+@dataclass
+class Configuration:
+    """One (p_detach, lr, clip) of the study, its paired baseline's id (None for vanilla)
+    and the bookkeeping of its trials."""
+
+    arm: str
+    p_detach: float
+    lr: float
+    clip: bool
+    baseline: str | None
+    optuna_ids: list[str]  # the Optuna trials that asked for it
+    reported: list[str] = field(default_factory=list)  # those that heard its objective
+    units: list[Unit] = field(default_factory=list)
+    stages: int = 0  # stages queued (sequential)
+    stopped: bool = False
+    outcome: Outcome | None = None
+    objective: float | None = None
+
+    @property
+    def done(self) -> list[Unit]:
+        return [unit for unit in self.units if unit.done]
+
+    def seed_values(self) -> dict[int, float]:
+        """The decision metric per seed over the finished units."""
+        out: dict[int, float] = {}
+        for unit in self.done:
+            out.update(zip(unit.seeds, unit.metric, strict=False))
+        return out
+
+    def per_seed_seconds(self) -> float:
+        seeds = sum(len(unit.seeds) for unit in self.done)
+        return sum(unit.seconds for unit in self.done) / seeds if seeds else 0.0
 
 
 #: Live searchers by study key, for the driver's MLflow callback (both live in the driver;
@@ -138,7 +169,7 @@ class PairedSeedSearcher(Searcher):
         self.objective = objective
         self.plan = sequential
         self.key = key
-        self.configs: dict[str, dict[str, Any]] = {}  # config_id -> params + bookkeeping
+        self.configs: dict[str, Configuration] = {}
         self.queue: list[tuple[str, int]] = []  # (config_id, unit) not yet a trial
         self.trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (config_id, unit)
         self.suggested = 0  # configurations drawn from Optuna
@@ -172,11 +203,11 @@ class PairedSeedSearcher(Searcher):
         c = self.configs[cid]
         return {
             "config_id": cid,
-            "arm": c["arm"],
-            "p_detach": c["p_detach"],
-            "lr": c["lr"],
-            "clip": c["clip"],
-            "seeds": list(c["units"][unit]["seeds"]),
+            "arm": c.arm,
+            "p_detach": c.p_detach,
+            "lr": c.lr,
+            "clip": c.clip,
+            "seeds": list(c.units[unit].seeds),
             "block": unit,
         }
 
@@ -185,7 +216,8 @@ class PairedSeedSearcher(Searcher):
             return
         cid, unit = self.trials.pop(trial_id)
         result = result or {}
-        seeds = self.configs[cid]["units"][unit]["seeds"]
+        done = self.configs[cid].units[unit]
+        seeds = done.seeds
         # finals at the end; for a block stopped early by a scheduler (censored), its running
         # summary (best over the epochs it ran), or failing that its last validation accuracy.
         scored = result.get("finals") or result.get("summary")
@@ -195,15 +227,11 @@ class PairedSeedSearcher(Searcher):
         chosen = _decision_values(metric, scored, members)
         if error or len(values) != len(seeds):
             values = [math.nan] * len(seeds)
-        if error:  # Tune hands a failed trial no result: the block measured nothing
-            self.configs[cid].setdefault("failed_units", []).append(unit)
+        done.failed = done.failed or error  # Tune hands a failed trial no result
         if len(chosen) != len(seeds) or error:
             chosen = [math.nan] * len(seeds)
         seconds = float(result.get("time_total_s") or 0.0)
-        c = self.configs[cid]
-        c["done"][unit] = values
-        c["units"][unit]["metric"] = chosen
-        c["units"][unit]["seconds"] = seconds
+        done.values, done.metric, done.seconds = values, chosen, seconds
         self.trial_seconds += seconds
         if self.plan is None:
             self._maybe_report(cid)
@@ -244,9 +272,9 @@ class PairedSeedSearcher(Searcher):
     def outcome(self, cid: str) -> dict | None:
         """A stopped configuration's sequential outcome (None while it may still run)."""
         c = self.configs.get(cid)
-        if c is None or not c.get("stopped"):
+        if c is None or not c.stopped:
             return None
-        return c.get("outcome", {})
+        return c.outcome.as_dict() if c.outcome is not None else {}
 
     # -- internals ------------------------------------------------------------------------
 
@@ -280,25 +308,15 @@ class PairedSeedSearcher(Searcher):
             if base not in self.configs:  # the paired baseline, once per (lr, clip)
                 self._register(base, VANILLA, 0.0, lr, clip, None, None)
         if cid in self.configs:  # asked again: Optuna hears the known result when it exists
-            self.configs[cid]["optuna_ids"].append(optuna_id)
+            self.configs[cid].optuna_ids.append(optuna_id)
             self._maybe_report(cid)
             return
         self._register(cid, arm, p, lr, clip, optuna_id, base)
 
     def _register(self, cid, arm, p, lr, clip, optuna_id, base) -> None:
-        self.configs[cid] = {
-            "arm": arm,
-            "p_detach": p,
-            "lr": lr,
-            "clip": clip,
-            "baseline": base,
-            "optuna_ids": [optuna_id] if optuna_id else [],
-            "reported": [],
-            "done": {},
-            "units": [],
-            "stages": 0,  # stages queued (sequential)
-            "stopped": False,
-        }
+        self.configs[cid] = Configuration(
+            arm, p, lr, clip, baseline=base, optuna_ids=[optuna_id] if optuna_id else []
+        )
         if self.plan is None:
             for block in self.seed_blocks:
                 self._queue_unit(cid, block, 0)
@@ -312,49 +330,44 @@ class PairedSeedSearcher(Searcher):
 
     def _queue_unit(self, cid: str, seeds: list[int], stage: int) -> None:
         c = self.configs[cid]
-        c["units"].append({"seeds": list(seeds), "stage": stage})
-        self.queue.append((cid, len(c["units"]) - 1))
+        c.units.append(Unit(list(seeds), stage))
+        self.queue.append((cid, len(c.units) - 1))
 
     def _queue_stage(self, cid: str, stage: int) -> None:
         """Queue the trials of stages up to ``stage`` that are not queued, running or done
         (each unit once; units dropped when their configuration stopped come back)."""
         c = self.configs[cid]
-        c["stopped"] = False  # a baseline asked for more seeds by a new configuration reopens
-        while c["stages"] <= stage and c["stages"] < self.plan.stages:
-            seeds = self.plan.stage_seeds(c["stages"])
+        c.stopped = False  # a baseline asked for more seeds by a new configuration reopens
+        while c.stages <= stage and c.stages < self.plan.stages:
+            seeds = self.plan.stage_seeds(c.stages)
             k = self.plan.seeds_per_trial
             for i in range(0, len(seeds), k):
-                self._queue_unit(cid, seeds[i : i + k], c["stages"])
-            c["stages"] += 1
-        for u, unit in enumerate(c["units"]):
-            if unit.get("dropped") and unit["stage"] <= stage:
-                unit["dropped"] = False
+                self._queue_unit(cid, seeds[i : i + k], c.stages)
+            c.stages += 1
+        for u, unit in enumerate(c.units):
+            if unit.dropped and unit.stage <= stage:
+                unit.dropped = False
                 self.queue.append((cid, u))
 
     def _complete_stages(self, cid: str) -> int:
         """How many stages of this configuration have every trial finished."""
         c = self.configs[cid]
         n = 0
-        for stage in range(c["stages"]):
-            units = [u for u, unit in enumerate(c["units"]) if unit["stage"] == stage]
-            if not units or any(u not in c["done"] for u in units):
+        for stage in range(c.stages):
+            units = [unit for unit in c.units if unit.stage == stage]
+            if not units or not all(unit.done for unit in units):
                 break
             n += 1
         return n
 
-    def _affected(self, cid: str) -> list[str]:
-        if self.configs[cid]["arm"] == VANILLA:
-            dependents = [k for k, c in self.configs.items() if c.get("baseline") == cid]
-            return [*dependents, cid]
-        return [cid]
+    def _dependents(self, cid: str) -> list[str]:
+        """The configurations paired with the baseline ``cid``."""
+        return [k for k, c in self.configs.items() if c.baseline == cid]
 
-    def _seed_values(self, cid: str) -> dict[int, float]:
-        c = self.configs[cid]
-        out = {}
-        for u, unit in enumerate(c["units"]):
-            if u in c["done"]:
-                out.update(zip(unit["seeds"], unit.get("metric", []), strict=False))
-        return out
+    def _affected(self, cid: str) -> list[str]:
+        if self.configs[cid].arm == VANILLA:
+            return [*self._dependents(cid), cid]
+        return [cid]
 
     def _running(self, cid: str) -> bool:
         return any(c == cid for c, _ in self.trials.values()) or any(
@@ -364,12 +377,12 @@ class PairedSeedSearcher(Searcher):
     def _look(self, cid: str) -> None:
         """Sequential step of one configuration: analyse, then stop or ask for more seeds."""
         c = self.configs[cid]
-        if c["stopped"]:
+        if c.stopped:
             return
-        base = c.get("baseline")
+        base = c.baseline
         if base is None:  # a baseline stops when every configuration paired with it has
-            dependents = [k for k, o in self.configs.items() if o.get("baseline") == cid]
-            alone = c["optuna_ids"] and not dependents
+            dependents = self._dependents(cid)
+            alone = c.optuna_ids and not dependents
             if alone:  # vanilla as an Optuna configuration of its own: no comparison
                 stages = self._complete_stages(cid)
                 if stages >= self.plan.stages or self.budget_spent:
@@ -380,7 +393,7 @@ class PairedSeedSearcher(Searcher):
                 else:
                     self._queue_stage(cid, stages)
                 return
-            if all(self.configs[k]["stopped"] for k in dependents):
+            if all(self.configs[k].stopped for k in dependents):
                 self._drop_queued(cid)
                 if not self._running(cid):
                     self._stop(cid, "baseline", None)
@@ -392,7 +405,7 @@ class PairedSeedSearcher(Searcher):
             return
         looks = self.plan.design.looks
         used = self.plan.seeds[: looks[stages - 1]]
-        mine, theirs = self._seed_values(cid), self._seed_values(base)
+        mine, theirs = c.seed_values(), self.configs[base].seed_values()
         diffs = paired_differences(
             [mine.get(s, math.nan) for s in used],
             [theirs.get(s, math.nan) for s in used],
@@ -419,95 +432,51 @@ class PairedSeedSearcher(Searcher):
         c = self.configs[cid]
         for k, u in self.queue:
             if k == cid:
-                c["units"][u]["dropped"] = True
+                c.units[u].dropped = True
         self.queue = [(k, u) for k, u in self.queue if k != cid]
 
     def _stop(self, cid: str, reason: str, analysed) -> None:
         c = self.configs[cid]
         self._drop_queued(cid)
-        c["stopped"] = True
-        seconds = sum(unit.get("seconds", 0.0) for unit in c["units"])
-        seeds_run = sorted(
-            s for u, unit in enumerate(c["units"]) if u in c["done"] for s in unit["seeds"]
-        )
-        outcome = {
-            "reason": reason,
-            "seeds": seeds_run,
-            "trial_seconds": seconds,
-            "gpu_seconds": seconds * self.plan.gpus_per_trial,
-            "metric": self.plan.metric,
-        }
+        c.stopped = True
+        seconds = sum(unit.seconds for unit in c.units)
+        comparison = None
         if analysed is not None:
             analysis, diffs = analysed
-            outcome.update(self._compare_fixed(cid, analysis, diffs))
-        c["outcome"] = outcome
+            per_seed = c.per_seed_seconds() + self.configs[c.baseline].per_seed_seconds()
+            comparison = Comparison.of(analysis, diffs, self.plan.design.alpha, per_seed)
+        c.outcome = Outcome(
+            reason=reason,
+            seeds=sorted(s for unit in c.done for s in unit.seeds),
+            trial_seconds=seconds,
+            gpu_seconds=seconds * self.plan.gpus_per_trial,
+            metric=self.plan.metric,
+            comparison=comparison,
+        )
         self.stopped.append(cid)
         self._maybe_report(cid)
-
-    def _compare_fixed(self, cid: str, analysis: seq.Analysis, diffs: np.ndarray) -> dict:
-        """The decision, its stage-wise p-value (what the study's correction across its
-        configurations adjusts), and the seeds a fixed design with 80% power at the observed
-        effect would have needed (the one paired power function; no simulation runs here,
-        inside Tune's driver loop)."""
-        d = np.asarray(diffs[: analysis.seeds], dtype=float)
-        base = self.configs[self.configs[cid]["baseline"]]
-        per_seed = _per_seed_seconds(self.configs[cid]) + _per_seed_seconds(base)
-        effect, sd = float(d.mean()), float(d.std(ddof=1)) if d.size > 1 else math.nan
-        out = {
-            "decision": analysis.decision,
-            "decided_at_look": None if analysis.decided_at is None else analysis.decided_at + 1,
-            "looks": len(analysis.looks),
-            "pairs": int(analysis.seeds),
-            "mean_difference": effect,
-            "sd_difference": sd,
-            "p_value": analysis.p_value,
-            "pair_seconds_per_seed": per_seed,
-        }
-        n_fixed = seq.fixed_seeds(effect, sd, self.plan.design.alpha, FIXED_POWER)
-        if n_fixed is not None:
-            out.update(fixed_design_seeds=n_fixed, fixed_design_seconds=n_fixed * per_seed)
-        return out
 
     def _all_stopped(self) -> bool:
         if self.plan is None:
             return True
-        return all(c["stopped"] for c in self.configs.values())
+        return all(c.stopped for c in self.configs.values())
 
     def _maybe_report(self, cid: str) -> None:
         c = self.configs[cid]
-        if self.plan is None:
-            if len(c["done"]) < len(self.seed_blocks):
-                return
-            values = [v for b in sorted(c["done"]) for v in c["done"][b]]
-        else:
-            if not c["stopped"]:
-                return
-            values = [v for b in sorted(c["done"]) for v in c["done"][b]]
+        if (len(c.done) < len(self.seed_blocks)) if self.plan is None else not c.stopped:
+            return
+        values = [v for unit in c.done for v in unit.values]
         # Every block failed: nothing was measured, so Optuna hears a failed trial, not the
         # 0.0 that failed seeds count as beside measured ones (issue 21).
-        unmeasured = set(c["done"]) <= set(c.get("failed_units", []))
-        c["objective"] = math.nan if unmeasured else objective_value(values, self.objective)
-        for optuna_id in c["optuna_ids"]:
-            if optuna_id not in c["reported"]:
+        unmeasured = all(unit.failed for unit in c.done)
+        c.objective = math.nan if unmeasured else objective_value(values, self.objective)
+        for optuna_id in c.optuna_ids:
+            if optuna_id not in c.reported:
                 if unmeasured:
                     self.searcher.on_trial_complete(optuna_id, error=True)
                 else:
-                    self.searcher.on_trial_complete(optuna_id, {OBJECTIVE: c["objective"]})
-                c["reported"].append(optuna_id)
-
-
-def paired_differences(config, baseline, *, higher_is_better: bool = True) -> np.ndarray:
-    """``config - baseline`` per seed, signed so that positive is better. A failed or diverged
-    run (NaN) counts as the worst value seen (0 for accuracies, which are in [0, 1])."""
-    a, b = np.asarray(config, dtype=float), np.asarray(baseline, dtype=float)
-    both = np.concatenate([a, b])
-    finite = both[np.isfinite(both)]
-    if higher_is_better:
-        worst = min(0.0, float(finite.min())) if finite.size else 0.0
-    else:
-        worst = float(finite.max()) if finite.size else 0.0
-    a, b = np.where(np.isfinite(a), a, worst), np.where(np.isfinite(b), b, worst)
-    return a - b if higher_is_better else b - a
+                    self.searcher.on_trial_complete(optuna_id, {OBJECTIVE: c.objective})
+                c.reported.append(optuna_id)
 
 
 def _decision_values(metric: str, finals, members) -> list[float]:
@@ -517,9 +486,3 @@ def _decision_values(metric: str, finals, members) -> list[float]:
         return [f.get(metric, math.nan) for f in finals]
     key = {SCORE_METRIC: EPOCH_SCORE, "best_val_acc": "val_acc"}.get(metric, metric)
     return [math.nan if m is None else m.get(key, math.nan) for m in members]
-
-
-def _per_seed_seconds(c: dict) -> float:
-    done = [unit for u, unit in enumerate(c["units"]) if u in c["done"]]
-    seeds = sum(len(unit["seeds"]) for unit in done)
-    return sum(unit.get("seconds", 0.0) for unit in done) / seeds if seeds else 0.0

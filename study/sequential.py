@@ -49,11 +49,15 @@ differences bounded only by [-1, 1].
 Every function here is a pure function of the data and the design: the decision at every
 look is recomputed from the differences seen so far, so a resumed study re-derives exactly
 the decisions it had (no state but the data). :func:`run_design` takes many studies at once
-(the calibration's simulations call the very code the study runs).
+(the calibration's simulations call the very code the study runs). The study's side of it
+sits at the end: the plan of ``--seeds auto`` (``SequentialPlan``), the paired differences a
+look analyses, and what a stopped configuration records (``Outcome``, ``Comparison``); the
+searcher (``study/searcher.py``) keeps the configurations and calls these.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -62,6 +66,7 @@ import numpy as np
 from scipy import stats
 
 from pairedstats.power import paired_seeds_needed
+from trainables.contract import SCORE_METRIC
 
 BETTER, WORSE, EQUIVALENT = "better", "worse", "equivalent"
 UNDECIDED = "undecided"
@@ -350,3 +355,106 @@ def summarise(run: Run) -> Simulation:
         equivalent_rate=float(np.mean(run.code == 2)),
         mean_seeds=float(run.seeds.mean()),
     )
+
+
+# -- a study's sequential comparisons (the searcher's bookkeeping, study/searcher.py) ------
+
+#: power of the fixed design a sequential outcome is compared with
+FIXED_POWER = 0.8
+
+
+@dataclass(frozen=True)
+class SequentialPlan:
+    """``--seeds auto``: the design, the seeds in the order they are used (``max_seeds`` of
+    them), how a stage is split into trials, the decision metric and the compute budget."""
+
+    design: SequentialDesign
+    seeds: tuple[int, ...]
+    seeds_per_trial: int = 1
+    metric: str = SCORE_METRIC
+    budget_seconds: float | None = None  # sum of trial seconds; None: no budget
+    gpus_per_trial: float = 0.0
+
+    def stage_seeds(self, stage: int) -> list[int]:
+        looks = self.design.looks
+        lo = 0 if stage == 0 else looks[stage - 1]
+        return list(self.seeds[lo : looks[stage]])
+
+    @property
+    def stages(self) -> int:
+        return len(self.design.looks)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A stopped configuration against its baseline: the decision, its stage-wise p-value
+    (what the study's correction across its configurations adjusts), and the seeds a fixed
+    design with ``FIXED_POWER`` at the observed effect would have needed (the one paired
+    power function; no simulation runs here, inside Tune's driver loop)."""
+
+    decision: str
+    decided_at_look: int | None  # 1-based
+    looks: int
+    pairs: int
+    mean_difference: float
+    sd_difference: float
+    p_value: float
+    pair_seconds_per_seed: float
+    fixed_design_seeds: int | None = None
+    fixed_design_seconds: float | None = None
+
+    @classmethod
+    def of(cls, analysis: Analysis, diffs, alpha: float, pair_seconds_per_seed: float):
+        d = np.asarray(diffs[: analysis.seeds], dtype=float)
+        effect, sd = float(d.mean()), float(d.std(ddof=1)) if d.size > 1 else math.nan
+        n_fixed = fixed_seeds(effect, sd, alpha, FIXED_POWER)
+        return cls(
+            decision=analysis.decision,
+            decided_at_look=None if analysis.decided_at is None else analysis.decided_at + 1,
+            looks=len(analysis.looks),
+            pairs=int(analysis.seeds),
+            mean_difference=effect,
+            sd_difference=sd,
+            p_value=analysis.p_value,
+            pair_seconds_per_seed=pair_seconds_per_seed,
+            fixed_design_seeds=n_fixed,
+            fixed_design_seconds=None if n_fixed is None else n_fixed * pair_seconds_per_seed,
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Why and where a configuration stopped (``comparison``: None for a baseline)."""
+
+    reason: str
+    seeds: list[int]
+    trial_seconds: float
+    gpu_seconds: float
+    metric: str
+    comparison: Comparison | None = None
+
+    def as_dict(self) -> dict:
+        """The MLflow-facing record the driver's callback logs (no fixed-design entries when
+        no fixed design exists)."""
+        out = {k: getattr(self, k) for k in ("reason", "seeds", "trial_seconds", "gpu_seconds")}
+        out["metric"] = self.metric
+        if self.comparison is not None:
+            c = dataclasses.asdict(self.comparison)
+            if c["fixed_design_seeds"] is None:
+                del c["fixed_design_seeds"], c["fixed_design_seconds"]
+            out.update(c)
+        return out
+
+
+def paired_differences(config, baseline, *, higher_is_better: bool = True) -> np.ndarray:
+    """``config - baseline`` per seed, signed so that positive is better. A failed or diverged
+    run (NaN) counts as the worst value seen (0 for accuracies, which are in [0, 1])."""
+    a, b = np.asarray(config, dtype=float), np.asarray(baseline, dtype=float)
+    both = np.concatenate([a, b])
+    finite = both[np.isfinite(both)]
+    if higher_is_better:
+        worst = min(0.0, float(finite.min())) if finite.size else 0.0
+    else:
+        worst = float(finite.max()) if finite.size else 0.0
+    a, b = np.where(np.isfinite(a), a, worst), np.where(np.isfinite(b), b, worst)
+    return a - b if higher_is_better else b - a
