@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,6 +265,10 @@ def run_study(
         "objective": options.objective,
     }
     if options.resume:
+        from study.tune_state import mend_tune_state
+
+        for note in mend_tune_state(options.experiment_dir, options.optuna_storage_path):
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
         # Tune keeps only the keys of the param space in its saved state: a trial created
         # after the restore (a configuration not started before) would get the searcher's
         # suggestion alone, without the run options (seen after a disk filled up).

@@ -3,12 +3,15 @@
 The study's tracking store and Tune storage live on a small tmpfs of their own, which the test
 fills once the first epoch is logged. The driver exits 1 with one line that says the disk is
 full and how to resume; with space freed, the printed command finishes the study with every
-epoch exactly once. Mounting needs root (or CAP_SYS_ADMIN): elsewhere the test is skipped.
+epoch exactly once, although Tune's state in storage was cut short by the full disk (it is
+mended from the copy Ray staged on the driver's disk: ``study/tune_state.py``). Mounting
+needs root (or CAP_SYS_ADMIN): elsewhere the test is skipped.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -43,6 +46,14 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def _intact_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
 def _fill(disk: Path) -> Path:
     filler = disk / "filler"
     chunk = b"\0" * (1 << 20)
@@ -61,7 +72,7 @@ def test_a_full_disk_ends_the_study_in_one_line_and_resume_finishes(tmp_path, sm
     db = small_disk / "mlflow.db"
     uri = f"sqlite:///{db}"
     args = _study_args(
-        tmp_path, "--tracking-uri", uri, "--experiment", "full", epochs=6, batches=150
+        tmp_path, "--tracking-uri", uri, "--experiment", "full", epochs=4, batches=100
     )
     args[args.index("--storage-path") + 1] = str(small_disk / "runs")
     proc = _start(args, tmp_path)
@@ -83,6 +94,14 @@ def test_a_full_disk_ends_the_study_in_one_line_and_resume_finishes(tmp_path, sm
     assert "Traceback" not in stderr, stderr[-3000:]  # tracebacks go to the log, not here
     assert "disk full" in last and "rerun with --resume:" in last, last
 
+    # Tune copies its state over the files in storage every 2 s: a copy onto the full disk
+    # cuts them short. Whether one ran before the driver stopped is a race, so the test makes
+    # sure the newest state is left as such a copy leaves it.
+    (state,) = sorted((small_disk / "runs" / "full" / "main").glob("experiment_state-*.json"))[-1:]
+    text = state.read_bytes()
+    if _intact_json(text):
+        state.write_bytes(text[: len(text) // 2])
+
     filler.unlink()  # space again: the printed command finishes the study
     command = shlex.split(last.split("rerun with --resume: ", 1)[1].split(" (traceback in ")[0])
     assert "(traceback in " in last, last  # a disk with room (the temp directory) took it
@@ -93,10 +112,10 @@ def test_a_full_disk_ends_the_study_in_one_line_and_resume_finishes(tmp_path, sm
     errors = [f.read_text()[-1500:] for f in (small_disk / "runs").rglob("error.txt")]
     assert resumed.returncode == 0, (resumed.stderr[-1500:], errors)
     children = _children(client, "full")
-    if len(children) != 6:
-        # Open (issue 21): the configurations not started before the disk filled are not run
-        # by the resumed study (Tune's snapshots and the Optuna journal failed to write then).
-        pytest.xfail(f"resume after a full disk ran {len(children)} of 6 seed runs")
-    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    # Tune's state files truncated by the full disk are mended from Ray's staged copy; Tune
+    # itself would "restart" the study on them, rerunning it beside its first runs.
+    assert len(children) == 6, f"resume after a full disk ran {len(children)} of 6 seed runs"
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert len({(c.data.tags["config_id"], c.data.tags["seed"]) for c in children}) == 6
     for child in children:  # every epoch exactly once
-        assert _steps(client, child.info.run_id, "val_acc") == [1, 2, 3, 4, 5, 6]
+        assert _steps(client, child.info.run_id, "val_acc") == [1, 2, 3, 4]
