@@ -18,9 +18,23 @@ from dashboards import runs as runs_mod
 from dashboards import stats
 from dashboards.setups import Setup, SetupIndex
 from dashboards.stats import Estimate, Summary
-from trainables.contract import SEQUENTIAL_DECISIONS, SEQUENTIAL_STOPS, VANILLA
+from trainables.contract import (
+    ADJUSTED_DECISION_TAG,
+    CORRECTION_TAG,
+    FAMILY_CHILD_METRICS,
+    P_ADJUSTED_METRIC,
+    P_VALUE_METRIC,
+    SEQUENTIAL_DECISIONS,
+    SEQUENTIAL_STOPS,
+    VANILLA,
+)
 
 _CONFIG_KEYS = ("task", "config_id")
+_FAMILY = {key: metric for metric, key in FAMILY_CHILD_METRICS.items()}
+FAMILY_P, FAMILY_P_ADJUSTED = _FAMILY[P_VALUE_METRIC], _FAMILY[P_ADJUSTED_METRIC]
+FAMILY_DECISION = _FAMILY[ADJUSTED_DECISION_TAG]
+#: the decision of a tested configuration that the correction did not keep
+UNDECIDED = "undecided"
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,13 @@ class ConfigRow:
     success: Estimate  # best val acc >= the run's own threshold (Wilson), runs with one
     without_threshold: int  # runs that logged no threshold (left out of ``success``)
     diverged: Estimate
+    #: the study's test of this configuration against vanilla (``study/summary.py``: raw and
+    #: adjusted p across the study's configurations, the correction, the decision after it),
+    #: read from the child runs; NaN / None where the study wrote none
+    family_p: float = math.nan
+    family_p_adjusted: float = math.nan
+    correction: str | None = None
+    decision_adjusted: str | None = None
 
     @property
     def key(self) -> str:
@@ -127,9 +148,26 @@ def configuration_table(
                 success=success,
                 without_threshold=int((~has).sum()),
                 diverged=diverged,
+                **_family(first),
             )
         )  # fmt: skip
     return rows
+
+
+def _family(first: pd.Series) -> dict[str, Any]:
+    """The study's family test of a configuration, as its child runs carry it."""
+    p = _float(first.get(FAMILY_P))
+    if math.isnan(p):
+        return {}
+    code = _float(first.get(FAMILY_DECISION))
+    decisions = {v: k for k, v in SEQUENTIAL_DECISIONS.items()}
+    correction = first.get(f"tag.{CORRECTION_TAG}")
+    return {
+        "family_p": p,
+        "family_p_adjusted": _float(first.get(FAMILY_P_ADJUSTED)),
+        "correction": None if pd.isna(correction) else str(correction),
+        "decision_adjusted": decisions.get(code, UNDECIDED),
+    }
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,12 @@ def make_summary(
             "best_val_acc": _est(row.best_val_acc.mean),
             "test_acc": _est(row.test_acc.mean),
             "p_improve": _est(row.p_improve),
+            "study_test": {
+                "p_value": row.family_p,
+                "p_adjusted": row.family_p_adjusted,
+                "correction": row.correction,
+                "decision_adjusted": row.decision_adjusted,
+            },
         }
         for row in config_rows
     }

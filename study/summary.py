@@ -3,7 +3,8 @@ each with its paired vanilla baseline beside it (read back from MLflow), and the
 family of "better / worse than vanilla" verdicts: each configuration's raw p-value, adjusted
 across the configurations the study tested (``--correction``: Holm by default, controlling
 the family-wise error; Benjamini-Hochberg, the false discovery rate; or none), computed once
-here and written to the parent runs (``log_family``) for the report to read.
+here and written to the parent runs and their child runs (``log_family``) for the report to
+read.
 
 The p-value of a configuration: with ``--seeds auto`` the sequential design's stage-wise
 p-value (``study/sequential.py``, logged by the driver when the comparison stopped); with a
@@ -26,11 +27,14 @@ from trainables.contract import (
     CHILD,
     CORRECTION_TAG,
     DECISION_TAG,
+    FAMILY_CHILD_METRICS,
     LOWER_IS_BETTER,
     P_ADJUSTED_METRIC,
     P_VALUE_METRIC,
     PARENT,
+    SEQUENTIAL_DECISIONS,
     STOP_TAG,
+    TERMINAL_STATUSES,
     VANILLA,
     headline_metric,
     prob_better,
@@ -148,18 +152,33 @@ def family(rows: list[dict], correction: str, alpha: float) -> None:
 
 def log_family(tracker: StudyTracker, rows: list[dict]) -> None:
     """Write each tested configuration's raw and adjusted p-value, the correction and the
-    verdict after it to its parent run (what the report reads)."""
+    verdict after it to its parent run, and the same to its child runs (the report's data:
+    ``FAMILY_CHILD_METRICS``). Only what differs is written, so a resumed study's second
+    pass changes nothing."""
     parents = {p.config_id: p for p in tracker.find_runs(PARENT)}
+    children: dict[str, list] = {}
+    for child in tracker.find_runs(CHILD):
+        children.setdefault(child.config_id, []).append(child)
     for r in rows:
         parent = parents.get(r["config_id"])
         if parent is None or "p_adjusted" not in r:
             continue
+        tags = {CORRECTION_TAG: r["correction"], ADJUSTED_DECISION_TAG: r["decision_adjusted"]}
         tracker.finish(
             parent.run_id,
             {P_VALUE_METRIC: r["p_value"], P_ADJUSTED_METRIC: r["p_adjusted"]},
             parent.status,
-            tags={CORRECTION_TAG: r["correction"], ADJUSTED_DECISION_TAG: r["decision_adjusted"]},
+            tags=tags,
         )
+        figures = {P_VALUE_METRIC: r["p_value"], P_ADJUSTED_METRIC: r["p_adjusted"]}
+        figures[ADJUSTED_DECISION_TAG] = SEQUENTIAL_DECISIONS.get(r["decision_adjusted"], math.nan)
+        child_metrics = {metric: figures[key] for metric, key in FAMILY_CHILD_METRICS.items()}
+        for child in children.get(r["config_id"], []):
+            if child.status not in TERMINAL_STATUSES:  # a run still open is not rewritten
+                continue
+            tracker.finish(
+                child.run_id, child_metrics, child.status, tags={CORRECTION_TAG: r["correction"]}
+            )
 
 
 def _fixed_test(d: np.ndarray, key: str, alpha: float) -> tuple[str | None, float]:

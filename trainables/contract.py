@@ -191,6 +191,15 @@ SEQUENTIAL_STOPS = {"decided": 0.0, "max_seeds": 1.0, "budget": 2.0}
 #: undecided at alpha after the correction.
 P_VALUE_METRIC, P_ADJUSTED_METRIC = "p_value", "p_adjusted"
 CORRECTION_TAG, ADJUSTED_DECISION_TAG = "correction", "decision_adjusted"
+#: The same family figures on each child run of the configuration (the report's data are the
+#: child runs), as metrics: raw and adjusted p, and the decision after the correction as
+#: ``SEQUENTIAL_DECISIONS`` codes (absent: undecided); the correction is the child's
+#: ``CORRECTION_TAG`` tag.
+FAMILY_CHILD_METRICS = {
+    "family_p_value": P_VALUE_METRIC,
+    "family_p_adjusted": P_ADJUSTED_METRIC,
+    "family_decision_adjusted": ADJUSTED_DECISION_TAG,
+}
 #: Stage of a study's runs (tag on parents and children): the search, or the confirmation of
 #: the selected configuration(s) and vanilla on fresh seeds (``--confirm-seeds N``), which
 #: lives in its own MLflow experiment ``<study experiment>`` + ``CONFIRM_SUFFIX``.

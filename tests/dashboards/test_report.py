@@ -373,3 +373,29 @@ def test_report_renders_in_headless_chromium(built: Path, chromium: DevTools, tm
     (tmp_path / "report.png").write_bytes(png)
     if os.access(SCREENSHOT_COPY.parent, os.W_OK):
         SCREENSHOT_COPY.write_bytes(png)
+
+
+def test_the_studys_own_test_shows_raw_and_adjusted_in_the_configuration_table(tmp_path):
+    """Issue 20: the study's per-configuration p-values (raw, adjusted, the correction and the
+    decision after it), written on the child runs, reach the configuration table and
+    summary.json; a configuration the study did not test shows none."""
+    runs, history = synthetic(range(8))
+    tested = runs["config_id"] == "c300-p25"
+    runs.loc[tested, "family_p_value"] = 0.004
+    runs.loc[tested, "family_p_adjusted"] = 0.012
+    runs.loc[tested, "family_decision_adjusted"] = 1.0
+    runs.loc[tested, "tag.correction"] = "holm"
+    export.write_frames(tmp_path / "data", EXPERIMENT, runs, history)
+    assert make_report(tmp_path / "data", tmp_path / "out") == 0
+    configs = json.loads((tmp_path / "out" / "summary.json").read_text())["configs"]
+    test = configs["copying/c300-p25"]["study_test"]
+    assert test == {
+        "p_value": 0.004,
+        "p_adjusted": 0.012,
+        "correction": "holm",
+        "decision_adjusted": "better",
+    }
+    others = [c["study_test"] for k, c in configs.items() if k != "copying/c300-p25"]
+    assert others and all(t["correction"] is None for t in others)
+    text = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert "0.004 (0.012, holm)<br><small>better</small>" in text

@@ -19,6 +19,7 @@ from trainables.contract import (
     CONFIRM_SUFFIX,
     CONFIRMED,
     CORRECTION_TAG,
+    FAMILY_CHILD_METRICS,
     H_DETACH,
     P_ADJUSTED_METRIC,
     P_VALUE_METRIC,
@@ -79,6 +80,14 @@ def test_the_selected_configuration_is_confirmed_on_fresh_seeds(tmp_path):
         assert r.data.tags[CORRECTION_TAG] == "bh"
         assert r.data.metrics[P_ADJUSTED_METRIC] >= r.data.metrics[P_VALUE_METRIC]
         assert r.data.tags[ADJUSTED_DECISION_TAG] == "undecided"  # 2 seeds decide nothing
+    for r in search:  # the same figures on each h-detach child run: the report reads them
+        if r.data.tags["arm"] == VANILLA:
+            continue
+        parent = parents[r.data.tags["config_id"]].data
+        for metric, key in FAMILY_CHILD_METRICS.items():
+            if key != ADJUSTED_DECISION_TAG:
+                assert r.data.metrics[metric] == parent.metrics[key]
+        assert r.data.tags[CORRECTION_TAG] == "bh"
     assert "biased upward" in done.stdout
     assert "Confirmation on 2 fresh seeds (2..3" in done.stdout
     assert "Verdict (confirmed on fresh seeds): undecided" in done.stdout
