@@ -111,6 +111,7 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
     what = "paired" if paired else "unpaired"
     describe = f"{what} mean difference in {col}{' (sign flipped)' if sign < 0 else ''}"
     pvalue, effect = cmp.pvalue, cmp.difference
+    skew = _skew_needed(oa - ob) if paired else None
     if check.decide_by == "prob_better":
         if not paired:
             return empty(check, "no runs yet", "P(A>B) is declared but the seeds do not pair")
@@ -119,11 +120,19 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
         p = cmp.p_improve
         effect = Estimate(p.value - 0.5, p.low - 0.5, p.high - 0.5)
         describe = f"P(A>B) - 1/2 on {col} (exact sign test, ties dropped)"
+        skew = None  # an exact test: no shape caveat
     return judged(
         check, claim, effect, cmp.p_improve, (at, ab), describe,
         pvalue=pvalue, paired=paired, seeds=_seeds(check, oa, ob, paired),
-        margin_p=margin_pvalues(check, oa, ob, paired), details=details,
+        margin_p=margin_pvalues(check, oa, ob, paired), details=details, skew_needed=skew,
     )  # fmt: skip
+
+
+def _skew_needed(d: np.ndarray) -> float | None:
+    """Pairs Cochran's rule asks for at the skewness of the paired differences ``d`` (None
+    where it is not defined: under 3 pairs or no spread)."""
+    need = float(ptests.skew_needed(d))
+    return None if np.isnan(need) else need
 
 
 def _claimed(check: Check, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -287,6 +296,7 @@ def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
         check, claim, cmp.epochs_saved, cmp.p_faster, arms, describe,
         pvalue=cmp.pvalue, paired=paired, seeds=seeds,
         details={"horizon": horizon, "reached": list(cmp.reached)},
+        skew_needed=_skew_needed(ra - rb) if paired else None,
     )  # fmt: skip
 
 

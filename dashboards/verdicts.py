@@ -320,9 +320,13 @@ def judged(
     seeds: SeedsNeeded | None = None,
     margin_p: Mapping[str, float] | None = None,
     details: Mapping[str, Any] | None = None,
+    skew_needed: float | None = None,
 ) -> CheckVerdict:
     """A check with data: apply the decision rule and say why in one sentence. ``p`` is
-    P(A>B) (an effect size, shown); ``pvalue`` the check's test (see :func:`decide`)."""
+    P(A>B) (an effect size, shown); ``pvalue`` the check's test (see :func:`decide`).
+    ``skew_needed``: the pairs Cochran's rule asks for at the paired differences' skewness
+    (``pairedstats.tests.skew_needed``); a verdict reached with fewer carries a caution, since
+    the t-test's error can exceed its level there (docs/statistics.md, "Known limits")."""
     treatment, baseline = arms
     verdict, why, p_against = decide(
         check, effect, pvalue, min(treatment.n, baseline.n), claim.min_seeds, margin_p=margin_p
@@ -332,6 +336,13 @@ def judged(
         f"{check.treatment} vs {check.baseline}: {describe} {_ci(effect)}{p_text} "
         f"({treatment.n} vs {baseline.n} runs): {why}."
     )
+    n_min = min(treatment.n, baseline.n)
+    if verdict in ("supported", "contradicted") and skew_needed is not None and n_min < skew_needed:
+        reason += (
+            f" Caution: the paired differences are skewed; Cochran's rule asks for "
+            f"{int(skew_needed)} pairs before the t-test's error rate holds, and {n_min} were "
+            "compared (docs/statistics.md, Known limits)."
+        )
     number, why_none = None, None
     if verdict == "inconclusive" and seeds is not None:
         if seeds.seeds is None:

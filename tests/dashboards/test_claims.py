@@ -663,3 +663,25 @@ def test_numbers_do_not_move_when_unrelated_runs_are_added(rng):
     for a, b in zip(first, later, strict=True):
         assert vd.verdict_json(a) == vd.verdict_json(b)
         assert a.checks[0].treatment.summary == b.checks[0].treatment.summary
+
+
+def test_a_verdict_on_skewed_differences_carries_cochrans_caution():
+    """A t verdict reached on fewer pairs than Cochran's rule asks for at the differences'
+    skewness says so (the calibration's known limit); on near-normal ones it does not."""
+    b = np.array([0.60, 0.62, 0.58, 0.61, 0.59, 0.63, 0.60, 0.62])
+    skewed = np.array([0.05, 0.05, 0.06, 0.05, 0.05, 0.06, 0.05, 0.30])
+    even = np.array([0.04, 0.06, 0.05, 0.07, 0.03, 0.05, 0.06, 0.04])
+    reasons = []
+    for d, caution in ((skewed, True), (even, False)):
+        runs = pd.concat(
+            [
+                make_runs("copying", "h-detach", b + d, p_detach=0.25),
+                make_runs("copying", "vanilla", b),
+            ]
+        )
+        check = evaluate(one_check_claim(), runs).checks[0]
+        assert check.verdict == "supported", check.reason
+        assert ("Cochran's rule asks for" in check.reason) is caution, check.reason
+        reasons.append(check.reason)
+    need = int(np.ceil(25 * sps.skew(skewed, bias=False) ** 2))
+    assert f"asks for {need} pairs before the t-test's error rate holds, and 8" in reasons[0]
