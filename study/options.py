@@ -343,8 +343,8 @@ class StudyOptions:
             fail("confirm_seeds", self.confirm_seeds, "must be 0 (off) or an integer >= 2")
         try:
             base = self.run_config()
-            for seeds in self.seed_blocks:
-                base.replace(seeds=tuple(seeds)).validate()
+            # every seed at once: the blocks partition distinct seeds (checked above)
+            base.replace(seeds=tuple(self.seed_values)).validate()
             for p in self.p_values:
                 base.replace(p_detach=p).validate()
         except ConfigError as err:
