@@ -19,8 +19,12 @@ The claims span tasks while a study is one experiment per task (and copying dela
 ``summary.json``); ``--since DIR`` with that report. ``--no-export`` reports on the dataset as
 it is, without touching MLflow (and logs no run).
 
-Bad input (unknown experiment, unreachable tracking server, missing files) exits with code 2
-and a one-line message. The command never creates an experiment or a tracking database.
+Bad input (unknown experiment, unreachable tracking server, missing files, a corrupt tracking
+store or dataset file) exits with code 2 and a one-line message naming it. A failure while the
+report runs (a full disk, a server gone away) exits with code 1 and one line: the cause and
+the file holding the traceback (``<temp dir>/hdetach-report-<time>.log``); a report directory
+this run created is removed rather than left half written. The command never creates an
+experiment or a tracking database.
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from dashboards import claims as claims_mod
 from dashboards import export, report
+from dashboards.dataset import DatasetError
 from dashboards.stats import N_RESAMPLES
+from trainables.causes import failure_cause, save_traceback
 from trainables.contract import REPORT, RUN_KIND_TAG
 from trainables.tracking_uri import TrackingError, check_tracking_uri
 
@@ -153,14 +161,40 @@ def _open_experiment(uri: str, name: str):
         raise UsageError(f"no MLflow database at {db} (tracking URI {uri})")
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(name)
+    try:  # MLflow opens (and checks) a sqlite store as the client is made
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(name)
+    except Exception as err:
+        if db is None or not _sqlite_refused(err):
+            raise
+        raise UsageError(
+            f"tracking store {db.absolute()} is corrupt ({_first_line(err)}): restore it from "
+            "a backup or point --tracking-uri at another file"
+        ) from None
     if experiment is None or experiment.lifecycle_stage != "active":
         known = [e.name for e in client.search_experiments(max_results=20)]
         hint = f" (experiments there: {', '.join(known)})" if known else ""
         state = "deleted" if experiment is not None else "unknown"
         raise UsageError(f"{state} experiment {name!r} on {uri}{hint}")
     return client, experiment
+
+
+def _sqlite_refused(err: BaseException) -> bool:
+    """Whether sqlite itself refused the file (``database disk image is malformed``, ``file
+    is not a database``): the store is corrupt, not the command."""
+    import sqlite3
+
+    while err is not None:
+        if isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.OperationalError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _first_line(err: BaseException) -> str:
+    while err.__cause__ is not None:  # the library's own message, not its wrapper's
+        err = err.__cause__
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def _read_benchmarks(path: Path | None) -> dict | None:
@@ -241,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
         for name, (client, _) in zip(names, opened, strict=True):
             try:
                 result = export.export(args.tracking_uri, name, data_dir, client=client)
-            except export.ExportError as err:
+            except DatasetError as err:  # ExportError, or one the export meets
                 raise UsageError(str(err)) from None
             print(result.describe())
             notes.append(f"Data: {result.describe()} into {data_dir}.")
@@ -249,23 +283,31 @@ def run(args: argparse.Namespace) -> int:
                 notes.append(f"Export problem: {problem}")
     try:
         runs, history = export.load(data_dir, names)
-    except export.ExportError as err:
+    except DatasetError as err:  # ExportError, or one the export meets
         raise UsageError(str(err)) from None
 
-    built = report.build_report(
-        runs,
-        history,
-        out,
-        experiment=", ".join(names),
-        claim_list=claim_list,
-        benchmarks=benchmarks,
-        previous=previous,
-        since_label=since_label,
-        notes=notes,
-        seed=args.seed,
-        n_resamples=args.resamples,
-        max_curves=args.max_curves,
-    )
+    fresh = not out.exists()
+    try:
+        built = report.build_report(
+            runs,
+            history,
+            out,
+            experiment=", ".join(names),
+            claim_list=claim_list,
+            benchmarks=benchmarks,
+            previous=previous,
+            since_label=since_label,
+            notes=notes,
+            seed=args.seed,
+            n_resamples=args.resamples,
+            max_curves=args.max_curves,
+        )
+    except BaseException as err:
+        if fresh:  # half a report (a summary.json without its page) would pass for one
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(out)  # a failed write names no file: the report's folder
+        raise
     tally = ", ".join(f"{v.claim_id} {v.verdict}" for v in built.verdicts)
     print(f"report: {built.html} ({tally})")
     if not args.no_log_run:
@@ -283,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"report: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a runtime failure: one line, the traceback in a file
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        log = save_traceback([Path(tempfile.gettempdir()) / f"hdetach-report-{stamp}.log"])
+        where = f"traceback in {log}" if log else "no log: no disk would take the traceback"
+        print(f"report: error: {failure_cause(err)} ({where})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
