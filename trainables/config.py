@@ -1,7 +1,9 @@
 """Run configuration: one typed, validated description of a training run, and the presets.
 
 ``RunConfig`` is plain data, validated once at the edge (``validate``); inner code trusts it.
-Presets per task:
+Each field declares its option once (type, default, bounds, help, the tasks that read it):
+the checks and the flags of ``python -m trainables.train`` are generated from it
+(``trainables.declare``), and a task refuses an option it does not read. Presets per task:
 
 * ``paper`` - the paper's setup exactly (../shared/PAPER_SETUPS.md): copying T=100, 128
   units, Adam 1e-3, batch 100, 1,000 minibatches per epoch drawn with replacement from 100,000
