@@ -25,21 +25,21 @@ unless it is decided, at ``max_seeds`` or out of budget, both get the next ``see
 seeds. Optuna hears a configuration's objective only once it has stopped. While
 configurations wait for their looks, new ones are drawn from Optuna so that no slot idles.
 
-The state is typed: a ``Configuration`` per config id holding its ``Unit`` s (one Tune trial
-each: a block of seeds, its stage, its values once finished); the sequential plan, the paired
-differences and a stopped configuration's ``Outcome`` live beside the test in
-``study/sequential.py``.
+The state is typed (``study/searcher_state.py``): a ``Configuration`` per config id holding
+its ``Unit`` s (one Tune trial each: a block of seeds, its stage, its values once finished);
+the sequential plan, the paired differences and a stopped configuration's ``Outcome`` live
+beside the test in ``study/sequential.py``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 from ray.tune.search import Searcher
 
 from study import sequential as seq
+from study.searcher_state import Configuration, Unit, from_dicts
 from study.sequential import Comparison, Outcome, SequentialPlan, paired_differences
 from trainables.contract import (
     EPOCH_SCORE,
@@ -86,59 +86,6 @@ def objective_value(values: list[float], kind: str = "mean-se") -> float:
         return float(trim_mean(x, 0.25))
     se = x.std(ddof=1) / math.sqrt(x.size) if x.size > 1 else 0.0
     return float(x.mean() - se)
-
-
-@dataclass
-class Unit:
-    """One Tune trial of a configuration: a block of seeds at a stage (always 0 without
-    ``--seeds auto``), and once it finished its values (``values``: the score of each seed,
-    what Optuna hears; ``metric``: the decision metric of each seed)."""
-
-    seeds: list[int]
-    stage: int = 0
-    values: list[float] | None = None  # None: not finished
-    metric: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    failed: bool = False  # Tune handed a failed trial no result: it measured nothing
-    dropped: bool = False  # queued, then not run: its configuration stopped
-
-    @property
-    def done(self) -> bool:
-        return self.values is not None
-
-
-@dataclass
-class Configuration:
-    """One (p_detach, lr, clip) of the study, its paired baseline's id (None for vanilla)
-    and the bookkeeping of its trials."""
-
-    arm: str
-    p_detach: float
-    lr: float
-    clip: bool
-    baseline: str | None
-    optuna_ids: list[str]  # the Optuna trials that asked for it
-    reported: list[str] = field(default_factory=list)  # those that heard its objective
-    units: list[Unit] = field(default_factory=list)
-    stages: int = 0  # stages queued (sequential)
-    stopped: bool = False
-    outcome: Outcome | None = None
-    objective: float | None = None
-
-    @property
-    def done(self) -> list[Unit]:
-        return [unit for unit in self.units if unit.done]
-
-    def seed_values(self) -> dict[int, float]:
-        """The decision metric per seed over the finished units."""
-        out: dict[int, float] = {}
-        for unit in self.done:
-            out.update(zip(unit.seeds, unit.metric, strict=False))
-        return out
-
-    def per_seed_seconds(self) -> float:
-        seeds = sum(len(unit.seeds) for unit in self.done)
-        return sum(unit.seconds for unit in self.done) / seeds if seeds else 0.0
 
 
 #: Live searchers by study key, for the driver's MLflow callback (both live in the driver;
@@ -255,6 +202,7 @@ class PairedSeedSearcher(Searcher):
 
     def set_state(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.configs = {k: from_dicts(c) for k, c in self.configs.items()}
         self._register_live()
 
     def save(self, checkpoint_path: str) -> None:
