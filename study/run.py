@@ -118,19 +118,12 @@ def build_searcher(options: StudyOptions):
     """``ConcurrencyLimiter(PairedSeedSearcher(OptunaSearch))`` with a persisted Optuna study."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from study.searcher import OBJECTIVE, PairedSeedSearcher, SequentialPlan
 
-    storage_path = options.optuna_storage_path
-    if "://" in storage_path:
-        storage = storage_path  # an RDB URL
-    else:
-        Path(storage_path).parent.mkdir(parents=True, exist_ok=True)
-        storage = JournalStorage(JournalFileBackend(storage_path))
+    storage = optuna_storage(options)
     clip = CategoricalDistribution(list(options.clip_values))
     points = None
     if options.search == "tpe":
@@ -191,6 +184,18 @@ def build_searcher(options: StudyOptions):
     return ConcurrencyLimiter(paired, max_concurrent=_max_concurrent(options))
 
 
+def optuna_storage(options: StudyOptions):
+    """The Optuna storage the options name: an RDB URL, or a journal file."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage_path = options.optuna_storage_path
+    if "://" in storage_path:
+        return storage_path  # an RDB URL
+    Path(storage_path).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(storage_path))
+
+
 def _reporter(options: StudyOptions):
     from ray.tune import CLIReporter
 
@@ -223,7 +228,7 @@ def run_study(
     from study.mlflow_ui import describe_parents, experiment_tags, runs_location
     from study.summary import log_family, ranked_summary
     from study.tracking import StudyTracker
-    from study.trainable import FailDeterministicErrorsOnce, train_block
+    from study.trainable import LOCATIONS, FailDeterministicErrorsOnce, train_block
 
     if not checked:
         preflight(options)
@@ -234,8 +239,11 @@ def run_study(
     _init_ray(options)
     if log_to is not None and options.verbose < 2:  # verbose 2 shows everything, as it comes
         send_library_logs_to(log_to)
+    # Where things are (the data) goes to every trial from this command line, also to the
+    # trials a resumed study restores with the run options saved when they were created.
+    locations = {key: getattr(base, key) for key in LOCATIONS}
     trainable = tune.with_resources(
-        train_block,
+        tune.with_parameters(train_block, locations=locations),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial, **options.resources},
     )
     tracker = StudyTracker(options.tracking_uri, options.experiment_name)
@@ -375,6 +383,8 @@ def _restored_callback(tuner, fresh):
             "--resume: the saved study has no MLflow callback to resume (saved by another "
             "version of this program?)"
         )
+    # Its run options stay the ones the study started with: they are the child runs' params
+    # (immutable), where the data was then; the trials read it where this command says.
     restored[0].bind(fresh.tracker)
     return restored[0]
 

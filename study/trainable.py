@@ -37,9 +37,17 @@ from trainables.train import Trainer, trainer_for
 CHECKPOINT_FILE = "trainer.pt"
 
 
-def run_config_for(config: dict) -> RunConfig:
-    """The block's ``RunConfig``: the study's base run options + this trial's parameters."""
+#: Run options that say where things are, not what is computed: a resumed study takes them
+#: from the resuming command line (``train_block``'s ``locations``), also for the trials Tune
+#: restores with the configuration saved when they were created.
+LOCATIONS = ("data_dir",)
+
+
+def run_config_for(config: dict, locations: dict | None = None) -> RunConfig:
+    """The block's ``RunConfig``: the study's base run options + this trial's parameters,
+    with ``locations`` (the driver's, now) over the ones saved in the trial's config."""
     base = dict(config["run"])
+    base.update({k: v for k, v in (locations or {}).items() if k in LOCATIONS})
     base.update(
         p_detach=float(config["p_detach"]),
         lr=float(config["lr"]),
@@ -75,12 +83,13 @@ class DeterministicTrialError(RuntimeError):
     configuration): the trial fails without being retried."""
 
 
-def train_block(config: dict) -> None:
+def train_block(config: dict, locations: dict | None = None) -> None:
     """Train one seed block; resumable from Tune's epoch checkpoints. An error a retry
     cannot fix is reported (``DETERMINISTIC``, its cause) and raised as
-    :class:`DeterministicTrialError`; any other error is raised as it is (Tune retries it)."""
+    :class:`DeterministicTrialError`; any other error is raised as it is (Tune retries it).
+    ``locations``: the driver's :data:`LOCATIONS` (``tune.with_parameters``)."""
     try:
-        _train_block(config)
+        _train_block(config, locations)
     except Exception as err:
         cause = str(err) if isinstance(err, DeterministicTrialError) else disk_full(err)
         if cause is None:
@@ -101,12 +110,12 @@ def train_block(config: dict) -> None:
         raise DeterministicTrialError(cause) from err
 
 
-def _train_block(config: dict) -> None:
+def _train_block(config: dict, locations: dict | None) -> None:
     keep_freed_memory()
     cpus = max(1, int(config["cpus_per_trial"]))
     torch.set_num_threads(cpus)
     try:
-        cfg = run_config_for(config)
+        cfg = run_config_for(config, locations)
     except (KeyError, TypeError, ValueError) as err:
         raise DeterministicTrialError(f"invalid configuration: {err}") from err
     trainer = trainer_for(cfg)

@@ -426,8 +426,9 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"checkpoint format {state.get('format')!r} is not supported")
         saved = RunConfig.from_dict(state["config"])
-        # How long and where a run trains may change on resume; what it trains may not.
-        execution = {k: getattr(self.cfg, k) for k in ("epochs", "device", "backend")}
+        # How long and where a run trains, and where its data lies, may change on resume;
+        # what it trains may not.
+        execution = {k: getattr(self.cfg, k) for k in ("epochs", "device", "backend", "data_dir")}
         if saved.replace(**execution) != self.cfg:
             raise ConfigError("checkpoint was written by a different configuration")
         self.epoch = state["epoch"]

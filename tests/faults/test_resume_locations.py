@@ -1,0 +1,75 @@
+"""Issue 21, failure 1 (every runtime location): a resumed study reads its data where the
+resuming command says, also in the trials Tune restores with the run options saved when they
+were created. A ``seq_mnist`` study on a small MNIST is interrupted (Ctrl-C), the data folder
+is moved, and ``--resume --data-dir <new place>`` finishes every seed with every epoch once;
+before, each restored trial looked for the data in the old place and failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.faults.test_resume import _child_at_epoch
+from tests.study.test_study import (
+    ENV,
+    FIXED,
+    RUN,
+    _children,
+    _kill_session,
+    _start,
+    _steps,
+    _wait_for,
+)
+from tests.trainables.idx_files import write_mnist_raw
+
+EPOCHS = 12
+
+
+def _args(tmp_path, data_dir) -> list[str]:
+    config = tmp_path / "study.yaml"
+    config.write_text(FIXED)
+    return [
+        *RUN, "--config", str(config), "--task", "seq_mnist", "--preset", "smoke",
+        "--seeds", "2", "--cpus-per-trial", "1", "--max-concurrent", "2", "--verbose", "0",
+        "--set", "train_size=500", "--set", "val_size=100", "--set", "test_size=100",
+        "--epochs", str(EPOCHS), "--storage-path", str(tmp_path / "runs"),
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "located",
+        "--data-dir", str(data_dir),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_resumed_study_reads_the_data_where_the_resuming_command_says(tmp_path):
+    old, new = tmp_path / "data", tmp_path / "moved" / "data"
+    write_mnist_raw(old, n_train=600, n_test=100)
+    db = tmp_path / "mlflow.db"
+    proc = _start(_args(tmp_path, old), tmp_path)
+    client = MlflowClient(f"sqlite:///{db}")
+    try:
+        _wait_for(_child_at_epoch(client, db, "located", 1), 600, "a trained epoch", proc)
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state, the driver exits 130
+        assert proc.wait(timeout=300) == 130, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        _kill_session(proc.pid)
+    started = {c.info.run_id for c in _children(client, "located")}
+    unfinished = [c for c in _children(client, "located") if c.info.status != "FINISHED"]
+    assert unfinished, "the study ended before it was interrupted"
+
+    new.parent.mkdir()
+    old.rename(new)  # the data moved (another disk, another mount point)
+    resumed = subprocess.run(
+        [*_args(tmp_path, new), "--resume"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    errors = [f.read_text()[-1500:] for f in (tmp_path / "runs").rglob("error.txt")]
+    assert resumed.returncode == 0, (resumed.stderr[-2000:], errors)
+    children = _children(client, "located")
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    assert started <= {c.info.run_id for c in children}  # the restored trials' runs went on
+    for child in children:  # every epoch exactly once
+        assert _steps(client, child.info.run_id, "val_acc") == list(range(1, EPOCHS + 1))
