@@ -119,8 +119,8 @@ def build_searcher(options: StudyOptions):
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
+    from study.optuna_search import RelocatableOptunaSearch as OptunaSearch
     from study.searcher import OBJECTIVE, PairedSeedSearcher, SequentialPlan
 
     storage = optuna_storage(options)
@@ -284,6 +284,7 @@ def run_study(
             options.experiment_dir, trainable, resume_errored=True, param_space=param_space
         )
         callback = _restored_callback(tuner, callback)
+        _relocate_searcher(tuner, options)
     else:
         scheduler = None
         if options.asha:
@@ -360,6 +361,32 @@ def run_study(
         logging_seconds=callback.seconds,
         confirmation=confirmation,
     )
+
+
+def _relocate_searcher(tuner, options: StudyOptions) -> None:
+    """The Optuna study Tune restores with the experiment is read and written where this
+    command says (``--optuna-storage``, or the journal beside the Tune experiment now)."""
+    from study.optuna_search import RelocatableOptunaSearch
+
+    local = getattr(tuner, "_local_tuner", None)
+    searcher = local._tune_config.search_alg if local is not None else None
+    while searcher is not None and not isinstance(searcher, RelocatableOptunaSearch):
+        searcher = getattr(searcher, "searcher", None)  # ConcurrencyLimiter, PairedSeed...
+    if searcher is None:
+        return  # saved by a version whose searcher keeps the path of its first run
+    path = options.optuna_storage_path
+    if "://" not in path and not Path(path).is_file():
+        raise StudyError(
+            f"--resume: no Optuna journal at {path}: move the study's journal there, or "
+            "give --optuna-storage where it is"
+        )
+    try:
+        searcher.relocate(optuna_storage(options))
+    except KeyError:  # optuna: no study of that name in the storage
+        raise StudyError(
+            f"--resume: {path} holds no Optuna study {searcher._study_name!r}: give "
+            "--optuna-storage where the study's journal (or database) is"
+        ) from None
 
 
 def _deterministic_cause(result) -> str | None:

@@ -1,8 +1,11 @@
 """Issue 21, failure 1 (every runtime location): a resumed study reads its data where the
 resuming command says, also in the trials Tune restores with the run options saved when they
-were created. A ``seq_mnist`` study on a small MNIST is interrupted (Ctrl-C), the data folder
-is moved, and ``--resume --data-dir <new place>`` finishes every seed with every epoch once;
-before, each restored trial looked for the data in the old place and failed.
+were created, and keeps its Optuna study where the command says. A ``seq_mnist`` study on a
+small MNIST is interrupted (Ctrl-C), the data folder is moved, and ``--resume --data-dir <new
+place>`` finishes every seed with every epoch once (before, each restored trial looked for the
+data in the old place and failed); a study whose Optuna journal moved resumes with
+``--optuna-storage <new place>`` and tells Optuna every configuration there (before, Tune's
+saved searcher wrote a fresh journal at the old path).
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import os
 import signal
 import subprocess
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from tests.faults.test_resume import _child_at_epoch
 from tests.study.test_study import (
@@ -23,6 +29,7 @@ from tests.study.test_study import (
     _kill_session,
     _start,
     _steps,
+    _study_args,
     _wait_for,
 )
 from tests.trainables.idx_files import write_mnist_raw
@@ -73,3 +80,40 @@ def test_a_resumed_study_reads_the_data_where_the_resuming_command_says(tmp_path
     assert started <= {c.info.run_id for c in children}  # the restored trials' runs went on
     for child in children:  # every epoch exactly once
         assert _steps(client, child.info.run_id, "val_acc") == list(range(1, EPOCHS + 1))
+
+
+@pytest.mark.slow
+def test_a_resumed_study_keeps_its_optuna_study_where_the_resuming_command_says(tmp_path):
+    db = tmp_path / "mlflow.db"
+    uri, epochs = f"sqlite:///{db}", 4
+    args = _study_args(
+        tmp_path, "--tracking-uri", uri, "--experiment", "journal", epochs=epochs, batches=100
+    )
+    proc = _start(args, tmp_path)
+    client = MlflowClient(uri)
+    try:
+        _wait_for(_child_at_epoch(client, db, "journal", 1), 600, "a trained epoch", proc)
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=300) == 130, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        _kill_session(proc.pid)
+    old = tmp_path / "runs" / "journal" / "main.optuna.journal"
+    new = tmp_path / "elsewhere" / "study.journal"
+    new.parent.mkdir()
+    old.rename(new)  # the journal moved
+
+    resumed = subprocess.run(
+        [*args, "--optuna-storage", str(new), "--resume"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not old.exists(), "the resumed study wrote a journal at its first path"
+    study = optuna.load_study(
+        study_name="journal/main", storage=JournalStorage(JournalFileBackend(str(new)))
+    )
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2, states  # both h-detach configs
+    children = _children(client, "journal")
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        assert _steps(client, child.info.run_id, "val_acc") == list(range(1, epochs + 1))
