@@ -35,6 +35,20 @@ def _child_at_epoch(client: MlflowClient, db, experiment: str, epoch: int):
     return check
 
 
+def _interrupted(args: list[str], cwd, db, experiment: str) -> MlflowClient:
+    """Start the study, Ctrl-C it once an epoch is logged (it exits 130 after Tune saved its
+    state); the client of its store."""
+    proc = _start(args, cwd)
+    client = MlflowClient(f"sqlite:///{db}")
+    try:
+        _wait_for(_child_at_epoch(client, db, experiment, 1), 600, "a trained epoch", proc)
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends the foreground driver
+        assert proc.wait(timeout=300) == 130, (cwd / "driver.log").read_text()[-3000:]
+    finally:
+        _kill_session(proc.pid)
+    return client
+
+
 @pytest.mark.slow
 def test_ctrl_c_exits_130_with_the_resume_command_and_resume_finishes_the_study(tmp_path):
     db = tmp_path / "mlflow.db"
@@ -42,14 +56,7 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_resume_finishes_the_study(
     args = _study_args(
         tmp_path, "--tracking-uri", uri, "--experiment", "ctrlc", epochs=epochs, batches=150
     )
-    proc = _start(args, tmp_path)
-    client = MlflowClient(uri)
-    try:
-        _wait_for(_child_at_epoch(client, db, "ctrlc", 1), 600, "a trained epoch", proc)
-        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends the foreground driver
-        assert proc.wait(timeout=300) == 130, (tmp_path / "driver.log").read_text()[-3000:]
-    finally:
-        _kill_session(proc.pid)
+    client = _interrupted(args, tmp_path, db, "ctrlc")
     last = (tmp_path / "driver.log").read_text().strip().splitlines()[-1]
     assert "interrupted: rerun with --resume" in last and "--experiment ctrlc" in last, last
     assert "Tuner.restore" not in (tmp_path / "driver.log").read_text()

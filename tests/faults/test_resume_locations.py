@@ -10,27 +10,21 @@ saved searcher wrote a fresh journal at the old path).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from tests.faults.test_resume import _child_at_epoch
+from tests.faults.test_resume import _interrupted
 from tests.study.test_study import (
     ENV,
     FIXED,
     RUN,
     _children,
-    _kill_session,
-    _start,
     _steps,
     _study_args,
-    _wait_for,
 )
 from tests.trainables.idx_files import write_mnist_raw
 
@@ -55,14 +49,7 @@ def test_a_resumed_study_reads_the_data_where_the_resuming_command_says(tmp_path
     old, new = tmp_path / "data", tmp_path / "moved" / "data"
     write_mnist_raw(old, n_train=600, n_test=100)
     db = tmp_path / "mlflow.db"
-    proc = _start(_args(tmp_path, old), tmp_path)
-    client = MlflowClient(f"sqlite:///{db}")
-    try:
-        _wait_for(_child_at_epoch(client, db, "located", 1), 600, "a trained epoch", proc)
-        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state, the driver exits 130
-        assert proc.wait(timeout=300) == 130, (tmp_path / "driver.log").read_text()[-3000:]
-    finally:
-        _kill_session(proc.pid)
+    client = _interrupted(_args(tmp_path, old), tmp_path, db, "located")
     started = {c.info.run_id for c in _children(client, "located")}
     unfinished = [c for c in _children(client, "located") if c.info.status != "FINISHED"]
     assert unfinished, "the study ended before it was interrupted"
@@ -89,14 +76,7 @@ def test_a_resumed_study_keeps_its_optuna_study_where_the_resuming_command_says(
     args = _study_args(
         tmp_path, "--tracking-uri", uri, "--experiment", "journal", epochs=epochs, batches=100
     )
-    proc = _start(args, tmp_path)
-    client = MlflowClient(uri)
-    try:
-        _wait_for(_child_at_epoch(client, db, "journal", 1), 600, "a trained epoch", proc)
-        os.kill(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=300) == 130, (tmp_path / "driver.log").read_text()[-3000:]
-    finally:
-        _kill_session(proc.pid)
+    client = _interrupted(args, tmp_path, db, "journal")
     old = tmp_path / "runs" / "journal" / "main.optuna.journal"
     new = tmp_path / "elsewhere" / "study.journal"
     new.parent.mkdir()
