@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
-from study.searcher import config_id, live_searcher, objective_value
+from study.searcher import PairedSeedSearcher, config_id, objective_value
 from study.sequential import UNDECIDED
 from study.tracking import StudyTracker
 from trainables.config import RunConfig
@@ -61,7 +61,8 @@ class MlflowStudyCallback(tune.Callback):
         self.study = study
         self.seeds_per_trial = seeds_per_trial
         self.objective = objective
-        self.sequential_key = sequential_key  # --seeds auto: the searcher that decides
+        self.sequential_key = sequential_key  # --seeds auto: the searcher decides (link)
+        self.searcher: PairedSeedSearcher | None = None  # the deciding searcher, see link()
         self._stopped_seen = 0
         self._children: dict[tuple[str, int], str] = {}
         self._blocks: dict[tuple[str, tuple[int, ...]], list[str]] = {}  # ensured run ids
@@ -75,6 +76,7 @@ class MlflowStudyCallback(tune.Callback):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["tracker"] = None
+        state["searcher"] = None  # Tune saves the searcher itself; the driver links it again
         state["_children"], state["_blocks"], state["_stopped_seen"] = {}, {}, 0
         return state
 
@@ -86,9 +88,18 @@ class MlflowStudyCallback(tune.Callback):
             )
         self.tracker = tracker
 
+    def link(self, searcher: PairedSeedSearcher | None) -> None:
+        """Read sequential outcomes from ``searcher``: the one in the Tuner the driver runs
+        (``study.search_setup.paired_seed_searcher``), which Tune restores in place."""
+        self.searcher = searcher
+
     def setup(self, **info):
         if self.tracker is None:
             raise RuntimeError("a restored study callback needs bind(tracker) before Tune starts")
+        if self.sequential_key is not None and getattr(self, "searcher", None) is None:
+            raise RuntimeError(
+                "a --seeds auto study callback needs link(searcher) before Tune starts"
+            )
         if not self.tracker.started:
             self.tracker.start()
 
@@ -217,9 +228,7 @@ class MlflowStudyCallback(tune.Callback):
         ``--seeds auto``: every configuration the searcher has stopped since the last call,
         with its decision (a look can stop a configuration other than the trial's own)."""
         if self.sequential_key is not None:
-            searcher = live_searcher(self.sequential_key)
-            if searcher is None:
-                return
+            searcher = self.searcher
             while self._stopped_seen < len(searcher.stopped):
                 cid = searcher.stopped[self._stopped_seen]
                 self._stopped_seen += 1

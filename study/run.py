@@ -35,7 +35,13 @@ from study.failures import (
 )
 from study.options import OptionsError, StudyOptions, options_from_args
 from study.preflight import StudyError, preflight
-from study.search_setup import build_searcher, max_concurrent, relocate_searcher
+from study.search_setup import (
+    build_searcher,
+    max_concurrent,
+    paired_seed_searcher,
+    relocate_searcher,
+    restored_search_alg,
+)
 from trainables.locking import LockHeld, StudyLock
 from trainables.tracking_uri import TrackingError
 
@@ -187,6 +193,7 @@ def run_study(
         )
         callback = _restored_callback(tuner, callback)
         relocate_searcher(tuner, options)
+        callback.link(paired_seed_searcher(restored_search_alg(tuner)))
     else:
         scheduler = None
         if options.asha:
@@ -197,11 +204,13 @@ def run_study(
                 max_t=base.epochs,
                 grace_period=min(options.asha_grace, base.epochs),
             )
+        search_alg = build_searcher(options)
+        callback.link(paired_seed_searcher(search_alg))
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                search_alg=build_searcher(options),
+                search_alg=search_alg,
                 scheduler=scheduler,
                 num_samples=-1,
                 reuse_actors=True,  # a fresh process per trial costs seconds of imports

@@ -118,15 +118,37 @@ def optuna_storage(options: StudyOptions):
     return JournalStorage(JournalFileBackend(storage_path))
 
 
+def restored_search_alg(tuner):
+    """The search algorithm of a restored Tuner: the object Tune runs and restores its state
+    into (in place, through each wrapper's ``set_state``). Tuner.restore takes no tune config,
+    and the restored one is only reachable through the Tuner's local implementation."""
+    local = getattr(tuner, "_local_tuner", None)
+    return local._tune_config.search_alg if local is not None else None
+
+
+def _find(search_alg, kind):
+    """The searcher of type ``kind`` in the wrapper chain (ConcurrencyLimiter ->
+    PairedSeedSearcher -> OptunaSearch), or None."""
+    searcher = search_alg
+    while searcher is not None and not isinstance(searcher, kind):
+        searcher = getattr(searcher, "searcher", None)
+    return searcher
+
+
+def paired_seed_searcher(search_alg):
+    """The ``PairedSeedSearcher`` of a search algorithm built by :func:`build_searcher`: the
+    study callback reads sequential outcomes from it (``MlflowStudyCallback.link``)."""
+    from study.searcher import PairedSeedSearcher
+
+    return _find(search_alg, PairedSeedSearcher)
+
+
 def relocate_searcher(tuner, options: StudyOptions) -> None:
     """The Optuna study Tune restores with the experiment is read and written where this
     command says (``--optuna-storage``, or the journal beside the Tune experiment now)."""
     from study.optuna_search import RelocatableOptunaSearch
 
-    local = getattr(tuner, "_local_tuner", None)
-    searcher = local._tune_config.search_alg if local is not None else None
-    while searcher is not None and not isinstance(searcher, RelocatableOptunaSearch):
-        searcher = getattr(searcher, "searcher", None)  # ConcurrencyLimiter, PairedSeed...
+    searcher = _find(restored_search_alg(tuner), RelocatableOptunaSearch)
     if searcher is None:
         return  # saved by a version whose searcher keeps the path of its first run
     path = options.optuna_storage_path

@@ -88,15 +88,6 @@ def objective_value(values: list[float], kind: str = "mean-se") -> float:
     return float(x.mean() - se)
 
 
-#: Live searchers by study key, for the driver's MLflow callback (both live in the driver;
-#: Tune pickles them apart, so the callback finds the searcher by the study's key).
-_LIVE: dict[str, PairedSeedSearcher] = {}
-
-
-def live_searcher(key: str) -> PairedSeedSearcher | None:
-    return _LIVE.get(key)
-
-
 class PairedSeedSearcher(Searcher):
     """See the module docstring. ``searcher`` is the inner ``OptunaSearch``."""
 
@@ -124,7 +115,6 @@ class PairedSeedSearcher(Searcher):
         self.budget_spent = False
         self.stopped: list[str] = []  # configurations stopped, in order (for the callback)
         super().__init__(metric=searcher.metric, mode=searcher.mode)
-        self._register_live()
 
     # -- Tune's Searcher interface --------------------------------------------------------
 
@@ -203,17 +193,12 @@ class PairedSeedSearcher(Searcher):
     def set_state(self, state: dict) -> None:
         self.__dict__.update(state)
         self.configs = {k: from_dicts(c) for k, c in self.configs.items()}
-        self._register_live()
 
     def save(self, checkpoint_path: str) -> None:
         self.searcher.save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
         self.searcher.restore(checkpoint_path)
-
-    def _register_live(self) -> None:
-        if self.key:
-            _LIVE[self.key] = self
 
     # -- what the driver's callback reads ------------------------------------------------
 
