@@ -169,9 +169,9 @@ def run(
 
 #: Rules on a mean whose false-verdict rate this table shows above alpha, and why: every
 #: t-based test of a mean (and the claim's Holm step over such tests) on strongly skewed
-#: differences (lognormal sigma 1, skewness about 6: 0.13-0.18 at n = 3..20 for 0.05), and on
-#: the ceiling shape's left-skewed differences (about 0.06 for 0.05 at n = 10..20; 0.04 for
-#: 0.025 at a margin). No test of a mean keeps its level over all skewed distributions at small
+#: differences (lognormal sigma 1, skewness about 6: 0.13-0.19 at n = 3..20 for 0.05), and on
+#: the ceiling shape's left-skewed differences (about 0.06 for 0.05 at n = 10..20; 0.04-0.05
+#: for 0.025 at a margin). No test of a mean keeps its level over all skewed distributions at small
 #: n (Bahadur & Savage 1956); skew-corrected t (Johnson 1978, Hall 1992) still gave 0.08-0.14,
 #: and Cochran's rule as a gate (benchmarks/skew_guard.py) fixes the ceiling rows but halves
 #: the power on normal differences at 10 pairs. These rows stay in the table, marked; the test
