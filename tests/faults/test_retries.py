@@ -10,6 +10,7 @@ the driver's one line names the corrupt file. The other trials finish with every
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -50,6 +51,21 @@ def _trial_of(worker: int) -> str | None:
         return None
 
 
+def _runs_now(trial_dir: Path, pid: int, last_epoch: int = 3) -> bool:
+    """Whether ``pid`` runs the trial of ``trial_dir`` now, early enough to be interrupted:
+    the trial's last result came from that process, is not its last (``done``), and is at
+    most ``last_epoch``. With ``reuse_actors`` a worker goes on to other trials, and the one
+    its working directory names may have finished (a kill would then hit another trial)."""
+    try:
+        lines = (trial_dir / "result.json").read_text().strip().splitlines()
+        last = json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return False
+    if not last or last.get("done"):
+        return False
+    return last.get("pid") == pid and last.get("epoch", 0) <= last_epoch
+
+
 def _corrupt_a_running_trial(session: int, trials_dir: Path) -> str | None:
     """Freeze every trial worker, truncate each checkpoint of one running trial that has
     some, kill that trial's worker, let the others go on. The trial's name, or None when no
@@ -60,7 +76,9 @@ def _corrupt_a_running_trial(session: int, trials_dir: Path) -> str | None:
     try:
         for pid in workers:
             name = _trial_of(pid)
-            files = list((trials_dir / name).glob("checkpoint_*/trainer.pt")) if name else []
+            if name is None or not _runs_now(trials_dir / name, pid):
+                continue  # a reused worker's directory can name a trial it ran before
+            files = list((trials_dir / name).glob("checkpoint_*/trainer.pt"))
             if files:
                 for file in files:
                     data = file.read_bytes()
