@@ -386,13 +386,7 @@ def welch_pvalue(a: np.ndarray, b: np.ndarray) -> float:
     Args:
         a: ``n_a`` values; b: ``n_b`` values.
     """
-    a = as_1d(a, "a")
-    b = as_1d(b, "b")
-    if min(a.size, b.size) < 2:
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # constant samples: p is NaN
-        return float(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    return float(ptests.difference_pvalue(as_1d(a, "a"), as_1d(b, "b"), paired=False))
 
 
 def mann_whitney_pvalue(a: np.ndarray, b: np.ndarray) -> float:

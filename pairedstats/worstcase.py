@@ -41,11 +41,9 @@ def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mean, se, np.where(n >= 2, n - 1, np.nan)
 
 
-def _bounds(a: np.ndarray, b: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) bound of ``W_A - W_B`` with every one-sided t bound at level ``q``
-    (``q`` broadcasts against the leading axes)."""
-    ma, sa, fa = _moments(a)
-    mb, sb, fb = _moments(b)
+def _bounds(ma, sa, fa, mb, sb, fb, q) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) bound of ``W_A - W_B`` from each arm's :func:`_moments`, with every
+    one-sided t bound at level ``q`` (``q`` broadcasts against the leading axes)."""
     qq = np.asarray(q, dtype=float)[..., None]
     ta, tb = sps.t.isf(qq, fa), sps.t.isf(qq, fb)
     low = np.min(ma - ta * sa, axis=-1) - np.min(mb + tb * sb, axis=-1)
@@ -66,7 +64,7 @@ def worst_case_interval(a, b, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarr
     with the leading shape; NaN where a learning rate has fewer than 2 seeds in an arm."""
     a, b = _stack(a, b)
     L = a.shape[-2]
-    return _bounds(a, b, np.full(a.shape[:-2], alpha / (4 * L)))
+    return _bounds(*_moments(a), *_moments(b), np.full(a.shape[:-2], alpha / (4 * L)))
 
 
 def worst_case_pvalue(a, b) -> np.ndarray:
@@ -76,12 +74,13 @@ def worst_case_pvalue(a, b) -> np.ndarray:
     L = a.shape[-2]
     shape = a.shape[:-2]
     lo, hi = np.zeros(shape), np.ones(shape)  # p in (lo, hi]: the interval at hi excludes 0
-    low1, high1 = _bounds(a, b, np.full(shape, 1 / (4 * L)))
+    moments = (*_moments(a), *_moments(b))  # the bisection moves only the t quantiles
+    low1, high1 = _bounds(*moments, np.full(shape, 1 / (4 * L)))
     undefined = np.isnan(low1) | np.isnan(high1)
     never = ~undefined & ~((low1 > 0) | (high1 < 0))  # not even at alpha = 1
     for _ in range(_STEPS):
         mid = (lo + hi) / 2
-        low, high = _bounds(a, b, mid / (4 * L))
+        low, high = _bounds(*moments, mid / (4 * L))
         excludes = (low > 0) | (high < 0)
         hi = np.where(excludes, mid, hi)
         lo = np.where(excludes, lo, mid)
