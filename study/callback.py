@@ -30,6 +30,8 @@ from trainables.contract import (
     DECISION_METRIC_TAG,
     DECISION_TAG,
     EPOCH_METRICS,
+    GATE_CHILD_METRICS,
+    GATE_METRICS,
     RUN_TAGS,
     SCORE_METRIC,
     SEQUENTIAL_CHILD_METRICS,
@@ -285,7 +287,7 @@ class MlflowStudyCallback(tune.Callback):
         tags = {}
         if outcome is not None:
             finals["seeds_used"] = float(len(outcome["seeds"]))
-            for key in SEQUENTIAL_METRICS:
+            for key in (*SEQUENTIAL_METRICS, *GATE_METRICS):
                 value = outcome.get(key)
                 if isinstance(value, int | float) and key != "seeds_used":
                     finals[key] = float(value)
@@ -305,7 +307,7 @@ class MlflowStudyCallback(tune.Callback):
 
 def _child_outcome(outcome: dict) -> dict[str, float]:
     out = {}
-    for metric, key in SEQUENTIAL_CHILD_METRICS.items():
+    for metric, key in (SEQUENTIAL_CHILD_METRICS | GATE_CHILD_METRICS).items():
         value = outcome.get(key)
         if key == "decision":
             value = SEQUENTIAL_DECISIONS.get(value)

@@ -22,7 +22,11 @@ With ``sequential`` (``--seeds auto``) the seeds are not fixed in advance: every
 and its baseline start on the design's first ``min_seeds`` seeds; whenever both have
 finished the same stage, the paired comparison is analysed (``study/sequential.py``) and,
 unless it is decided, at ``max_seeds`` or out of budget, both get the next ``seed_block``
-seeds. Optuna hears a configuration's objective only once it has stopped. While
+seeds. A look decides only through the shape gate (``pairedstats/shape.py``): the skewness of
+the decision metric's paired differences pooled over every configuration of the study held
+at that moment (each against its baseline, one group), recorded with the configuration when
+the look is first analysed, so a look analysed again or after a resume is gated as before.
+Optuna hears a configuration's objective only once it has stopped. While
 configurations wait for their looks, new ones are drawn from Optuna so that no slot idles.
 
 The state is typed (``study/searcher_state.py``): a ``Configuration`` per config id holding
@@ -38,6 +42,7 @@ import math
 import numpy as np
 from ray.tune.search import Searcher
 
+from pairedstats.shape import Shape
 from study import sequential as seq
 from study.searcher_state import Configuration, Unit, from_dicts
 from study.sequential import Comparison, Outcome, SequentialPlan, paired_differences
@@ -344,7 +349,8 @@ class PairedSeedSearcher(Searcher):
             [theirs.get(s, math.nan) for s in used],
             higher_is_better=self.plan.metric not in LOWER_IS_BETTER,
         )
-        analysis = seq.analyse(diffs, self.plan.design, key=cid)
+        shapes = self._shapes(cid, stages)
+        analysis = seq.analyse(diffs, self.plan.design, key=cid, gamma=[s.gamma for s in shapes])
         if analysis.decision != seq.UNDECIDED:
             reason = seq.STOP_DECIDED
         elif stages >= self.plan.stages:
@@ -356,9 +362,39 @@ class PairedSeedSearcher(Searcher):
             self._queue_stage(cid, stages)
             return
         if reason == seq.STOP_DECIDED or not self._running(cid):
-            self._stop(cid, reason, (analysis, diffs))
+            self._stop(cid, reason, (analysis, diffs, shapes[len(analysis.looks) - 1]))
             if not self._running(base):
                 self._look(base)
+
+    def _shapes(self, cid: str, stages: int) -> list[Shape]:
+        """The shape gate's pool for each of the first ``stages`` looks of ``cid``: recorded
+        when a look is first analysed, so that analysing it again (a later trial of another
+        configuration, a resumed driver) gates it as before."""
+        c = self.configs[cid]
+        while len(c.shapes) < stages:
+            c.shapes.append(self._pool())
+        return c.shapes[:stages]
+
+    def _pool(self) -> Shape:
+        """The pooled shape of the decision metric's paired differences: every configuration
+        of the study held now against its baseline (one group each, on the seeds both have
+        finished; pairedstats/shape.py)."""
+        higher = self.plan.metric not in LOWER_IS_BETTER
+        groups = []
+        for c in self.configs.values():
+            if c.baseline is None:
+                continue
+            mine, theirs = c.seed_values(), self.configs[c.baseline].seed_values()
+            common = [s for s in self.plan.seeds if s in mine and s in theirs]
+            if len(common) >= 3:
+                groups.append(
+                    paired_differences(
+                        [mine[s] for s in common],
+                        [theirs[s] for s in common],
+                        higher_is_better=higher,
+                    )
+                )
+        return Shape.of(groups)
 
     def _drop_queued(self, cid: str) -> None:
         """Trials of this configuration not started yet are not run (it needs no more seeds)."""
@@ -375,9 +411,9 @@ class PairedSeedSearcher(Searcher):
         seconds = sum(unit.seconds for unit in c.units)
         comparison = None
         if analysed is not None:
-            analysis, diffs = analysed
+            analysis, diffs, pool = analysed
             per_seed = c.per_seed_seconds() + self.configs[c.baseline].per_seed_seconds()
-            comparison = Comparison.of(analysis, diffs, self.plan.design.alpha, per_seed)
+            comparison = Comparison.of(analysis, diffs, self.plan.design.alpha, per_seed, pool)
         c.outcome = Outcome(
             reason=reason,
             seeds=sorted(s for unit in c.done for s in unit.seeds),

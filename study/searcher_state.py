@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from pairedstats.shape import Shape
 from study.sequential import Comparison, Outcome
 
 
@@ -47,6 +48,9 @@ class Configuration:
     stopped: bool = False
     outcome: Outcome | None = None
     objective: float | None = None
+    #: the shape gate's pool at each look of this configuration, recorded when the look was
+    #: first analysed (a look analysed again, or after a resume, is gated as it was then)
+    shapes: list[Shape] = field(default_factory=list)
 
     @property
     def done(self) -> list[Unit]:

@@ -25,6 +25,12 @@ mean difference:
   ``+margin``) reject at the alpha spent at that look (the looks' levels sum to alpha: a
   union bound). Stopping for equivalence never raises the error of a "better"/"worse"
   decision (it only removes chances to reject);
+* the shape gate (``pairedstats/shape.py``): a decision ("better", "worse" or
+  "equivalent") at a look of n seeds is taken only when ``n >= K gamma^2`` (K = 71.5), with
+  ``gamma`` the skewness of the metric's paired differences pooled over the study's
+  comparisons (passed in: ``gamma``; None: no gate). A look the gate holds back goes on to the
+  next look, as an undecided one does; the boundaries and p-values are computed as without
+  the gate (it only removes decisions);
 * otherwise "undecided" at ``n_max`` seeds ("capped") or when the compute budget is spent.
 
 What the test controls, measured (``benchmarks/calibration_study.py``, table in
@@ -34,11 +40,16 @@ samples whatever their shape (Romano 1990). Note that in this one-sample, paired
 studentizing changes nothing: flipping signs keeps the sum of squares, so ``|t|`` is an
 increasing function of ``|mean|`` under every pattern and both order the patterns alike (the
 same boundaries, the same decisions; unlike the two-sample case of Chung & Romano 2013). The
-statistic is reported as t because it is scale-free. At the study's small n, strongly skewed
-differences (lognormal-shaped, skewness ~6) still make it say "worse" too often, as they do
-the paired t-test and the bootstrap-t: no test of a mean keeps its level for every shape at
-a fixed n (Bahadur & Savage 1956); the docs give the measured rates and what to do (compare
-such metrics on the log scale, a ratio).
+statistic is reported as t because it is scale-free. At the study's small n, skewed
+differences make the bare test (and TOST's one-sided t-tests) err in one direction: without
+the gate, lognormal-shaped differences (skewness ~6) got "better"/"worse" in about 0.2 of
+null studies at alpha 0.05, and "equivalent" at the margin on skewed, zero-inflated and
+ceiling-piled differences in 0.13 to 0.2; no test of a mean keeps its level for every shape
+at a fixed n (Bahadur & Savage 1956). With the gate every rule of the calibration stays at
+alpha within its binomial error on every shape; what it costs is power on skewed metrics
+(accuracies piled at a ceiling among them), whose comparisons then end "undecided" at
+``max_seeds`` with the pairs the skewness asks for (more ``max_seeds``, or a less skewed
+scale such as the log of a loss, let them decide).
 
 Why not a library: AdaStop (``adastop`` on PyPI) is unpaired (it permutes runs between
 agents, which discards the pairing of seeds that this study is built on); scipy's
@@ -46,13 +57,18 @@ agents, which discards the pairing of seeds that this study is built on); scipy'
 alpha; ``confseq``'s betting confidence sequences decide nothing in under ~20 seeds for
 differences bounded only by [-1, 1].
 
-Every function here is a pure function of the data and the design: the decision at every
-look is recomputed from the differences seen so far, so a resumed study re-derives exactly
-the decisions it had (no state but the data). :func:`run_design` takes many studies at once
-(the calibration's simulations call the very code the study runs). The study's side of it
-sits at the end: the plan of ``--seeds auto`` (``SequentialPlan``), the paired differences a
-look analyses, and what a stopped configuration records (``Outcome``, ``Comparison``); the
-searcher (``study/searcher.py``) keeps the configurations and calls these.
+Every function here is a pure function of the data, the design and the pooled skewness of
+each look: the decision at every look is recomputed from the differences seen so far and the
+skewness recorded for that look when it was first analysed (the searcher keeps those with
+the configuration, in its saved state), so a resumed study re-derives the decisions it had.
+The one exception: a look first analysed after the searcher's last snapshot is analysed
+again on resume with the pool of that moment, which holds what the other configurations
+have finished by then.
+:func:`run_design` takes many studies at once (the calibration's simulations call the very
+code the study runs). The study's side of it sits at the end: the plan of ``--seeds auto``
+(``SequentialPlan``), the paired differences a look analyses, and what a stopped
+configuration records (``Outcome``, ``Comparison``); the searcher (``study/searcher.py``)
+keeps the configurations and calls these.
 """
 
 from __future__ import annotations
@@ -65,6 +81,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from pairedstats import shape as gate
 from pairedstats.power import paired_seeds_needed
 from trainables.contract import SCORE_METRIC
 
@@ -162,6 +179,8 @@ class Look:
     boundary: float  # |t| beyond this: decided better / worse
     alpha: float  # spent at this look
     decision: str  # better, worse, equivalent or undecided
+    gamma: float = math.nan  # the pooled skewness the gate used at this look (NaN: none)
+    held: bool = False  # the gate held back the decision the test reached here
 
 
 @dataclass
@@ -176,6 +195,7 @@ class Analysis:
     decision: str = UNDECIDED
     decided_at: int | None = None  # look index (0-based) of the decision
     p_value: float = math.nan
+    withheld: bool = False  # the gate held back a decision at some look (and none was taken)
 
     @property
     def seeds(self) -> int:
@@ -203,7 +223,9 @@ def studentized(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
 class Run:
     """:func:`run_design` over S studies: per study the decision code (``CODES``), the
     0-based look it stopped at (the last look available when undecided), the stage-wise
-    p-value, and per look the boundary and observed t (NaN after the stop)."""
+    p-value, and per look the boundary and observed t (NaN after the stop); ``held``: the
+    study ended undecided though the test reached a decision at some look that the shape gate
+    held back."""
 
     code: np.ndarray  # (S,) int
     look: np.ndarray  # (S,) int
@@ -211,16 +233,40 @@ class Run:
     boundary: np.ndarray  # (S, K)
     t: np.ndarray  # (S, K)
     seeds: np.ndarray  # (S,) seeds used
+    held: np.ndarray  # (S,) bool
 
 
-def run_design(d: np.ndarray, design: SequentialDesign, signs: np.ndarray) -> Run:
+def per_look(gamma, studies: int, looks: int) -> np.ndarray:
+    """The gate's skewness as ``(studies, looks)``: a scalar for all, ``(S,)`` one per study,
+    or ``(S, k)`` one per study and look (the last column repeats past ``k``)."""
+    g = np.asarray(gamma, dtype=np.float64)
+    if g.ndim == 0:
+        return np.full((studies, looks), float(g))
+    if g.ndim == 1:
+        if g.size != studies:
+            raise ValueError(f"gamma has {g.size} values for {studies} studies")
+        return np.repeat(g[:, None], looks, axis=1)
+    if g.shape[0] != studies or g.shape[1] == 0:
+        raise ValueError(f"gamma of shape {g.shape} for {studies} studies")
+    if g.shape[1] < looks:
+        g = np.concatenate([g, np.repeat(g[:, -1:], looks - g.shape[1], axis=1)], axis=1)
+    return g[:, :looks]
+
+
+def run_design(d: np.ndarray, design: SequentialDesign, signs: np.ndarray, gamma=None) -> Run:
     """The design on S studies at once: ``d`` is ``(S, n)`` paired differences in seed order
-    (n may be short of ``max_seeds``: looks past n are not taken), ``signs`` the patterns."""
+    (n may be short of ``max_seeds``: looks past n are not taken), ``signs`` the patterns.
+
+    ``gamma``: the pooled skewness of the shape gate (see :func:`per_look` for its forms):
+    a decision at a look of n seeds is taken only where ``pairedstats.shape.allows(n, gamma)``;
+    None: no gate."""
     d = np.atleast_2d(np.asarray(d, dtype=np.float64))
     S, n_have = d.shape
     B = signs.shape[0]
     looks = [n for n in design.looks if n <= n_have]
     K = len(looks)
+    gates = None if gamma is None else per_look(gamma, S, K)
+    held = np.zeros(S, dtype=bool)
     code = np.zeros(S, dtype=np.int64)
     stop = np.full(S, max(K - 1, 0), dtype=np.int64)
     p_value = np.full(S, math.nan)
@@ -248,39 +294,62 @@ def run_design(d: np.ndarray, design: SequentialDesign, signs: np.ndarray) -> Ru
         if design.margin is not None and a_k > 0:
             eq = _equivalent(x, design.margin, a_k) & (decided == 0)
             decided = np.where(eq, 2, decided)
+        if gates is not None:
+            ok = gate.allows(n, gates[idx, k])
+            held[idx] |= (decided != 0) & ~ok
+            decided = np.where(ok, decided, 0)
         stopping = decided != 0
         code[idx[stopping]] = decided[stopping]
         stop[idx[stopping]] = k
         live[idx[stopping]] = False
     seeds = np.array(looks, dtype=np.int64)[stop] if K else np.zeros(S, dtype=np.int64)
-    return Run(code, stop, p_value, bound, tobs, seeds)
+    return Run(code, stop, p_value, bound, tobs, seeds, held & (code == 0))
 
 
-def analyse(diffs, design: SequentialDesign, key: str) -> Analysis:
+def analyse(diffs, design: SequentialDesign, key: str, gamma=None) -> Analysis:
     """The decisions at every look that the differences so far allow (seed order as run).
 
     Looks are taken at ``design.looks`` while enough differences exist; the analysis stops at
-    the first decided look (later data, if any, do not reopen it)."""
+    the first decided look (later data, if any, do not reopen it). ``gamma``: the shape gate's
+    pooled skewness, one number for every look or a sequence of one per look (the last
+    repeats); None: no gate."""
     d = np.asarray(diffs, dtype=np.float64)
     if not np.all(np.isfinite(d)):
         raise ValueError("paired differences must be finite (map failed runs to a value first)")
     out = Analysis()
     if d.size < design.looks[0]:
         return out
-    run = run_design(d[None, :], design, design.signs(key))
-    last = int(run.look[0])
     looks = [n for n in design.looks if n <= d.size]
+    gates = None if gamma is None else per_look(np.atleast_1d(gamma)[None, :], 1, len(looks))
+    run = run_design(d[None, :], design, design.signs(key), gates)
+    last = int(run.look[0])
     for k in range(last + 1):
         n = looks[k]
         decision = CODES[int(run.code[0])] if k == last else UNDECIDED
+        g = math.nan if gates is None else float(gates[0, k])
+        reached = _reached(d[:n], design, k, float(run.t[0, k]), float(run.boundary[0, k]))
+        held = gates is not None and reached and not bool(gate.allows(n, g))
         out.looks.append(
             Look(k, n, float(d[:n].mean()), float(run.t[0, k]), float(run.boundary[0, k]),
-                 design.alpha_at(k), decision)
+                 design.alpha_at(k), decision, g, held)
         )  # fmt: skip
     out.decision = CODES[int(run.code[0])]
     out.decided_at = last if out.decision != UNDECIDED else None
     out.p_value = float(run.p_value[0])
+    out.withheld = bool(run.held[0])
     return out
+
+
+def _reached(x: np.ndarray, design: SequentialDesign, k: int, t: float, c: float) -> bool:
+    """Whether the test (before the gate) decides at look ``k`` on ``x``."""
+    if abs(t) > c:
+        return True
+    a_k = design.alpha_at(k)
+    return (
+        design.margin is not None
+        and a_k > 0
+        and bool(_equivalent(x[None, :], design.margin, a_k)[0])
+    )
 
 
 def _boundaries(t: np.ndarray, crossed: np.ndarray, level: float, B: int) -> np.ndarray:
@@ -390,7 +459,13 @@ class Comparison:
     """A stopped configuration against its baseline: the decision, its stage-wise p-value
     (what the study's correction across its configurations adjusts), and the seeds a fixed
     design with ``FIXED_POWER`` at the observed effect would have needed (the one paired
-    power function; no simulation runs here, inside Tune's driver loop)."""
+    power function; no simulation runs here, inside Tune's driver loop).
+
+    The shape gate at the last look analysed: ``skewness`` pooled over ``skewness_pairs``
+    paired differences in ``skewness_groups`` comparisons, the ``pairs_needed`` for a verdict
+    at that skewness (None: undefined, nothing asked), and ``withheld`` when the comparison
+    ended undecided although the test reached a decision that the gate held back. All None
+    for a comparison recorded before the gate existed."""
 
     decision: str
     decided_at_look: int | None  # 1-based
@@ -402,12 +477,33 @@ class Comparison:
     pair_seconds_per_seed: float
     fixed_design_seeds: int | None = None
     fixed_design_seconds: float | None = None
+    skewness: float | None = None
+    skewness_pairs: int | None = None
+    skewness_groups: int | None = None
+    pairs_needed: int | None = None
+    withheld: bool | None = None
 
     @classmethod
-    def of(cls, analysis: Analysis, diffs, alpha: float, pair_seconds_per_seed: float):
+    def of(
+        cls,
+        analysis: Analysis,
+        diffs,
+        alpha: float,
+        pair_seconds_per_seed: float,
+        pool: gate.Shape | None = None,
+    ):
         d = np.asarray(diffs[: analysis.seeds], dtype=float)
         effect, sd = float(d.mean()), float(d.std(ddof=1)) if d.size > 1 else math.nan
         n_fixed = fixed_seeds(effect, sd, alpha, FIXED_POWER)
+        shaped = {}
+        if pool is not None:
+            shaped = {
+                "skewness": None if math.isnan(pool.gamma) else pool.gamma,
+                "skewness_pairs": pool.values,
+                "skewness_groups": pool.groups,
+                "pairs_needed": pool.needed(),
+                "withheld": analysis.withheld,
+            }
         return cls(
             decision=analysis.decision,
             decided_at_look=None if analysis.decided_at is None else analysis.decided_at + 1,
@@ -419,7 +515,24 @@ class Comparison:
             pair_seconds_per_seed=pair_seconds_per_seed,
             fixed_design_seeds=n_fixed,
             fixed_design_seconds=None if n_fixed is None else n_fixed * pair_seconds_per_seed,
+            **shaped,
         )
+
+    def gate_words(self) -> str | None:
+        """What the shape gate said, for a console line (None: no gate recorded)."""
+        if self.skewness_groups is None:
+            return None
+        if self.skewness is None:
+            return "shape gate open (no skewness to measure)"
+        words = (
+            f"skewness {self.skewness:.2f} pooled over {self.skewness_pairs} paired "
+            f"differences in {self.skewness_groups} comparisons asks for {self.pairs_needed} pairs"
+        )
+        return f"withheld by the shape gate: {words}" if self.withheld else f"shape gate: {words}"
+
+
+#: the shape gate's fields of a :class:`Comparison` (absent from its record when None)
+GATE_FIELDS = ("skewness", "skewness_pairs", "skewness_groups", "pairs_needed", "withheld")
 
 
 @dataclass(frozen=True)
@@ -442,6 +555,9 @@ class Outcome:
             c = dataclasses.asdict(self.comparison)
             if c["fixed_design_seeds"] is None:
                 del c["fixed_design_seeds"], c["fixed_design_seconds"]
+            for key in GATE_FIELDS:  # not recorded (before the gate), or nothing asked
+                if c[key] is None:
+                    del c[key]
             out.update(c)
         return out
 

@@ -9,8 +9,10 @@ read.
 The p-value of a configuration: with ``--seeds auto`` the sequential design's stage-wise
 p-value (``study/sequential.py``, logged by the driver when the comparison stopped); with a
 fixed number of seeds the same sign-flip test with one look at all the paired seeds, on the
-headline metric. A verdict survives the correction when the test itself decided it and its
-adjusted p-value is at most alpha."""
+headline metric, through the shape gate (``pairedstats/shape.py``) at the skewness of the
+paired differences pooled over every configuration of the study (the searcher applies the
+same gate to ``--seeds auto`` looks). A verdict survives the correction when the test itself
+decided it and its adjusted p-value is at most alpha."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import math
 import numpy as np
 
 from pairedstats.multiplicity import CONTROLS, adjust
+from pairedstats.shape import Shape
 from study import sequential as seq
 from study.tracking import StudyTracker
 from trainables.contract import (
@@ -28,6 +31,8 @@ from trainables.contract import (
     CORRECTION_TAG,
     DECISION_TAG,
     FAMILY_CHILD_METRICS,
+    GATE_CHILD_METRICS,
+    GATE_METRICS,
     LOWER_IS_BETTER,
     P_ADJUSTED_METRIC,
     P_VALUE_METRIC,
@@ -58,6 +63,7 @@ def ranked_summary(
         value = child.metrics.get(metric, math.nan)
         best.setdefault(child.config_id, {})[child.seed] = value
     rows = []
+    differences: dict[str, np.ndarray] = {}  # signed paired differences per configuration
     for cid, parent in parents.items():
         seeds = best.get(cid, {})
         values = np.array(list(seeds.values()), dtype=float)
@@ -88,11 +94,23 @@ def ranked_summary(
                 float(prob_better(sign * a[ok], sign * b[ok])) if ok.any() else math.nan
             )
             row["pairs"] = int(ok.sum())
-            if not row["decision"]:  # fixed seeds: one look at every pair
-                row["decision"], row["p_value"] = _fixed_test(sign * (a[ok] - b[ok]), cid, alpha)
+            differences[cid] = sign * (a[ok] - b[ok])
         if parent.tags.get(DECISION_TAG):
             row["p_value"] = parent.metrics.get(P_VALUE_METRIC, math.nan)
+            for key in GATE_METRICS:  # the gate the searcher applied at the decision
+                if math.isfinite(parent.metrics.get(key, math.nan)):
+                    row[key] = parent.metrics[key]
         rows.append(row)
+    # fixed seeds: one look at every pair, gated by the skewness pooled over every
+    # configuration of the study (each against its baseline, one group)
+    pool = Shape.of(differences.values())
+    for row in rows:
+        if not row["decision"] and row["config_id"] in differences:
+            d = differences[row["config_id"]]
+            row["decision"], row["p_value"], withheld = _fixed_test(
+                d, row["config_id"], alpha, pool.gamma
+            )
+            row.update(_gate_figures(pool, withheld))
     family(rows, correction, alpha)
     rows.sort(key=lambda r: -r["objective"] if math.isfinite(r["objective"]) else math.inf)
 
@@ -122,6 +140,15 @@ def ranked_summary(
                 f"  {r['config_id']:<28} {r['pairs']:>5} {r['p_value']:>8.4f} "
                 f"{r['p_adjusted']:>8.4f}  {r['decision']:<10} {r['decision_adjusted']}"
             )
+        gated = [r for r in tested if not r["stopped_by"] and "skewness_pairs" in r]
+        if gated:
+            lines.append(f"  Shape gate: {_gate_line(gated[0])}")
+            withheld = [r["config_id"] for r in gated if r.get("withheld")]
+            if withheld:
+                lines.append(
+                    f"  withheld by the gate (the test decided, the pairs are too few for "
+                    f"this skewness): {', '.join(withheld)}"
+                )
     sequential = [r for r in rows if r["stopped_by"] and r["arm"] != VANILLA]
     if sequential:
         lines += ["", "Sequential seeds (--seeds auto): decision against the paired baseline"]
@@ -133,6 +160,9 @@ def ranked_summary(
             lines.append(
                 f"  {r['config_id']:<28} {r['decision']:<10} {when}, {r['seeds']} seeds{vs}"
             )
+            if "skewness_pairs" in r:
+                withheld = "withheld by the shape gate: " if r.get("withheld") else "shape gate: "
+                lines.append(f"  {'':<28} {withheld}{_gate_line(r)}")
     return rows, "\n".join(lines)
 
 
@@ -153,7 +183,8 @@ def family(rows: list[dict], correction: str, alpha: float) -> None:
 def log_family(tracker: StudyTracker, rows: list[dict]) -> None:
     """Write each tested configuration's raw and adjusted p-value, the correction and the
     verdict after it to its parent run, and the same to its child runs (the report's data:
-    ``FAMILY_CHILD_METRICS``). Only what differs is written, so a resumed study's second
+    ``FAMILY_CHILD_METRICS``), with the shape gate's figures (``GATE_METRICS``, on children
+    ``GATE_CHILD_METRICS``). Only what differs is written, so a resumed study's second
     pass changes nothing."""
     parents = {p.config_id: p for p in tracker.find_runs(PARENT)}
     children: dict[str, list] = {}
@@ -164,15 +195,17 @@ def log_family(tracker: StudyTracker, rows: list[dict]) -> None:
         if parent is None or "p_adjusted" not in r:
             continue
         tags = {CORRECTION_TAG: r["correction"], ADJUSTED_DECISION_TAG: r["decision_adjusted"]}
+        gated = {key: float(r[key]) for key in GATE_METRICS if key in r}
         tracker.finish(
             parent.run_id,
-            {P_VALUE_METRIC: r["p_value"], P_ADJUSTED_METRIC: r["p_adjusted"]},
+            {P_VALUE_METRIC: r["p_value"], P_ADJUSTED_METRIC: r["p_adjusted"], **gated},
             parent.status,
             tags=tags,
         )
         figures = {P_VALUE_METRIC: r["p_value"], P_ADJUSTED_METRIC: r["p_adjusted"]}
         figures[ADJUSTED_DECISION_TAG] = SEQUENTIAL_DECISIONS.get(r["decision_adjusted"], math.nan)
         child_metrics = {metric: figures[key] for metric, key in FAMILY_CHILD_METRICS.items()}
+        child_metrics |= {m: gated[key] for m, key in GATE_CHILD_METRICS.items() if key in gated}
         for child in children.get(r["config_id"], []):
             if child.status not in TERMINAL_STATUSES:  # a run still open is not rewritten
                 continue
@@ -181,14 +214,38 @@ def log_family(tracker: StudyTracker, rows: list[dict]) -> None:
             )
 
 
-def _fixed_test(d: np.ndarray, key: str, alpha: float) -> tuple[str | None, float]:
+def _fixed_test(
+    d: np.ndarray, key: str, alpha: float, gamma: float | None = None
+) -> tuple[str | None, float, bool]:
     """A fixed-seed study's test of one configuration: the sign-flip design with one look
-    at all ``d.size`` pairs (None and NaN below 2 pairs)."""
+    at all ``d.size`` pairs, through the shape gate at the pooled skewness ``gamma`` (None:
+    the skewness of ``d`` alone). The decision, the p-value and whether the gate withheld a
+    decision the test reached (None, NaN and False below 2 pairs)."""
     if d.size < 2:
-        return None, math.nan
+        return None, math.nan, False
+    if gamma is None:
+        gamma = Shape.of([d]).gamma
     design = seq.SequentialDesign(min_seeds=d.size, seed_block=1, max_seeds=d.size, alpha=alpha)
-    result = seq.analyse(d, design, key)
-    return result.decision, result.p_value
+    result = seq.analyse(d, design, key, gamma=gamma)
+    return result.decision, result.p_value, result.withheld
+
+
+def _gate_figures(pool: Shape, withheld: bool) -> dict:
+    """A row's shape-gate figures (``trainables.contract.GATE_METRICS``); the skewness and
+    the pairs it asks for only where the skewness is defined."""
+    out = {"skewness_pairs": pool.values, "withheld": float(withheld)}
+    if pool.needed() is not None:
+        out.update(skewness=pool.gamma, pairs_needed=pool.needed())
+    return out
+
+
+def _gate_line(r: dict) -> str:
+    if "skewness" not in r:
+        return f"no skewness to measure over {int(r['skewness_pairs'])} paired differences: open"
+    return (
+        f"skewness {r['skewness']:.2f} pooled over {int(r['skewness_pairs'])} paired "
+        f"differences asks for {int(r['pairs_needed'])} pairs per verdict"
+    )
 
 
 def _pct(value: float) -> str:

@@ -209,6 +209,20 @@ CONFIRM_SUFFIX = "-confirm"
 #: confirmation on fresh seeds exists (the verdict rests on it), ``selection-biased`` when
 #: ``--confirm-seeds 0`` (the search-stage effect is biased upward by the selection).
 SELECTION_TAG, CONFIRMED, SELECTION_BIASED = "selection", "confirmed", "selection-biased"
+#: The shape gate (``pairedstats/shape.py``) behind a configuration's test against vanilla:
+#: on its parent run ``skewness`` (of the decision metric's paired differences, pooled over
+#: the study's configurations), ``skewness_pairs`` (the paired differences pooled),
+#: ``pairs_needed`` (what a verdict needs at that skewness) and ``withheld`` (1: the test
+#: reached a decision the gate held back, for too few pairs; 0: it did not); the skewness and
+#: the pairs needed are absent where the skewness is undefined (no spread: the gate is open).
+#: Written by the driver with a sequential outcome (``--seeds auto``) and by the summary for
+#: a fixed-seed study's test; on each child run under ``GATE_CHILD_METRICS``' names.
+GATE_METRICS = ("skewness", "skewness_pairs", "pairs_needed", "withheld")
+GATE_CHILD_METRICS = {
+    "gate_skewness": "skewness",
+    "gate_pairs_needed": "pairs_needed",
+    "gate_withheld": "withheld",
+}
 SEQUENTIAL_CHILD_METRICS = {
     "sequential_decision": "decision",
     "sequential_stop": "reason",

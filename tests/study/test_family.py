@@ -50,8 +50,12 @@ def test_a_small_p_value_the_test_did_not_decide_stays_undecided():
 
 
 def test_a_fixed_seed_study_tests_each_configuration_with_one_look():
-    decision, p = _fixed_test(np.full(8, 0.01) + np.arange(8) * 1e-3, "hd", 0.05)
-    assert decision == seq.BETTER and p == pytest.approx(2 / 256)
-    decision, p = _fixed_test(np.array([0.1, 0.2, 0.3]), "hd", 0.05)  # 8 patterns: p >= 1/4
+    decision, p, withheld = _fixed_test(np.full(8, 0.01) + np.arange(8) * 1e-3, "hd", 0.05)
+    assert decision == seq.BETTER and p == pytest.approx(2 / 256) and not withheld
+    decision, p, _ = _fixed_test(np.array([0.1, 0.2, 0.3]), "hd", 0.05)  # 8 patterns: p >= 1/4
     assert decision == seq.UNDECIDED and p >= 0.25
-    assert _fixed_test(np.array([0.1]), "hd", 0.05) == (None, pytest.approx(math.nan, nan_ok=True))
+    assert _fixed_test(np.array([0.1]), "hd", 0.05) == (
+        None,
+        pytest.approx(math.nan, nan_ok=True),
+        False,
+    )
