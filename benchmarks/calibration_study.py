@@ -14,9 +14,18 @@ equivalence, a true mean difference exactly at the margin. Rows whose truth is n
 or ``effect=...`` are measurements of a biased quantity (the search-stage verdict of a
 selected configuration) and are not held to alpha.
 
+Every decision passes the shape gate (``pairedstats.shape``), as in the study: each simulated
+study holds CONFIGS configurations drawn from the same shape, and at a look of n seeds the
+gate uses the skewness of their first n paired differences pooled over the study (the
+searcher pools every configuration it holds; the summary of a fixed-seed study, all of
+them). A row about one comparison judges the first configuration; the others only form the
+pool. The confirmation on fresh seeds pools its one comparison (its study holds no other).
+Rows marked ``reference`` run the design without the gate, for comparison: no rule uses
+them and they are not held to alpha.
+
 Usage::
 
-    python benchmarks/calibration_study.py --quick       # under ~25 s
+    python benchmarks/calibration_study.py --quick       # under ~10 s
     python benchmarks/calibration_study.py --json benchmarks/results/calibration_study_<date>.json
 """
 
@@ -38,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.shapes import SHAPES  # noqa: E402
 from benchmarks.tally import cpu_name, row  # noqa: E402
+from pairedstats import shape  # noqa: E402
 from pairedstats.multiplicity import adjust  # noqa: E402
 from study import sequential as seq  # noqa: E402
 
@@ -54,12 +64,28 @@ FULL = {"null": 2000, "effect": 1000, "patterns": 4096, "family": 2000, "family_
 QUICK = {"null": 300, "effect": 150, "patterns": 256, "family": 150, "family_patterns": 256}
 
 
-def _run(d: np.ndarray, design: seq.SequentialDesign, key: str, chunk: int = 500) -> seq.Run:
-    """``run_design`` in chunks of studies (memory: studies x patterns per look)."""
+def _run(
+    d: np.ndarray, design: seq.SequentialDesign, key: str, gamma=None, chunk: int = 500
+) -> seq.Run:
+    """``run_design`` in chunks of studies (memory: studies x patterns per look); ``gamma``:
+    the gate's skewness per study and look, ``(S, K)`` (None: no gate)."""
     signs = design.signs(key)
-    parts = [seq.run_design(d[i : i + chunk], design, signs) for i in range(0, len(d), chunk)]
+    parts = [
+        seq.run_design(
+            d[i : i + chunk], design, signs, None if gamma is None else gamma[i : i + chunk]
+        )
+        for i in range(0, len(d), chunk)
+    ]
     return seq.Run(
         *(np.concatenate([getattr(p, f) for p in parts]) for f in seq.Run.__annotations__)
+    )
+
+
+def pooled(d: np.ndarray, design: seq.SequentialDesign) -> np.ndarray:
+    """The gate's skewness per study and look, ``(S, K)``, from ``d`` ``(S, G, n)``: each
+    study's G configurations' first n_k differences pooled at look k."""
+    return np.stack(
+        [shape.pooled_skewness(d[..., :n]) for n in design.looks if n <= d.shape[-1]], axis=-1
     )
 
 
@@ -68,22 +94,42 @@ def _diffs(draw, rng, studies, n, effect=0.0) -> np.ndarray:
     return t - b
 
 
+def _study(draw, rng, studies, n, effect=0.0) -> np.ndarray:
+    """``(studies, CONFIGS, n)`` paired differences: each study's configurations, one shape."""
+    return _diffs(draw, rng, studies * CONFIGS, n, effect).reshape(studies, CONFIGS, n)
+
+
 def sequential_rows(rng, grid) -> list[dict]:
-    """False better/worse under equal means, and power / mean seeds under effects."""
+    """False better/worse under equal means, and power / mean seeds under effects, with the
+    gate (and, for the power, without it: what the gate costs)."""
     out = []
     n = LOOKS["max_seeds"]
     for spending in seq.SPENDING:
         design = seq.SequentialDesign(**LOOKS, spending=spending, patterns=grid["patterns"])
-        rule = f"sequential sign-flip, {spending}, looks 8..32: better or worse"
-        for shape, draw in SHAPES.items():
-            run = _run(_diffs(draw, rng, grid["null"], n), design, f"null-{shape}")
-            out.append(row(rule, shape, n, ALPHA, "null", np.abs(run.code) == 1, run.seeds))
+        rule = f"sequential sign-flip, {spending}, looks 8..32, shape gate: better or worse"
+        for shape_name, draw in SHAPES.items():
+            d = _study(draw, rng, grid["null"], n)
+            run = _run(d[:, 0], design, f"null-{shape_name}", pooled(d, design))
+            out.append(row(rule, shape_name, n, ALPHA, "null", np.abs(run.code) == 1, run.seeds))
+            if spending == "pocock" and shape_name in ("skewed", "ceiling"):
+                bare = _run(d[:, 0], design, f"null-{shape_name}")
+                out.append(
+                    row(f"sequential sign-flip, {spending}, looks 8..32, no gate: better or "
+                        "worse", shape_name, n, ALPHA, "null", np.abs(bare.code) == 1,
+                        bare.seeds, reference=True)
+                )  # fmt: skip
     design = seq.SequentialDesign(**LOOKS, patterns=grid["patterns"])
-    for shape in ("normal", "skewed", "ceiling"):
+    for shape_name in ("normal", "skewed", "ceiling"):
         for effect in EFFECTS:
-            run = _run(_diffs(SHAPES[shape], rng, grid["effect"], n, effect), design, "effect")
-            rule = "sequential sign-flip, pocock, looks 8..32: better (power)"
-            out.append(row(rule, shape, n, ALPHA, f"effect={effect:g}", run.code == 1, run.seeds))
+            d = _study(SHAPES[shape_name], rng, grid["effect"], n, effect)
+            gated = _run(d[:, 0], design, "effect", pooled(d, design))
+            bare = _run(d[:, 0], design, "effect")
+            truth = f"effect={effect:g}"
+            rule = "sequential sign-flip, pocock, looks 8..32"
+            out.append(row(f"{rule}, shape gate: better (power)", shape_name, n, ALPHA, truth,
+                           gated.code == 1, gated.seeds))  # fmt: skip
+            out.append(row(f"{rule}, no gate: better (power)", shape_name, n, ALPHA, truth,
+                           bare.code == 1, bare.seeds, reference=True))  # fmt: skip
     return out
 
 
@@ -101,14 +147,15 @@ def equivalence_rows(rng, grid) -> list[dict]:
     out = []
     n = LOOKS["max_seeds"]
     cases = {"zero-inflated": (_zero_inflated, 0.02)}
-    cases.update({shape: (draw, 0.5) for shape, draw in SHAPES.items()})
-    for shape, (draw, effect) in cases.items():
+    cases.update({name: (draw, 0.5) for name, draw in SHAPES.items()})
+    for shape_name, (draw, effect) in cases.items():
         truth_rng = np.random.default_rng(0)
         margin = abs(float(np.mean(_diffs(draw, truth_rng, 20_000, 50, effect))))
         design = seq.SequentialDesign(**LOOKS, margin=margin, patterns=grid["patterns"])
-        run = _run(_diffs(draw, rng, grid["null"], n, effect), design, f"eq-{shape}")
-        rule = "sequential equivalence (TOST at the spent level), effect at the margin"
-        out.append(row(rule, shape, n, ALPHA, "null", run.code == 2, run.seeds))
+        d = _study(draw, rng, grid["null"], n, effect)
+        run = _run(d[:, 0], design, f"eq-{shape_name}", pooled(d, design))
+        rule = "sequential equivalence (TOST at the spent level), shape gate, effect at the margin"
+        out.append(row(rule, shape_name, n, ALPHA, "null", run.code == 2, run.seeds))
     return out
 
 
@@ -134,7 +181,8 @@ def adjust_rows(p: np.ndarray, method: str) -> np.ndarray:
 def family_rows(rng, grid) -> list[dict]:
     """A study of CONFIGS null configurations against vanilla: any false better/worse after
     the study's correction (Holm: family-wise error; BH: with every configuration null, the
-    false discovery rate is the family-wise error too)."""
+    false discovery rate is the family-wise error too). The gate pools the study's CONFIGS
+    configurations."""
     out = []
     designs = {
         f"fixed {SEARCH_SEEDS} seeds": seq.SequentialDesign(SEARCH_SEEDS, 1, SEARCH_SEEDS),
@@ -143,29 +191,34 @@ def family_rows(rng, grid) -> list[dict]:
     studies = grid["family"]
     for label, design in designs.items():
         n = design.max_seeds
-        for shape, draw in SHAPES.items():
-            d = _diffs(draw, rng, studies * CONFIGS, n)
-            run = _run(d, design, f"family-{shape}", chunk=2000)
+        for shape_name, draw in SHAPES.items():
+            d = _study(draw, rng, studies, n)
+            gamma = np.repeat(pooled(d, design), CONFIGS, axis=0)  # each study's, per config
+            run = _run(d.reshape(-1, n), design, f"family-{shape_name}", gamma, chunk=2000)
             raw = (np.abs(run.code) == 1).reshape(studies, CONFIGS)
             p = run.p_value.reshape(studies, CONFIGS)
             for method in ("holm", "bh"):
                 adjusted = adjust_rows(p, method)
                 wrong = np.any(raw & (adjusted <= ALPHA), axis=1)
-                rule = f"{CONFIGS} null configurations, {label}, {method}: any better or worse"
-                out.append(row(rule, shape, n, ALPHA, "null", wrong, run.seeds))
+                rule = (
+                    f"{CONFIGS} null configurations, {label}, shape gate, {method}: "
+                    "any better or worse"
+                )
+                out.append(row(rule, shape_name, n, ALPHA, "null", wrong, run.seeds))
     return out
 
 
 def selection_rows(rng, grid) -> list[dict]:
     """Optuna-like selection: the best of SEARCHED null configurations by the study's
     objective (mean minus one standard error of the configuration's own values, as
-    ``study.searcher.objective_value``), judged on its search seeds (biased) and on
-    CONFIRM_SEEDS fresh seeds (the study's verdict)."""
+    ``study.searcher.objective_value``), judged on its search seeds (biased; the gate pools
+    the SEARCHED configurations) and on CONFIRM_SEEDS fresh seeds (the study's verdict; the
+    confirmation's study holds one comparison, so the gate pools its own pairs)."""
     out = []
     studies = grid["null"]
     search = seq.SequentialDesign(SEARCH_SEEDS, 1, SEARCH_SEEDS)
     confirm = seq.SequentialDesign(CONFIRM_SEEDS, 1, CONFIRM_SEEDS)
-    for shape, draw in SHAPES.items():
+    for shape_name, draw in SHAPES.items():
         t, b = draw(rng, studies * SEARCHED, SEARCH_SEEDS, 0.0)
         t = t.reshape(studies, SEARCHED, SEARCH_SEEDS)
         b = b.reshape(studies, SEARCHED, SEARCH_SEEDS)
@@ -175,16 +228,18 @@ def selection_rows(rng, grid) -> list[dict]:
         d = t[pick, best] - b[pick, best]
         sd = float(np.std(_diffs(draw, np.random.default_rng(0), 20_000, 50)))
         bias = float(np.mean(d.mean(axis=1)) / sd)
-        stage = _run(d, search, f"search-{shape}")
+        stage = _run(d, search, f"search-{shape_name}", pooled(t - b, search))
         out.append(
-            row(f"best of {SEARCHED} null configurations, search stage: better (selection-biased)",
-                shape, SEARCH_SEEDS, ALPHA, "selected", stage.code == 1, bias_sd=bias)
+            row(f"best of {SEARCHED} null configurations, search stage, shape gate: better "
+                "(selection-biased)", shape_name, SEARCH_SEEDS, ALPHA, "selected",
+                stage.code == 1, bias_sd=bias)
         )  # fmt: skip
         fresh = _diffs(draw, rng, studies, CONFIRM_SEEDS)
-        confirmed = _run(fresh, confirm, f"confirm-{shape}")
+        confirmed = _run(fresh, confirm, f"confirm-{shape_name}", pooled(fresh[:, None], confirm))
         out.append(
             row(f"best of {SEARCHED} null configurations, confirmed on {CONFIRM_SEEDS} fresh "
-                "seeds: better", shape, CONFIRM_SEEDS, ALPHA, "null", confirmed.code == 1)
+                "seeds, shape gate: better", shape_name, CONFIRM_SEEDS, ALPHA, "null",
+                confirmed.code == 1)
         )  # fmt: skip
     return out
 
@@ -199,9 +254,9 @@ def alternatives(quick: bool, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed + 1)
     studies = grid["null"] // 2
     out = []
-    for shape in ("skewed", "ceiling"):
+    for shape_name in ("skewed", "ceiling"):
         for n in (8, 32):
-            d = _diffs(SHAPES[shape], rng, studies, n)
+            d = _diffs(SHAPES[shape_name], rng, studies, n)
             p_t = stats.ttest_1samp(d, 0.0, axis=1).pvalue
             centred = d - d.mean(axis=1, keepdims=True)
             pick = rng.integers(0, n, (999, n))
@@ -213,14 +268,21 @@ def alternatives(quick: bool, seed: int) -> list[dict]:
                 ]
             )
             one = seq.SequentialDesign(n, 1, n, patterns=grid["patterns"])
-            flip = _run(d, one, f"one-look-{shape}")
+            flip = _run(d, one, f"one-look-{shape_name}")
             for rule, wrong in (
                 ("paired t-test", p_t <= ALPHA),
                 ("bootstrap-t (symmetric)", p_boot <= ALPHA),
                 ("sign-flip, one look", np.abs(flip.code) == 1),
             ):
                 out.append(
-                    row(f"{rule}, fixed {n} seeds: better or worse", shape, n, ALPHA, "null", wrong)
+                    row(
+                        f"{rule}, fixed {n} seeds: better or worse",
+                        shape_name,
+                        n,
+                        ALPHA,
+                        "null",
+                        wrong,
+                    )
                 )
     return out
 
@@ -232,6 +294,12 @@ def _t(x: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         t = x.mean(axis=-1) * math.sqrt(n) / sd
     return np.where(sd > 0, t, 0.0)
+
+
+def over(r: dict, k: float = 3.0) -> bool:
+    """A null row whose rate exceeds alpha by more than k binomial SEs (the SE at alpha)."""
+    se0 = math.sqrt(r["alpha"] * (1 - r["alpha"]) / r["studies"])
+    return r["truth"] == "null" and r["rate"] > r["alpha"] + k * se0
 
 
 def rows(quick: bool, seed: int) -> list[dict]:
@@ -257,12 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     others = alternatives(args.quick, args.seed)
     seconds = time.perf_counter() - started
     for r in [*out, *others]:
-        se0 = math.sqrt(r["alpha"] * (1 - r["alpha"]) / r["studies"])
-        over = r["truth"] == "null" and r["rate"] > r["alpha"] + 3 * se0
         seeds = "" if r["mean_seeds"] is None else f" seeds {r['mean_seeds']:.1f}"
         bias = f" bias {r['bias_sd']:+.2f} SD" if "bias_sd" in r else ""
+        mark = " (reference)" if r.get("reference") else " OVER" if over(r) else ""
         print(f"{r['rule']} | {r['shape']} | {r['truth']} | {r['rate']:.3f} ({r['se']:.3f})"
-              f"{seeds}{bias}{' OVER' if over else ''}")  # fmt: skip
+              f"{seeds}{bias}{mark}")  # fmt: skip
+    held = [r for r in out if not r.get("reference") and over(r)]
+    print(f"null rows over alpha + 3 SE (at alpha): {len(held)}")
     print(f"{len(out)} rows in {seconds:.1f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
