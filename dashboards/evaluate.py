@@ -34,6 +34,7 @@ from dashboards.verdicts import (
 from pairedstats import bestof
 from pairedstats import tests as ptests
 from pairedstats.power import SeedsNeeded
+from pairedstats.shape import Shape
 from pairedstats.streams import keyed_rng
 
 
@@ -55,11 +56,40 @@ class Context:
         self.rng = rng
         self.n_resamples = n_resamples or stats.N_RESAMPLES
         self._setups: dict[tuple[str, ...], setups.SetupIndex] = {}
+        self._shapes: dict[tuple[str, str, str], Shape] = {}
 
     def setups(self, exclude: tuple[str, ...]) -> setups.SetupIndex:
         if exclude not in self._setups:
             self._setups[exclude] = setups.SetupIndex(self.runs, exclude)
         return self._setups[exclude]
+
+    def shape(self, task: str, metric: str, baseline: str) -> Shape:
+        """The pooled shape of ``metric``'s paired differences in ``task``: every arm (and
+        p_detach) against ``baseline`` on the same seeds, one group per (setup, arm), as
+        treatment minus baseline (``pairedstats.shape``). Computed once per metric."""
+        key = (task, metric, baseline)
+        if key not in self._shapes:
+            self._shapes[key] = Shape.of(self._differences(task, metric, baseline))
+        return self._shapes[key]
+
+    def _differences(self, task: str, metric: str, baseline: str) -> list[np.ndarray]:
+        runs = self.runs
+        if not {"arm", metric} <= set(runs.columns):
+            return []
+        if "task" in runs.columns:
+            runs = runs[runs["task"] == task]
+        arms = ["arm", "p_detach"] if "p_detach" in runs.columns else ["arm"]
+        groups = []
+        for _, frame in self.setups(()).split(runs):
+            base = frame[frame["arm"] == baseline]
+            if len(base) < 2:
+                continue
+            treat = frame[frame["arm"] != baseline]
+            for _, arm in treat.groupby(arms, dropna=False, sort=True):
+                a, b, paired = runs_mod.paired_values(arm, base, metric)
+                if paired:
+                    groups.append(a - b)
+        return groups
 
 
 def _scale(check: Check) -> float:
@@ -90,7 +120,7 @@ def _summary_arm(name: str, values: np.ndarray, check: Check, ctx: Context, pick
     return ArmResult(name, s.n, _scaled(getattr(s, pick), _scale(check)), summary=s, best_of=best)
 
 
-def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
+def _eval_mean(check, claim, treat, base, ctx, shape: Shape | None = None) -> CheckVerdict:
     col = check.metric
     sign = -1.0 if check.lower_is_better else 1.0
     vt, vb = _finite(treat, col), _finite(base, col)
@@ -111,7 +141,6 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
     what = "paired" if paired else "unpaired"
     describe = f"{what} mean difference in {col}{' (sign flipped)' if sign < 0 else ''}"
     pvalue, effect = cmp.pvalue, cmp.difference
-    skew = _skew_needed(oa - ob) if paired else None
     if check.decide_by == "prob_better":
         if not paired:
             return empty(check, "no runs yet", "P(A>B) is declared but the seeds do not pair")
@@ -120,19 +149,12 @@ def _eval_mean(check, claim, treat, base, ctx) -> CheckVerdict:
         p = cmp.p_improve
         effect = Estimate(p.value - 0.5, p.low - 0.5, p.high - 0.5)
         describe = f"P(A>B) - 1/2 on {col} (exact sign test, ties dropped)"
-        skew = None  # an exact test: no shape caveat
+        shape = None  # an exact test: no shape gate
     return judged(
         check, claim, effect, cmp.p_improve, (at, ab), describe,
         pvalue=pvalue, paired=paired, seeds=_seeds(check, oa, ob, paired),
-        margin_p=margin_pvalues(check, oa, ob, paired), details=details, skew_needed=skew,
+        margin_p=margin_pvalues(check, oa, ob, paired), details=details, shape=shape,
     )  # fmt: skip
-
-
-def _skew_needed(d: np.ndarray) -> float | None:
-    """Pairs Cochran's rule asks for at the skewness of the paired differences ``d`` (None
-    where it is not defined: under 3 pairs or no spread)."""
-    need = float(ptests.skew_needed(d))
-    return None if np.isnan(need) else need
 
 
 def _claimed(check: Check, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +262,10 @@ def _time_arm(name: str, time: np.ndarray, event: np.ndarray, horizon: int) -> A
     return ArmResult(name, n, mean, km=km, reached=reached)
 
 
-def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
+def _time_data(check, treat, base, ctx):
+    """(data, paired, horizon) of a time check on one setup: ``data`` is (time, event) of
+    the treatment then the baseline, seed-paired when at least two pairs exist; or the
+    "no runs yet" verdict when there is nothing to compare."""
     if "epochs_to_threshold" not in treat.columns and ctx.history is None:
         return empty(check, "no runs yet", "no epochs_to_threshold column and no history")
     tt, et = _time_event(treat, check, ctx)
@@ -265,6 +290,25 @@ def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
         data = [tt[okt], et[okt], tb[okb], eb[okb]]
     data = [np.asarray(data[0], float), np.asarray(data[1], bool),
             np.asarray(data[2], float), np.asarray(data[3], bool)]  # fmt: skip
+    return data, paired, horizon
+
+
+def _time_saved(check, treat, base, ctx) -> np.ndarray | None:
+    """Epochs saved per seed pair (baseline minus treatment, restricted to the budget): the
+    differences the time check's t-test takes; None when the runs do not pair."""
+    got = _time_data(check, treat, base, ctx)
+    if isinstance(got, CheckVerdict) or not got[1]:
+        return None
+    data, _, horizon = got
+    rt = ptests.restricted_times(data[0], data[1], horizon)
+    return ptests.restricted_times(data[2], data[3], horizon) - rt
+
+
+def _eval_time(check, claim, treat, base, ctx, shape: Shape | None = None) -> CheckVerdict:
+    got = _time_data(check, treat, base, ctx)
+    if isinstance(got, CheckVerdict):
+        return got
+    data, paired, horizon = got
     arms = (
         _time_arm(check.treatment, data[0], data[1], horizon),
         _time_arm(check.baseline, data[2], data[3], horizon),
@@ -296,7 +340,7 @@ def _eval_time(check, claim, treat, base, ctx) -> CheckVerdict:
         check, claim, cmp.epochs_saved, cmp.p_faster, arms, describe,
         pvalue=cmp.pvalue, paired=paired, seeds=seeds,
         details={"horizon": horizon, "reached": list(cmp.reached)},
-        skew_needed=_skew_needed(ra - rb) if paired else None,
+        shape=shape,
     )  # fmt: skip
 
 
@@ -437,6 +481,20 @@ def by_setup(
     return out, why
 
 
+#: statistics a paired t-test decides, behind the shape gate (``pairedstats.shape``)
+_T_TESTED = ("mean", "time_to_threshold")
+
+
+def _shape(check: Check, ctx: Context, groups) -> Shape:
+    """The pool the shape gate reads for ``check``: a mean's metric against the baseline
+    across the whole data (every arm and setup: :meth:`Context.shape`); a time check's own
+    epochs saved across its setups (the time depends on the check's threshold)."""
+    if check.statistic == "mean":
+        return ctx.shape(check.task, check.metric, check.baseline)
+    saved = (_time_saved(check, t, b, ctx) for _, t, b in groups)
+    return Shape.of(d for d in saved if d is not None)
+
+
 def evaluate_check(
     check: Check, claim: Claim, ctx: Context, benchmarks: Mapping[str, Any] | None
 ) -> list[CheckVerdict]:
@@ -454,9 +512,10 @@ def evaluate_check(
     if check.compared and "lr" not in runs.columns:
         return [empty(check, "no runs yet", "no 'lr' column in the runs")]
     groups, why = by_setup(check, ctx)
+    kw = {"shape": _shape(check, ctx, groups)} if check.statistic in _T_TESTED else {}
     out = []
     for setup, treat, base in groups:
-        verdict = _EVALUATORS[check.statistic](check, claim, treat, base, ctx)
+        verdict = _EVALUATORS[check.statistic](check, claim, treat, base, ctx, **kw)
         scale = setup.scale(check.paper_setup, check.compared)
         reason = f"{scale.capitalize()} ({setup.words()}): {verdict.reason}"
         out.append(replace(verdict, setup=setup, scale=scale, reason=reason))

@@ -76,6 +76,7 @@ from pairedstats import multiplicity
 from pairedstats import tests as ptests
 from pairedstats.bestof import BestOf
 from pairedstats.power import SeedsNeeded
+from pairedstats.shape import Shape
 
 EMPTY = frozenset({"no runs yet", "no data"})
 #: a time-to-threshold check whose budget too few runs reach in both arms
@@ -320,29 +321,41 @@ def judged(
     seeds: SeedsNeeded | None = None,
     margin_p: Mapping[str, float] | None = None,
     details: Mapping[str, Any] | None = None,
-    skew_needed: float | None = None,
+    shape: Shape | None = None,
 ) -> CheckVerdict:
     """A check with data: apply the decision rule and say why in one sentence. ``p`` is
     P(A>B) (an effect size, shown); ``pvalue`` the check's test (see :func:`decide`).
-    ``skew_needed``: the pairs Cochran's rule asks for at the paired differences' skewness
-    (``pairedstats.tests.skew_needed``); a verdict reached with fewer carries a caution, since
-    the t-test's error can exceed its level there (docs/statistics.md, "Known limits")."""
+    ``shape``: the pooled shape of the metric's paired differences when a paired t-test
+    decides (``pairedstats.shape``); a verdict on fewer pairs than its skewness asks for is
+    held back as inconclusive, since the t-test's error can exceed its level there."""
     treatment, baseline = arms
+    n_min = min(treatment.n, baseline.n)
     verdict, why, p_against = decide(
-        check, effect, pvalue, min(treatment.n, baseline.n), claim.min_seeds, margin_p=margin_p
+        check, effect, pvalue, n_min, claim.min_seeds, margin_p=margin_p
     )
+    details = dict(details or {})
+    held = False
+    if shape is not None and paired:
+        held = verdict in ("supported", "contradicted") and not shape.allows(n_min)
+        details["shape"] = {
+            "skewness": None if math.isnan(shape.gamma) else shape.gamma,
+            "pooled_values": shape.values,
+            "pooled_comparisons": shape.groups,
+            "pairs_needed": shape.needed(),
+            "held_back": held,
+        }
+    if held:
+        why = (
+            f"the t-test would say {verdict}, but the paired differences are too skewed for it "
+            f"at {n_min} pairs ({shape.words()}: a t verdict needs {shape.needed()} pairs to keep "
+            "its error rate; docs/statistics.md, the shape gate)"
+        )
+        verdict, p_against = "inconclusive", math.nan
     p_text = "" if p is None else f", P(A>B) {p.value:.2f} [{p.low:.2f}, {p.high:.2f}]"
     reason = (
         f"{check.treatment} vs {check.baseline}: {describe} {_ci(effect)}{p_text} "
         f"({treatment.n} vs {baseline.n} runs): {why}."
     )
-    n_min = min(treatment.n, baseline.n)
-    if verdict in ("supported", "contradicted") and skew_needed is not None and n_min < skew_needed:
-        reason += (
-            f" Caution: the paired differences are skewed; Cochran's rule asks for "
-            f"{int(skew_needed)} pairs before the t-test's error rate holds, and {n_min} were "
-            "compared (docs/statistics.md, Known limits)."
-        )
     number, why_none = None, None
     if verdict == "inconclusive" and seeds is not None:
         if seeds.seeds is None:
@@ -351,6 +364,8 @@ def judged(
         else:
             number = float(MAX_QUOTED_SEEDS + 1) if seeds.capped else float(seeds.seeds)
             number = max(number, float(claim.min_seeds))
+            if held:  # the gate asks for its own count
+                number = max(number, float(shape.needed()))
             reason = reason[:-1] + f"; {fmt_seeds(number)} seeds per arm would settle it."
     return CheckVerdict(
         check,
@@ -362,7 +377,7 @@ def judged(
         p,
         paired,
         number,
-        details=dict(details or {}),
+        details=details,
         seeds_reason=why_none,
         pvalue=math.nan if pvalue is None else float(pvalue),
         p_against=p_against,
