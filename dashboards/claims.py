@@ -34,7 +34,7 @@ LOWER_IS_BETTER = frozenset(
 )
 #: Metrics whose spread across seeds is strongly right-skewed (a perplexity is exp of a loss; a
 #: gradient norm explodes on some seeds): no test of their mean keeps its error rate at the
-#: seeds a study has (docs/statistics.md, "Known limits"), so a check may not compare their
+#: seeds a study has (docs/statistics.md, "The shape gate"), so a check may not compare their
 #: mean. It compares the log (a loss in nats is log perplexity) or a rate ("exceeds").
 SKEWED_METRICS = frozenset({"val_perplexity", "test_perplexity", "max_grad_norm"})
 #: 0/1 metrics: judged as rates.
@@ -180,7 +180,7 @@ def _check(cid: str, i: int, raw: Mapping, claim: Mapping, defaults: Mapping) ->
     if statistic in ("mean", "lr_worst_case") and raw["metric"] in SKEWED_METRICS:
         raise ValueError(
             f"claim {cid}: field 'checks[{i}].metric': the mean of {raw['metric']!r} is too "
-            "skewed across seeds to test (docs/statistics.md, Known limits): compare its log "
+            "skewed across seeds to test (docs/statistics.md, the shape gate): compare its log "
             "(test_loss for a perplexity) or a rate (exceeds)"
         )
     arms = {role: raw.get(role, defaults.get(role, arm)) for role, arm in _DEFAULT_ARMS.items()}

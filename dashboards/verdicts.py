@@ -45,6 +45,10 @@ A check is
   0.025 each side), *contradicted* when it lies wholly outside.
 * **below / above** (benchmarks, C9): *supported* when the figure (its CI if given) lies below
   / above ``value``, *contradicted* when it lies on the other side.
+* a paired t-test (mean, time to threshold, the margins) decides only behind the shape gate
+  (``pairedstats.shape``): on fewer pairs than the pooled skewness of the metric's paired
+  differences asks for (n >= 71.5 gamma^2), a verdict is held back as *inconclusive*, with
+  that count as its seeds needed (docs/statistics.md, "The shape gate").
 * otherwise, or when an arm has fewer than ``min_seeds`` runs, *inconclusive*; the check
   then reports the seeds per arm its own decision needs for power 0.8 at the observed effect
   (:func:`dashboards.power.seeds_needed`, paired), or why no such number exists.
