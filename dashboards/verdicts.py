@@ -361,15 +361,19 @@ def judged(
         f"({treatment.n} vs {baseline.n} runs): {why}."
     )
     number, why_none = None, None
-    if verdict == "inconclusive" and seeds is not None:
+    if held:  # the gate's count, or the power's where that is larger
+        number = float(max(shape.needed(), claim.min_seeds))
+        if seeds is not None and seeds.seeds is not None:
+            power = float(MAX_QUOTED_SEEDS + 1) if seeds.capped else float(seeds.seeds)
+            number = max(number, power)
+        reason = reason[:-1] + f"; {fmt_seeds(number)} seeds per arm would settle it."
+    elif verdict == "inconclusive" and seeds is not None:
         if seeds.seeds is None:
             why_none = seeds.reason
             reason = reason[:-1] + f"; seeds needed: not applicable ({seeds.reason})."
         else:
             number = float(MAX_QUOTED_SEEDS + 1) if seeds.capped else float(seeds.seeds)
             number = max(number, float(claim.min_seeds))
-            if held:  # the gate asks for its own count
-                number = max(number, float(shape.needed()))
             reason = reason[:-1] + f"; {fmt_seeds(number)} seeds per arm would settle it."
     return CheckVerdict(
         check,
@@ -499,6 +503,7 @@ def check_json(cv: CheckVerdict) -> dict[str, Any]:
         "p_value": _num(cv.pvalue),
         "p_against": _num(cv.p_against),
         "p_adjusted": _num(cv.p_adjusted),
+        "shape": cv.details.get("shape"),
     }
 
 
