@@ -14,7 +14,11 @@ differences of the metric (seed by seed), their mean and standard deviation, the
 * the sequential design of ``--seeds auto`` (``study/sequential.py``) with the given looks:
   its power and its expected seeds for that effect, by running the design itself on 400
   simulated studies of normal differences with the pilot's spread;
-* the compute of each: seeds x 2 arms x the pilot's trial seconds per seed.
+* the compute of each: seeds x 2 arms x the pilot's trial seconds per seed;
+* the shape gate (``pairedstats.shape``): the pooled skewness of every configuration's paired
+  differences in the pilot and the pairs a t verdict needs at it. The fixed design asks for
+  at least that many seeds, and the sequential simulation gates its looks with it, as the
+  study will.
 
 ``--gpu-check FILE`` prices the paper-scale verdicts instead (C1, C2 and C5 at 32 seeds per
 arm, both arms, training only) from a GPU check's measured step times
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pairedstats.power import paired_seeds_needed
+from pairedstats.shape import Shape
 from study import sequential as seq
 from study.searcher import paired_differences
 from trainables.config import OneLineParser
@@ -103,7 +108,7 @@ def plan(args) -> list[dict]:
     for child in tracker.find_runs(CHILD):
         if child.status == "FINISHED" and child.seed is not None:
             children.setdefault(child.config_id, {})[child.seed] = child
-    rows = []
+    rows, diffs = [], []
     higher = args.metric not in LOWER_IS_BETTER
     for parent in tracker.find_runs(PARENT):
         base = parent.tags.get(BASELINE_TAG)
@@ -118,6 +123,7 @@ def plan(args) -> list[dict]:
             [theirs[s].metrics.get(args.metric, math.nan) for s in seeds],
             higher_is_better=higher,
         )
+        diffs.append(d)
         mean, sd = float(d.mean()), float(d.std(ddof=1))
         effect = abs(args.effect) if args.effect is not None else abs(mean)
         per_seed = _seconds_per_seed([*(mine[s] for s in seeds), *(theirs[s] for s in seeds)])
@@ -130,24 +136,34 @@ def plan(args) -> list[dict]:
             "effect": effect,
             "seconds_per_seed": per_seed,
         }
-        if effect > 0 and sd > 0:
-            needed = paired_seeds_needed(effect, sd, alpha=args.alpha, power=args.power)
-            n_fixed = needed.seeds
-            sim = seq.simulate(design, effect, sd, studies=400, seed=0)
-            row.update(
-                fixed_seeds=n_fixed,
-                fixed_seeds_capped=needed.capped,
-                fixed_seeds_reason=needed.reason,
-                fixed_hours=None if n_fixed is None else study_hours(n_fixed, per_seed),
-                sequential_power=sim.better_rate,
-                sequential_mean_seeds=sim.mean_seeds,
-                sequential_hours=study_hours(sim.mean_seeds, per_seed),
-            )
         rows.append(row)
     if not rows:
         raise PlanError(
             f"experiment {args.experiment!r} has no h-detach configuration with two or more "
             "finished seeds paired with its baseline"
+        )
+    shape = Shape.of(diffs)
+    gate = shape.needed()
+    for row in rows:
+        row.update(pilot_skewness=None if math.isnan(shape.gamma) else shape.gamma,
+                   pilot_pooled_values=shape.values, gate_pairs_needed=gate)  # fmt: skip
+        effect, sd = row["effect"], row["sd_difference"]
+        if not (effect > 0 and sd > 0):
+            continue
+        needed = paired_seeds_needed(effect, sd, alpha=args.alpha, power=args.power)
+        n_fixed = needed.seeds
+        if n_fixed is not None and gate is not None:
+            n_fixed = max(n_fixed, gate)
+        sim = seq.simulate(design, effect, sd, studies=400, seed=0, gamma=shape.gamma)
+        row.update(
+            power_seeds=needed.seeds,
+            fixed_seeds=n_fixed,
+            fixed_seeds_capped=needed.capped,
+            fixed_seeds_reason=needed.reason,
+            fixed_hours=None if n_fixed is None else study_hours(n_fixed, row["seconds_per_seed"]),
+            sequential_power=sim.better_rate,
+            sequential_mean_seeds=sim.mean_seeds,
+            sequential_hours=study_hours(sim.mean_seeds, row["seconds_per_seed"]),
         )
     return rows
 
@@ -188,6 +204,14 @@ def format_plan(rows: list[dict], args) -> str:
             f"{r['sequential_power']:>6.2f} {_hours(r['sequential_hours']):>7}"
         )
     lines.append("hours: both arms, from the pilot's trial seconds per seed")
+    gate = rows[0].get("gate_pairs_needed")
+    skew = rows[0].get("pilot_skewness")
+    if skew is not None:
+        lines.append(
+            f"shape gate: the pilot's differences have pooled skewness {skew:.2f} over "
+            f"{rows[0]['pilot_pooled_values']} pairs, so a t verdict needs {gate} pairs "
+            "(fixed: at least that many; sequential: looks gated with it)"
+        )
     return "\n".join(lines)
 
 

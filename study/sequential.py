@@ -402,15 +402,17 @@ def simulate(
     studies: int = 500,
     seed: int = 0,
     sampler=None,
+    gamma: float | None = None,
 ) -> Simulation:
     """Run the design on ``studies`` simulated comparisons whose paired differences are drawn
-    i.i.d. (normal ``effect``, ``sd`` unless ``sampler(rng, n)`` is given), all at once."""
+    i.i.d. (normal ``effect``, ``sd`` unless ``sampler(rng, n)`` is given), all at once;
+    ``gamma``: a pooled skewness the shape gate reads at every look (None: no gate)."""
     rng = np.random.default_rng(seed)
     if sampler is None:
         d = rng.normal(effect, sd, (studies, design.max_seeds))
     else:
         d = np.stack([sampler(rng, design.max_seeds) for _ in range(studies)])
-    return summarise(run_design(d, design, design.signs(f"simulation-{seed}")))
+    return summarise(run_design(d, design, design.signs(f"simulation-{seed}"), gamma=gamma))
 
 
 def summarise(run: Run) -> Simulation:

@@ -11,6 +11,7 @@ p_detach=1e-9 blocks no step in a run this short, so it equals the baseline on e
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pairedstats import shape
 from tests.study.test_study import ENV, ROOT, RUN, _children, _kill_session, _start, _steps
 
 CONFIGS = """\
@@ -167,8 +169,14 @@ def test_the_planner_reads_a_pilot_and_prints_seeds_and_hours(tmp_path):
     (row,) = json.loads((tmp_path / "p.json").read_text())
     assert row["config_id"] == "hd_p0.5_lr1.000e-02_clip" and row["pairs"] == 4
     assert row["effect"] == 0.01 and row["seconds_per_seed"] > 0
+    # the shape gate's count from the pilot's pooled skewness (one configuration: its 4 pairs)
+    assert row["pilot_pooled_values"] == 4
+    if row["pilot_skewness"] is not None:
+        assert row["gate_pairs_needed"] == math.ceil(max(2, shape.K * row["pilot_skewness"] ** 2))
+        assert "shape gate: the pilot's differences have pooled skewness" in out.stdout
     if row["sd_difference"] > 0:
         assert row["fixed_seeds"] >= 2 and 0 <= row["sequential_power"] <= 1
+        assert row["fixed_seeds"] >= max(row["power_seeds"] or 0, row["gate_pairs_needed"] or 0)
         assert row["fixed_hours"] == pytest.approx(
             2 * row["fixed_seeds"] * row["seconds_per_seed"] / 3600
         )
