@@ -22,6 +22,7 @@ from trainables.contract import (
     ADJUSTED_DECISION_TAG,
     CORRECTION_TAG,
     FAMILY_CHILD_METRICS,
+    GATE_CHILD_METRICS,
     P_ADJUSTED_METRIC,
     P_VALUE_METRIC,
     SEQUENTIAL_DECISIONS,
@@ -33,6 +34,7 @@ _CONFIG_KEYS = ("task", "config_id")
 _FAMILY = {key: metric for metric, key in FAMILY_CHILD_METRICS.items()}
 FAMILY_P, FAMILY_P_ADJUSTED = _FAMILY[P_VALUE_METRIC], _FAMILY[P_ADJUSTED_METRIC]
 FAMILY_DECISION = _FAMILY[ADJUSTED_DECISION_TAG]
+_GATE = {key: metric for metric, key in GATE_CHILD_METRICS.items()}
 #: the decision of a tested configuration that the correction did not keep
 UNDECIDED = "undecided"
 
@@ -65,6 +67,11 @@ class ConfigRow:
     family_p_adjusted: float = math.nan
     correction: str | None = None
     decision_adjusted: str | None = None
+    #: the shape gate behind that test (``pairedstats.shape``): the pooled skewness, the pairs
+    #: it asks for, and whether it held a decision back (None: the study wrote no gate)
+    gate_skewness: float = math.nan
+    gate_pairs_needed: float = math.nan
+    gate_withheld: bool | None = None
 
     @property
     def key(self) -> str:
@@ -162,11 +169,15 @@ def _family(first: pd.Series) -> dict[str, Any]:
     code = _float(first.get(FAMILY_DECISION))
     decisions = {v: k for k, v in SEQUENTIAL_DECISIONS.items()}
     correction = first.get(f"tag.{CORRECTION_TAG}")
+    withheld = _float(first.get(_GATE["withheld"]))
     return {
         "family_p": p,
         "family_p_adjusted": _float(first.get(FAMILY_P_ADJUSTED)),
         "correction": None if pd.isna(correction) else str(correction),
         "decision_adjusted": decisions.get(code, UNDECIDED),
+        "gate_skewness": _float(first.get(_GATE["skewness"])),
+        "gate_pairs_needed": _float(first.get(_GATE["pairs_needed"])),
+        "gate_withheld": None if math.isnan(withheld) else bool(withheld),
     }
 
 

@@ -97,6 +97,11 @@ def make_summary(
                 "p_adjusted": row.family_p_adjusted,
                 "correction": row.correction,
                 "decision_adjusted": row.decision_adjusted,
+                "shape_gate": {
+                    "skewness": row.gate_skewness,
+                    "pairs_needed": row.gate_pairs_needed,
+                    "withheld": row.gate_withheld,
+                },
             },
         }
         for row in config_rows

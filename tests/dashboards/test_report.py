@@ -400,6 +400,17 @@ def test_the_studys_own_test_shows_raw_and_adjusted_in_the_configuration_table(t
     runs.loc[tested, "family_p_adjusted"] = 0.012
     runs.loc[tested, "family_decision_adjusted"] = 1.0
     runs.loc[tested, "tag.correction"] = "holm"
+    # a configuration whose test the shape gate held back (decision undecided: no code)
+    held = runs["config_id"] == "c300-p50"
+    runs.loc[held, "family_p_value"] = 0.03
+    runs.loc[held, "family_p_adjusted"] = 0.06
+    runs.loc[held, "tag.correction"] = "holm"
+    runs.loc[held, "gate_skewness"] = -0.72
+    runs.loc[held, "gate_pairs_needed"] = 37.0
+    runs.loc[held, "gate_withheld"] = 1.0
+    runs.loc[tested, "gate_withheld"] = 0.0
+    runs.loc[tested, "gate_pairs_needed"] = 2.0
+    runs.loc[tested, "gate_skewness"] = 0.1
     export.write_frames(tmp_path / "data", EXPERIMENT, runs, history)
     assert make_report(tmp_path / "data", tmp_path / "out") == 0
     configs = json.loads((tmp_path / "out" / "summary.json").read_text())["configs"]
@@ -409,8 +420,18 @@ def test_the_studys_own_test_shows_raw_and_adjusted_in_the_configuration_table(t
         "p_adjusted": 0.012,
         "correction": "holm",
         "decision_adjusted": "better",
+        "shape_gate": {"skewness": 0.1, "pairs_needed": 2.0, "withheld": False},
     }
-    others = [c["study_test"] for k, c in configs.items() if k != "copying/c300-p25"]
+    assert configs["copying/c300-p50"]["study_test"]["shape_gate"] == {
+        "skewness": -0.72,
+        "pairs_needed": 37.0,
+        "withheld": True,
+    }
+    others = [c["study_test"] for k, c in configs.items() if k[8:] not in ("c300-p25", "c300-p50")]
     assert others and all(t["correction"] is None for t in others)
     text = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
     assert "0.004 (0.012, holm)<br><small>better</small>" in text
+    assert (
+        "0.03 (0.06, holm)<br><small>undecided; held back by the shape gate: needs 37 pairs"
+        "</small>" in text
+    )
