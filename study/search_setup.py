@@ -102,8 +102,20 @@ def build_searcher(options: StudyOptions):
         objective=options.objective,
         sequential=plan,
         key=options.experiment_dir,
+        ledger=shape_ledger(options) if plan is not None else None,
     )
     return ConcurrencyLimiter(paired, max_concurrent=max_concurrent(options))
+
+
+def shape_ledger(options: StudyOptions) -> str | None:
+    """Where the searcher records each look's shape-gate pool (``PairedSeedSearcher``):
+    beside the Optuna journal, so that it moves with it on a ``--resume`` from elsewhere;
+    beside the Tune experiment when Optuna is in a database; None when that is remote."""
+    path = options.optuna_storage_path
+    if "://" not in path:
+        return f"{path}.shape-gate.jsonl"
+    local = options.experiment_dir
+    return None if "://" in local else f"{local}/shape-gate.jsonl"
 
 
 def optuna_storage(options: StudyOptions):

@@ -46,6 +46,7 @@ from pairedstats.shape import Shape
 from study import sequential as seq
 from study.searcher_state import Configuration, Unit, from_dicts
 from study.sequential import Comparison, Outcome, SequentialPlan, paired_differences
+from study.shape_ledger import ShapeLedger
 from trainables.contract import (
     EPOCH_SCORE,
     H_DETACH,
@@ -105,6 +106,7 @@ class PairedSeedSearcher(Searcher):
         objective: str = "mean-se",
         sequential: SequentialPlan | None = None,
         key: str | None = None,
+        ledger: str | None = None,
     ):
         self.searcher = searcher
         self.seed_blocks = [list(b) for b in seed_blocks]
@@ -112,6 +114,9 @@ class PairedSeedSearcher(Searcher):
         self.objective = objective
         self.plan = sequential
         self.key = key
+        #: the shape gate's ledger file (``study/shape_ledger.py``); None: no ledger
+        self.ledger = ledger
+        self._recorded: ShapeLedger | None = None  # opened on first use
         self.configs: dict[str, Configuration] = {}
         self.queue: list[tuple[str, int]] = []  # (config_id, unit) not yet a trial
         self.trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (config_id, unit)
@@ -193,10 +198,13 @@ class PairedSeedSearcher(Searcher):
     def get_state(self) -> dict:
         state = self.__dict__.copy()
         state.pop("searcher")
+        state.pop("_recorded", None)  # read again from the ledger
         return state
 
     def set_state(self, state: dict) -> None:
+        ledger = self.ledger  # where the resuming command keeps it, not where it was
         self.__dict__.update(state)
+        self.ledger, self._recorded = ledger, None
         self.configs = {k: from_dicts(c) for k, c in self.configs.items()}
 
     def save(self, checkpoint_path: str) -> None:
@@ -371,8 +379,15 @@ class PairedSeedSearcher(Searcher):
         when a look is first analysed, so that analysing it again (a later trial of another
         configuration, a resumed driver) gates it as before."""
         c = self.configs[cid]
+        if self._recorded is None:
+            self._recorded = ShapeLedger(self.ledger)
         while len(c.shapes) < stages:
-            c.shapes.append(self._pool())
+            look = len(c.shapes)
+            pool = self._recorded.get(cid, look)
+            if pool is None:
+                pool = self._pool()
+                self._recorded.record(cid, look, pool)
+            c.shapes.append(pool)
         return c.shapes[:stages]
 
     def _pool(self) -> Shape:

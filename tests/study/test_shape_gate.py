@@ -96,12 +96,14 @@ A_DIFFS = [1.0] * 7 + [3.0]
 B_DIFFS = [10.0 + 3.0 * (-1) ** i for i in range(8)]
 
 
-def _searcher():
+def _searcher(ledger: str | None = None):
     from study.searcher import PairedSeedSearcher, SequentialPlan
 
     design = seq.SequentialDesign(min_seeds=8, seed_block=4, max_seeds=16)
     plan = SequentialPlan(design=design, seeds=tuple(range(16)), seeds_per_trial=8)
-    return PairedSeedSearcher(_optuna(POINTS), seed_blocks=[], max_configs=2, sequential=plan)
+    return PairedSeedSearcher(
+        _optuna(POINTS), seed_blocks=[], max_configs=2, sequential=plan, ledger=ledger
+    )
 
 
 def _complete(searcher, trial_id, values):
@@ -143,6 +145,54 @@ def test_a_resumed_searcher_keeps_each_look_s_gate_and_every_decision_taken():
 
     again = _resumed(resumed)  # and a decision taken stays taken, with its gate
     assert again.outcome(B) == b and again.configs[B].shapes == resumed.configs[B].shapes
+
+
+def test_a_driver_killed_before_tune_saved_the_searcher_gates_a_look_with_the_ledgers_pool(
+    tmp_path,
+):
+    """Tune saves the searcher every few seconds; a look's decision reaches MLflow at once.
+    A driver resumed from a save older than A's first look, where B's seeds finish before A's
+    this time, must gate that look with the pool it had (A's pairs alone: held back), not with
+    today's pool of A and B (which lets it through): the ledger beside the Optuna journal
+    keeps it. Without the ledger the resumed driver decides the look the first one held."""
+    ledger = str(tmp_path / "study.journal.shape-gate.jsonl")
+    first = _searcher(ledger)
+    trials = {first.suggest(f"t{i}")["config_id"]: f"t{i}" for i in range(4)}
+    saved = pickle.dumps(first.get_state())  # Tune's last save before the kill
+    _complete(first, trials[BASE_A], [0.0] * 8)
+    _complete(first, trials[A], A_DIFFS)
+    assert first.outcome(A) is None  # held back, and (had it decided) logged at once
+
+    def resume(path):
+        out = _searcher(path)
+        out.set_state(pickle.loads(saved))
+        out.searcher = first.searcher
+        _complete(out, trials["vanilla_p0_lr1.000e-03_clip"], [0.0] * 8)
+        _complete(out, trials[B], B_DIFFS)
+        _complete(out, trials[BASE_A], [0.0] * 8)
+        _complete(out, trials[A], A_DIFFS)
+        return out
+
+    resumed = resume(ledger)
+    assert resumed._pool().allows(8)  # today's pool would let A's first look through
+    assert resumed.outcome(A) is None
+    assert resumed.configs[A].shapes[:1] == first.configs[A].shapes[:1]
+    assert resume(None).outcome(A)["decision"] == seq.BETTER  # what the ledger prevents
+    # a line cut short by a kill is skipped, and the next record starts on its own line
+    with open(ledger, "a") as f:
+        f.write('{"config": "x", "lo')
+    again = _searcher(ledger)
+    again.set_state(pickle.loads(saved))
+    again.searcher = first.searcher
+    _complete(again, trials[BASE_A], [0.0] * 8)
+    _complete(again, trials[A], A_DIFFS)
+    assert again.outcome(A) is None
+    from study.shape_ledger import ShapeLedger
+
+    ShapeLedger(ledger).record("y", 0, shape.Shape(0.5, 8, 1))
+    lines = open(ledger).read().splitlines()
+    assert lines[-2] == '{"config": "x", "lo' and lines[-1].startswith('{"config": "y"')
+    assert ShapeLedger(ledger).get("y", 0) == shape.Shape(0.5, 8, 1)
 
 
 # -- calibration: the sequential null rate on lognormal differences ------------------------
