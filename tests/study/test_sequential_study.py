@@ -109,6 +109,51 @@ def test_a_clear_configuration_stops_at_the_first_look_a_null_one_at_max_seeds(t
     assert "<td>better</td><td>decided</td>" in clear and '<td class="num">6</td>' in clear
     null = next(r for r in rows if NULL in r)
     assert "<td>undecided</td><td>max_seeds</td>" in null and '<td class="num">8</td>' in null
+    _the_planner_reads_the_study_as_a_pilot(tmp_path, uri)
+
+
+def _the_planner_reads_the_study_as_a_pilot(tmp_path: Path, uri: str) -> None:
+    """``hdetach-study plan`` on the finished study (its own pilot run would cost 40 s of CI):
+    seeds and hours per configuration, the shape gate's floor, one-line refusals."""
+    plan = [sys.executable, "-m", "study.plan", "--tracking-uri", uri]
+    out = subprocess.run(
+        [*plan, "--experiment", "auto", "--effect", "0.01", "--json", str(tmp_path / "p.json")],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = {r["config_id"]: r for r in json.loads((tmp_path / "p.json").read_text())}
+    assert set(rows) == {CLEAR, NULL}
+    assert rows[CLEAR]["pairs"] == 6 and rows[NULL]["pairs"] == 8
+    for row in rows.values():
+        assert row["effect"] == 0.01 and row["seconds_per_seed"] > 0
+        # the shape gate's count from the pilot's pooled skewness (both configurations)
+        assert row["pilot_pooled_values"] == 14
+        if row["pilot_skewness"] is not None:
+            need = math.ceil(max(2, shape.K * row["pilot_skewness"] ** 2))
+            assert row["gate_pairs_needed"] == need
+        if row["sd_difference"] > 0:
+            assert row["fixed_seeds"] >= 2 and 0 <= row["sequential_power"] <= 1
+            floor = max(row["power_seeds"] or 0, row["gate_pairs_needed"] or 0)
+            assert row["fixed_seeds"] >= floor
+            assert row["fixed_hours"] == pytest.approx(
+                2 * row["fixed_seeds"] * row["seconds_per_seed"] / 3600
+            )
+    assert CLEAR in out.stdout and NULL in out.stdout
+    if rows[CLEAR]["pilot_skewness"] is not None:
+        assert "shape gate: the pilot's differences have pooled skewness" in out.stdout
+
+    for extra, needle in (
+        (["--experiment", "nope"], "no experiment 'nope'"),
+        (["--experiment", "auto", "--power", "1.5"], "power must be in (0, 1), got 1.5"),
+    ):
+        bad = subprocess.run([*plan, *extra], cwd=ROOT, env=ENV, capture_output=True, text=True)
+        assert bad.returncode == 2 and needle in bad.stderr and len(bad.stderr.splitlines()) == 1
+    missing = tmp_path / "none.db"
+    bad = subprocess.run(
+        [sys.executable, "-m", "study.plan", "--tracking-uri", f"sqlite:///{missing}",
+         "--experiment", "auto"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "no MLflow database" in bad.stderr and not missing.exists()
 
 
 @pytest.mark.slow
@@ -143,54 +188,3 @@ def test_a_driver_killed_between_looks_resumes_to_the_same_decisions(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _check_outcome(client, "auto-kill")
-
-
-@pytest.mark.slow
-def test_the_planner_reads_a_pilot_and_prints_seeds_and_hours(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (tmp_path / "pilot.yaml").write_text(
-        "search: fixed\nconfigs:\n  - {p_detach: 0.5, lr: 0.01, clip: true}\n"
-    )
-    pilot = [
-        *RUN, "--config", str(tmp_path / "pilot.yaml"), "--task", "copying", "--preset",
-        "smoke", "--seeds", "4", "--seeds-per-trial", "2", "--epochs", "2",
-        "--set", "batches_per_epoch=15", "--set", "train_size=500", "--set", "val_size=100",
-        "--set", "transfer_size=50", "--tracking-uri", uri, "--experiment", "pilot",
-        "--storage-path", str(tmp_path / "runs"), "--verbose", "0",
-    ]  # fmt: skip
-    done = subprocess.run(pilot, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    plan = [sys.executable, "-m", "study.plan", "--tracking-uri", uri]
-    out = subprocess.run(
-        [*plan, "--experiment", "pilot", "--effect", "0.01", "--json", str(tmp_path / "p.json")],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    (row,) = json.loads((tmp_path / "p.json").read_text())
-    assert row["config_id"] == "hd_p0.5_lr1.000e-02_clip" and row["pairs"] == 4
-    assert row["effect"] == 0.01 and row["seconds_per_seed"] > 0
-    # the shape gate's count from the pilot's pooled skewness (one configuration: its 4 pairs)
-    assert row["pilot_pooled_values"] == 4
-    if row["pilot_skewness"] is not None:
-        assert row["gate_pairs_needed"] == math.ceil(max(2, shape.K * row["pilot_skewness"] ** 2))
-        assert "shape gate: the pilot's differences have pooled skewness" in out.stdout
-    if row["sd_difference"] > 0:
-        assert row["fixed_seeds"] >= 2 and 0 <= row["sequential_power"] <= 1
-        assert row["fixed_seeds"] >= max(row["power_seeds"] or 0, row["gate_pairs_needed"] or 0)
-        assert row["fixed_hours"] == pytest.approx(
-            2 * row["fixed_seeds"] * row["seconds_per_seed"] / 3600
-        )
-    assert "hd_p0.5_lr1.000e-02_clip" in out.stdout
-
-    for extra, needle in (
-        (["--experiment", "nope"], "no experiment 'nope'"),
-        (["--experiment", "pilot", "--power", "1.5"], "power must be in (0, 1), got 1.5"),
-    ):
-        bad = subprocess.run([*plan, *extra], cwd=ROOT, env=ENV, capture_output=True, text=True)
-        assert bad.returncode == 2 and needle in bad.stderr and len(bad.stderr.splitlines()) == 1
-    missing = tmp_path / "none.db"
-    bad = subprocess.run(
-        [sys.executable, "-m", "study.plan", "--tracking-uri", f"sqlite:///{missing}",
-         "--experiment", "pilot"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "no MLflow database" in bad.stderr and not missing.exists()
