@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -50,7 +49,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.shapes import SHAPES  # noqa: E402
-from benchmarks.tally import row, write_results  # noqa: E402
+from benchmarks.tally import reference, row, too_high, write_results  # noqa: E402
 from pairedstats import shape, tests, worstcase  # noqa: E402
 
 ALPHA = 0.05
@@ -198,21 +197,6 @@ def run(
             for effect in EFFECTS:
                 out += report_rules(rng, draw, kind, n, grid["effect"], effect, grid["patterns"])
     return out + (study_rows(quick, seed) if study else [])
-
-
-def reference(r: dict) -> bool:
-    """A row shown for comparison, not a decision rule: the bare paired t without the shape
-    gate (what the verdicts used before the gate; over alpha on skewed and ceiling-piled
-    outcomes: no test of a mean keeps its level over all skewed distributions at small n,
-    Bahadur & Savage 1956). No rule the report or the study decides with is exempt."""
-    return bool(r.get("reference"))
-
-
-def too_high(r: dict, k: float = 3.0) -> bool:
-    """A null row whose false-verdict rate exceeds alpha by more than k standard errors (the
-    SE at alpha, so a rate of 0 in few studies is not flattered)."""
-    se = math.sqrt(r["alpha"] * (1 - r["alpha"]) / r["studies"])
-    return r["truth"] == "null" and r["rate"] > r["alpha"] + k * se
 
 
 def table(rows: list[dict]) -> str:

@@ -46,7 +46,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.shapes import SHAPES  # noqa: E402
-from benchmarks.tally import cpu_name, row  # noqa: E402
+from benchmarks.tally import cpu_name, reference, row, too_high  # noqa: E402
 from pairedstats import shape  # noqa: E402
 from pairedstats.multiplicity import adjust  # noqa: E402
 from study import sequential as seq  # noqa: E402
@@ -309,12 +309,6 @@ def skewness_of_shapes() -> dict[str, dict]:
     return out
 
 
-def over(r: dict, k: float = 3.0) -> bool:
-    """A null row whose rate exceeds alpha by more than k binomial SEs (the SE at alpha)."""
-    se0 = math.sqrt(r["alpha"] * (1 - r["alpha"]) / r["studies"])
-    return r["truth"] == "null" and r["rate"] > r["alpha"] + k * se0
-
-
 def rows(quick: bool, seed: int) -> list[dict]:
     """Every study-side calibration row (see the module docstring)."""
     grid = QUICK if quick else FULL
@@ -340,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in [*out, *others]:
         seeds = "" if r["mean_seeds"] is None else f" seeds {r['mean_seeds']:.1f}"
         bias = f" bias {r['bias_sd']:+.2f} SD" if "bias_sd" in r else ""
-        mark = " (reference)" if r.get("reference") else " OVER" if over(r) else ""
+        mark = " (reference)" if reference(r) else " OVER" if too_high(r) else ""
         print(f"{r['rule']} | {r['shape']} | {r['truth']} | {r['rate']:.3f} ({r['se']:.3f})"
               f"{seeds}{bias}{mark}")  # fmt: skip
-    held = [r for r in out if not r.get("reference") and over(r)]
+    held = [r for r in out if not reference(r) and too_high(r)]
     print(f"null rows over alpha + 3 SE (at alpha): {len(held)}")
     skew = skewness_of_shapes()
     for name, v in skew.items():

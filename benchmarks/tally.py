@@ -51,3 +51,18 @@ def write_results(path: Path, script: str, argv: list[str] | None, **fields) -> 
     machine = {"cpu": cpu_name(), "platform": platform.platform(), "python": sys.version}
     doc = {"machine": {**machine, "date": date, "command": command}, "date": date}
     path.write_text(json.dumps({**doc, "command": command, **fields}, indent=1) + "\n")
+
+
+def reference(r: dict) -> bool:
+    """A row shown for comparison, not a decision rule: a test run without the shape gate
+    (what the verdicts used before the gate; over alpha on skewed and ceiling-piled outcomes:
+    no test of a mean keeps its level over all skewed distributions at small n, Bahadur &
+    Savage 1956). No rule the report or the study decides with is exempt."""
+    return bool(r.get("reference"))
+
+
+def too_high(r: dict, k: float = 3.0) -> bool:
+    """A null row whose false-verdict rate exceeds alpha by more than k standard errors (the
+    SE at alpha, so a rate of 0 in few studies is not flattered)."""
+    se = math.sqrt(r["alpha"] * (1 - r["alpha"]) / r["studies"])
+    return r["truth"] == "null" and r["rate"] > r["alpha"] + k * se

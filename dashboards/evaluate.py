@@ -293,10 +293,10 @@ def _time_data(check, treat, base, ctx):
     return data, paired, horizon
 
 
-def _time_saved(check, treat, base, ctx) -> np.ndarray | None:
-    """Epochs saved per seed pair (baseline minus treatment, restricted to the budget): the
-    differences the time check's t-test takes; None when the runs do not pair."""
-    got = _time_data(check, treat, base, ctx)
+def _time_saved(got) -> np.ndarray | None:
+    """Epochs saved per seed pair (baseline minus treatment, restricted to the budget) from
+    :func:`_time_data`'s result: the differences the time check's t-test takes; None when the
+    runs do not pair."""
     if isinstance(got, CheckVerdict) or not got[1]:
         return None
     data, _, horizon = got
@@ -304,8 +304,11 @@ def _time_saved(check, treat, base, ctx) -> np.ndarray | None:
     return ptests.restricted_times(data[2], data[3], horizon) - rt
 
 
-def _eval_time(check, claim, treat, base, ctx, shape: Shape | None = None) -> CheckVerdict:
-    got = _time_data(check, treat, base, ctx)
+def _eval_time(
+    check, claim, treat, base, ctx, shape: Shape | None = None, timed=None
+) -> CheckVerdict:
+    """``timed``: :func:`_time_data` of these arms when the caller has it already."""
+    got = _time_data(check, treat, base, ctx) if timed is None else timed
     if isinstance(got, CheckVerdict):
         return got
     data, paired, horizon = got
@@ -485,13 +488,14 @@ def by_setup(
 _T_TESTED = ("mean", "time_to_threshold")
 
 
-def _shape(check: Check, ctx: Context, groups) -> Shape:
+def _shape(check: Check, ctx: Context, timed: list) -> Shape:
     """The pool the shape gate reads for ``check``: a mean's metric against the baseline
     across the whole data (every arm and setup: :meth:`Context.shape`); a time check's own
-    epochs saved across its setups (the time depends on the check's threshold)."""
+    epochs saved across its setups (``timed``: :func:`_time_data` per setup; the time depends
+    on the check's threshold)."""
     if check.statistic == "mean":
         return ctx.shape(check.task, check.metric, check.baseline)
-    saved = (_time_saved(check, t, b, ctx) for _, t, b in groups)
+    saved = (_time_saved(got) for got in timed)
     return Shape.of(d for d in saved if d is not None)
 
 
@@ -512,10 +516,14 @@ def evaluate_check(
     if check.compared and "lr" not in runs.columns:
         return [empty(check, "no runs yet", "no 'lr' column in the runs")]
     groups, why = by_setup(check, ctx)
-    kw = {"shape": _shape(check, ctx, groups)} if check.statistic in _T_TESTED else {}
+    timed = [None] * len(groups)  # a time check's data per setup, computed once
+    if check.statistic == "time_to_threshold":
+        timed = [_time_data(check, t, b, ctx) for _, t, b in groups]
+    kw = {"shape": _shape(check, ctx, timed)} if check.statistic in _T_TESTED else {}
     out = []
-    for setup, treat, base in groups:
-        verdict = _EVALUATORS[check.statistic](check, claim, treat, base, ctx, **kw)
+    for (setup, treat, base), got in zip(groups, timed, strict=True):
+        extra = {"timed": got} if got is not None else {}
+        verdict = _EVALUATORS[check.statistic](check, claim, treat, base, ctx, **kw, **extra)
         scale = setup.scale(check.paper_setup, check.compared)
         reason = f"{scale.capitalize()} ({setup.words()}): {verdict.reason}"
         out.append(replace(verdict, setup=setup, scale=scale, reason=reason))

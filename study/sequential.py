@@ -60,10 +60,8 @@ differences bounded only by [-1, 1].
 Every function here is a pure function of the data, the design and the pooled skewness of
 each look: the decision at every look is recomputed from the differences seen so far and the
 skewness recorded for that look when it was first analysed (the searcher keeps those with
-the configuration, in its saved state), so a resumed study re-derives the decisions it had.
-The one exception: a look first analysed after the searcher's last snapshot is analysed
-again on resume with the pool of that moment, which holds what the other configurations
-have finished by then.
+the configuration, in its saved state, and in the ledger of ``study/shape_ledger.py`` for a
+look analysed after the last save), so a resumed study re-derives the decisions it had.
 :func:`run_design` takes many studies at once (the calibration's simulations call the very
 code the study runs). The study's side of it sits at the end: the plan of ``--seeds auto``
 (``SequentialPlan``), the paired differences a look analyses, and what a stopped
@@ -223,9 +221,8 @@ def studentized(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
 class Run:
     """:func:`run_design` over S studies: per study the decision code (``CODES``), the
     0-based look it stopped at (the last look available when undecided), the stage-wise
-    p-value, and per look the boundary and observed t (NaN after the stop); ``held``: the
-    study ended undecided though the test reached a decision at some look that the shape gate
-    held back."""
+    p-value, and per look the boundary, the observed t (NaN after the stop) and whether the
+    shape gate held back a decision the test reached there."""
 
     code: np.ndarray  # (S,) int
     look: np.ndarray  # (S,) int
@@ -233,7 +230,12 @@ class Run:
     boundary: np.ndarray  # (S, K)
     t: np.ndarray  # (S, K)
     seeds: np.ndarray  # (S,) seeds used
-    held: np.ndarray  # (S,) bool
+    held_at: np.ndarray  # (S, K) bool
+
+    @property
+    def held(self) -> np.ndarray:
+        """(S,): the study ended undecided though the gate held back a decision at a look."""
+        return self.held_at.any(axis=1) & (self.code == 0)
 
 
 def per_look(gamma, studies: int, looks: int) -> np.ndarray:
@@ -266,7 +268,7 @@ def run_design(d: np.ndarray, design: SequentialDesign, signs: np.ndarray, gamma
     looks = [n for n in design.looks if n <= n_have]
     K = len(looks)
     gates = None if gamma is None else per_look(gamma, S, K)
-    held = np.zeros(S, dtype=bool)
+    held = np.zeros((S, K), dtype=bool)
     code = np.zeros(S, dtype=np.int64)
     stop = np.full(S, max(K - 1, 0), dtype=np.int64)
     p_value = np.full(S, math.nan)
@@ -296,14 +298,14 @@ def run_design(d: np.ndarray, design: SequentialDesign, signs: np.ndarray, gamma
             decided = np.where(eq, 2, decided)
         if gates is not None:
             ok = gate.allows(n, gates[idx, k])
-            held[idx] |= (decided != 0) & ~ok
+            held[idx, k] = (decided != 0) & ~ok
             decided = np.where(ok, decided, 0)
         stopping = decided != 0
         code[idx[stopping]] = decided[stopping]
         stop[idx[stopping]] = k
         live[idx[stopping]] = False
     seeds = np.array(looks, dtype=np.int64)[stop] if K else np.zeros(S, dtype=np.int64)
-    return Run(code, stop, p_value, bound, tobs, seeds, held & (code == 0))
+    return Run(code, stop, p_value, bound, tobs, seeds, held)
 
 
 def analyse(diffs, design: SequentialDesign, key: str, gamma=None) -> Analysis:
@@ -327,29 +329,15 @@ def analyse(diffs, design: SequentialDesign, key: str, gamma=None) -> Analysis:
         n = looks[k]
         decision = CODES[int(run.code[0])] if k == last else UNDECIDED
         g = math.nan if gates is None else float(gates[0, k])
-        reached = _reached(d[:n], design, k, float(run.t[0, k]), float(run.boundary[0, k]))
-        held = gates is not None and reached and not bool(gate.allows(n, g))
         out.looks.append(
             Look(k, n, float(d[:n].mean()), float(run.t[0, k]), float(run.boundary[0, k]),
-                 design.alpha_at(k), decision, g, held)
+                 design.alpha_at(k), decision, g, bool(run.held_at[0, k]))
         )  # fmt: skip
     out.decision = CODES[int(run.code[0])]
     out.decided_at = last if out.decision != UNDECIDED else None
     out.p_value = float(run.p_value[0])
     out.withheld = bool(run.held[0])
     return out
-
-
-def _reached(x: np.ndarray, design: SequentialDesign, k: int, t: float, c: float) -> bool:
-    """Whether the test (before the gate) decides at look ``k`` on ``x``."""
-    if abs(t) > c:
-        return True
-    a_k = design.alpha_at(k)
-    return (
-        design.margin is not None
-        and a_k > 0
-        and bool(_equivalent(x[None, :], design.margin, a_k)[0])
-    )
 
 
 def _boundaries(t: np.ndarray, crossed: np.ndarray, level: float, B: int) -> np.ndarray:
@@ -519,18 +507,6 @@ class Comparison:
             fixed_design_seconds=None if n_fixed is None else n_fixed * pair_seconds_per_seed,
             **shaped,
         )
-
-    def gate_words(self) -> str | None:
-        """What the shape gate said, for a console line (None: no gate recorded)."""
-        if self.skewness_groups is None:
-            return None
-        if self.skewness is None:
-            return "shape gate open (no skewness to measure)"
-        words = (
-            f"skewness {self.skewness:.2f} pooled over {self.skewness_pairs} paired "
-            f"differences in {self.skewness_groups} comparisons asks for {self.pairs_needed} pairs"
-        )
-        return f"withheld by the shape gate: {words}" if self.withheld else f"shape gate: {words}"
 
 
 #: the shape gate's fields of a :class:`Comparison` (absent from its record when None)

@@ -4,11 +4,10 @@ without the gate are references, shown for comparison and not held to alpha."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from benchmarks import calibration_study
+from benchmarks.tally import too_high
 
 KEYS = {"rule", "shape", "n", "alpha", "truth", "studies", "rate", "se", "mean_seeds"}
 
@@ -18,17 +17,14 @@ def rows() -> list[dict]:
     return calibration_study.rows(quick=True, seed=3)
 
 
-def _over(r: dict) -> bool:
-    se = math.sqrt(r["alpha"] * (1 - r["alpha"]) / r["studies"])
-    return r["truth"] == "null" and r["rate"] > r["alpha"] + 3 * se
-
-
 def test_no_study_rule_is_over_alpha_on_any_shape(rows):
-    over = [(r["rule"], r["shape"], r["rate"]) for r in rows if _over(r) and not r.get("reference")]
+    over = [
+        (r["rule"], r["shape"], r["rate"]) for r in rows if too_high(r) and not r.get("reference")
+    ]
     assert not over, over
     # what the gate is for: the design without it errs on skewed differences
     bare = [r for r in rows if r.get("reference") and r["truth"] == "null"]
-    assert any(_over(r) for r in bare if r["shape"] == "skewed"), bare
+    assert any(too_high(r) for r in bare if r["shape"] == "skewed"), bare
 
 
 def test_rows_have_the_merged_table_s_keys_and_every_kind_of_rule(rows):
