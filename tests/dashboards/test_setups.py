@@ -13,7 +13,7 @@ from scipy import stats as sps
 from dashboards import claims as cl
 from dashboards import sections, setups, stats, survival
 from dashboards.evaluate import evaluate_claims
-from tests.dashboards.test_claims import make_runs
+from tests.dashboards.test_claims import make_runs, sym
 
 #: The copying smoke setup shape, at any delay.
 SMOKE = {"hidden_size": "64", "num_layers": "1", "optimizer": "adam", "batch_size": "50",
@@ -36,15 +36,12 @@ def copying(arm: str, acc, *, seq_len: int, epochs: int = 12, p: float = 0.0, **
 
 
 def ladder_study(rng: np.random.Generator) -> pd.DataFrame:
-    """Two reduced copying setups: at T=5 h-detach is worse, at T=20 it is better. The noise
-    of seed i + 4 mirrors seed i's, so the paired differences are symmetric (the shape gate
-    of ``pairedstats.shape`` then lets these clear effects through)."""
+    """Two reduced copying setups: at T=5 h-detach is worse, at T=20 it is better (mirrored
+    seed noise, :func:`sym`: symmetric differences, which the shape gate lets through)."""
     parts = []
     for seq_len, van, hd in ((5, 0.8, 0.5), (20, 0.4, 0.7)):
-        z = rng.normal(0, 0.02, (2, 4))
-        z = np.concatenate([z, -z], axis=1)
-        parts.append(copying("vanilla", van + z[0], seq_len=seq_len))
-        parts.append(copying("h-detach", hd + z[1], seq_len=seq_len, p=0.25))
+        parts.append(copying("vanilla", sym(rng, van, 0.02, 8), seq_len=seq_len))
+        parts.append(copying("h-detach", sym(rng, hd, 0.02, 8), seq_len=seq_len, p=0.25))
     return pd.concat(parts, ignore_index=True)
 
 
