@@ -28,7 +28,6 @@ from tests.study.test_study import (
     _steps,
     _study_args,
     _trial_states,
-    _wait_for,
 )
 
 
@@ -66,26 +65,37 @@ def _runs_now(trial_dir: Path, pid: int, last_epoch: int = 3) -> bool:
     return last.get("pid") == pid and last.get("epoch", 0) <= last_epoch
 
 
+def _candidate(session: int, trials_dir: Path) -> tuple[int, str] | None:
+    """A worker and the running trial it owns that has a checkpoint, read without stopping
+    anything (cheap enough to poll many times a second)."""
+    for pid in _workers(session):
+        name = _trial_of(pid)
+        if name is None or not _runs_now(trials_dir / name, pid):
+            continue  # a reused worker's directory can name a trial it ran before
+        if any((trials_dir / name).glob("checkpoint_*/trainer.pt")):
+            return pid, name
+    return None
+
+
 def _corrupt_a_running_trial(session: int, trials_dir: Path) -> str | None:
     """Freeze every trial worker, truncate each checkpoint of one running trial that has
     some, kill that trial's worker, let the others go on. The trial's name, or None when no
-    running trial has a checkpoint yet."""
+    running trial has a checkpoint yet (checked again once the workers are frozen)."""
+    if _candidate(session, trials_dir) is None:
+        return None
     workers = _workers(session)
     for pid in workers:
         os.kill(pid, signal.SIGSTOP)
     try:
-        for pid in workers:
-            name = _trial_of(pid)
-            if name is None or not _runs_now(trials_dir / name, pid):
-                continue  # a reused worker's directory can name a trial it ran before
-            files = list((trials_dir / name).glob("checkpoint_*/trainer.pt"))
-            if files:
-                for file in files:
-                    data = file.read_bytes()
-                    file.write_bytes(data[: len(data) // 2])
-                os.kill(pid, signal.SIGKILL)
-                return name
-        return None
+        found = _candidate(session, trials_dir)
+        if found is None:
+            return None
+        pid, name = found
+        for file in (trials_dir / name).glob("checkpoint_*/trainer.pt"):
+            data = file.read_bytes()
+            file.write_bytes(data[: len(data) // 2])
+        os.kill(pid, signal.SIGKILL)
+        return name
     finally:
         for pid in workers:
             try:
@@ -99,24 +109,21 @@ def test_a_corrupt_checkpoint_is_tried_once_not_max_failures_times(tmp_path):
     experiment, db = "corrupt", tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
     args = _study_args(
-        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=5, batches=50
+        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=5, batches=80
     )
     trials_dir = tmp_path / "runs" / experiment / "main"
     proc = _start(args, tmp_path)
     client = MlflowClient(uri)
     try:
-
-        def corrupted():
-            if not db.exists() or client.get_experiment_by_name(experiment) is None:
-                return None
-            if not any(c.data.metrics.get("epoch", 0) >= 1 for c in _children(client, experiment)):
-                return None
-            name = _corrupt_a_running_trial(proc.pid, trials_dir)
-            if name is None:
-                time.sleep(0.5)
-            return name
-
-        trial = _wait_for(corrupted, 600, "a running trial with a checkpoint", proc)
+        # Poll the trial directories, not MLflow: an epoch takes a fraction of a second here,
+        # and a trial is killable only between its first checkpoint and its fourth epoch.
+        deadline, trial = time.monotonic() + 600, None
+        while trial is None:
+            trial = _corrupt_a_running_trial(proc.pid, trials_dir)
+            if trial is None:
+                assert proc.poll() is None, f"study exited ({proc.returncode}) before the kill"
+                assert time.monotonic() < deadline, "no running trial with a checkpoint"
+                time.sleep(0.02)
         assert proc.wait(timeout=900) == 1, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         _kill_session(proc.pid)
