@@ -10,7 +10,6 @@ the driver's one line names the corrupt file. The other trials finish with every
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -21,73 +20,27 @@ from mlflow.tracking import MlflowClient
 
 from tests.study.test_study import (
     _children,
-    _cmdline,
     _kill_session,
-    _pids,
+    _running_trial,
     _start,
     _steps,
     _study_args,
     _trial_states,
+    _workers,
 )
-
-
-def _workers(session: int) -> list[int]:
-    return [p for p in _pids() if "ImplicitFunc" in _cmdline(p) and _sid(p) == session]
-
-
-def _sid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except (ProcessLookupError, PermissionError):
-        return None
-
-
-def _trial_of(worker: int) -> str | None:
-    """The trial a worker runs: Tune runs it in the trial's working directory."""
-    try:
-        return Path(os.readlink(f"/proc/{worker}/cwd")).name
-    except OSError:
-        return None
-
-
-def _runs_now(trial_dir: Path, pid: int, last_epoch: int = 3) -> bool:
-    """Whether ``pid`` runs the trial of ``trial_dir`` now, early enough to be interrupted:
-    the trial's last result came from that process, is not its last (``done``), and is at
-    most ``last_epoch``. With ``reuse_actors`` a worker goes on to other trials, and the one
-    its working directory names may have finished (a kill would then hit another trial)."""
-    try:
-        lines = (trial_dir / "result.json").read_text().strip().splitlines()
-        last = json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):
-        return False
-    if not last or last.get("done"):
-        return False
-    return last.get("pid") == pid and last.get("epoch", 0) <= last_epoch
-
-
-def _candidate(session: int, trials_dir: Path) -> tuple[int, str] | None:
-    """A worker and the running trial it owns that has a checkpoint, read without stopping
-    anything (cheap enough to poll many times a second)."""
-    for pid in _workers(session):
-        name = _trial_of(pid)
-        if name is None or not _runs_now(trials_dir / name, pid):
-            continue  # a reused worker's directory can name a trial it ran before
-        if any((trials_dir / name).glob("checkpoint_*/trainer.pt")):
-            return pid, name
-    return None
 
 
 def _corrupt_a_running_trial(session: int, trials_dir: Path) -> str | None:
     """Freeze every trial worker, truncate each checkpoint of one running trial that has
     some, kill that trial's worker, let the others go on. The trial's name, or None when no
     running trial has a checkpoint yet (checked again once the workers are frozen)."""
-    if _candidate(session, trials_dir) is None:
+    if _running_trial(session, trials_dir) is None:
         return None
     workers = _workers(session)
     for pid in workers:
         os.kill(pid, signal.SIGSTOP)
     try:
-        found = _candidate(session, trials_dir)
+        found = _running_trial(session, trials_dir)
         if found is None:
             return None
         pid, name = found

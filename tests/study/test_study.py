@@ -121,6 +121,55 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _workers(session: int) -> list[int]:
+    return [p for p in _pids() if "ImplicitFunc" in _cmdline(p) and _sid(p) == session]
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _trial_of(worker: int) -> str | None:
+    """The trial a worker runs: Tune runs it in the trial's working directory."""
+    try:
+        return Path(os.readlink(f"/proc/{worker}/cwd")).name
+    except OSError:
+        return None
+
+
+def _runs_now(trial_dir: Path, pid: int, first_epoch: int = 1, last_epoch: int = 3) -> bool:
+    """Whether ``pid`` runs the trial of ``trial_dir`` now, early enough to be interrupted:
+    the trial's last result came from that process, is not its last (``done``), and is an
+    epoch from ``first_epoch`` to ``last_epoch``. With ``reuse_actors`` a worker goes on to
+    other trials, and the one its working directory names may have finished (a kill would
+    then hit another trial)."""
+    try:
+        lines = (trial_dir / "result.json").read_text().strip().splitlines()
+        last = json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return False
+    if not last or last.get("done"):
+        return False
+    return last.get("pid") == pid and first_epoch <= last.get("epoch", 0) <= last_epoch
+
+
+def _running_trial(session: int, trials_dir: Path, first_epoch: int = 1) -> tuple[int, str] | None:
+    """A worker of the driver's session and the trial it runs now, at ``first_epoch`` to
+    its third epoch, with a checkpoint: read from the trial directories and ``/proc``
+    without stopping anything, cheap enough to poll many times a second (an epoch of the
+    smoke preset takes a fraction of a second)."""
+    for pid in _workers(session):
+        name = _trial_of(pid)
+        if name is None or not _runs_now(trials_dir / name, pid, first_epoch):
+            continue  # a reused worker's directory can name a trial it ran before
+        if any((trials_dir / name).glob("checkpoint_*/trainer.pt")):
+            return pid, name
+    return None
+
+
 def _trial_states(experiment_dir: Path) -> dict[str, dict]:
     """Tune's own record of each trial (from its latest experiment-state snapshot), by trial
     directory name: ``num_failures``, ``start_time``, ``last_result_time`` ..."""
@@ -213,28 +262,27 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     args = _study_args(
         tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=5, batches=50
     )
+    trials_dir = tmp_path / "runs" / experiment / "main"
     proc = _start(args, tmp_path)
     client = MlflowClient(uri)
     try:
-
-        def some_child_mid_training():
-            if not db.exists() or client.get_experiment_by_name(experiment) is None:
-                return None
-            return [
-                c for c in _children(client, experiment) if 2 <= c.data.metrics.get("epoch", 0) < 5
-            ]
-
-        _wait_for(some_child_mid_training, 600, "a trial at epoch 2", proc)
-        workers = [p for p in _pids() if "ImplicitFunc" in _cmdline(p) and os.getsid(p) == proc.pid]
-        assert workers, "no trial worker process found"
-        os.kill(workers[0], signal.SIGKILL)  # kill -9 one trial's worker mid-training
+        # Poll the trial directories, not MLflow (an epoch takes a fraction of a second):
+        # kill -9 the worker of a trial mid-training, past its second checkpoint.
+        deadline, running = time.monotonic() + 600, None
+        while running is None:
+            running = _running_trial(proc.pid, trials_dir, first_epoch=2)
+            if running is None:
+                assert proc.poll() is None, f"study exited ({proc.returncode}) before the kill"
+                assert time.monotonic() < deadline, "no trial at its second epoch"
+                time.sleep(0.02)
+        os.kill(running[0], signal.SIGKILL)
         proc.wait(timeout=900)
         assert proc.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         _kill_session(proc.pid)
 
     states = _trial_states(tmp_path / "runs" / experiment / "main")
-    assert sum(int(st["num_failures"]) for st in states.values()) >= 1, "no trial failed"
+    assert int(states[running[1]]["num_failures"]) == 1, "the killed trial did not fail once"
     children = _children(client, experiment)
     assert len(children) == 6
     for child in children:  # every epoch exactly once, curves as if never interrupted
