@@ -34,10 +34,16 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
-	$(VENV)/bin/pytest
+	$(FAST_TESTS)
+	$(VENV)/bin/pytest -m slow
+
+# The quick tests in two processes, each test file in one of them, so that both of CI's two cores
+# work; the slow end-to-end tests run one at a time after them: each starts Ray studies that use
+# every core, and their fault tests time kills against the trials' epochs.
+FAST_TESTS := $(VENV)/bin/pytest -m 'not slow' -n 2 --dist loadfile
 
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -m 'not slow'
+	$(FAST_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
