@@ -297,11 +297,13 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
 def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     experiment, db = "kill-driver", tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    # Long enough trials (the C++ engine trains a smoke epoch in well under a second) that
-    # the kill comes while some are still running.
+    # Long enough trials (the C++ engine trains 50 smoke batches in about 0.2 s, so a trial
+    # here takes about 8 s) that the kill, at most about 7 s after the first two trials end,
+    # comes before the last two (which start when the next two end) have finished, even on a
+    # CPU twice as fast.
     epochs = 10
     args = _study_args(
-        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=epochs, batches=300
+        tmp_path, "--tracking-uri", uri, "--experiment", experiment, epochs=epochs, batches=200
     )
     proc = _start(args, tmp_path)
     client = MlflowClient(uri)
