@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tests.study.test_study import (
     _steps,
     _study_args,
     _trial_states,
+    _wait_for,
     _workers,
 )
 
@@ -68,15 +68,11 @@ def test_a_corrupt_checkpoint_is_tried_once_not_max_failures_times(tmp_path):
     proc = _start(args, tmp_path)
     client = MlflowClient(uri)
     try:
-        # Poll the trial directories, not MLflow: an epoch takes a fraction of a second here,
-        # and a trial is killable only between its first checkpoint and its fourth epoch.
-        deadline, trial = time.monotonic() + 600, None
-        while trial is None:
-            trial = _corrupt_a_running_trial(proc.pid, trials_dir)
-            if trial is None:
-                assert proc.poll() is None, f"study exited ({proc.returncode}) before the kill"
-                assert time.monotonic() < deadline, "no running trial with a checkpoint"
-                time.sleep(0.02)
+        # a trial is killable only between its first checkpoint and its fourth epoch
+        trial = _wait_for(
+            lambda: _corrupt_a_running_trial(proc.pid, trials_dir),
+            600, "a running trial with a checkpoint", proc, every=0.02,
+        )  # fmt: skip
         assert proc.wait(timeout=900) == 1, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         _kill_session(proc.pid)

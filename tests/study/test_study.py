@@ -181,7 +181,15 @@ def _trial_states(experiment_dir: Path) -> dict[str, dict]:
     return states
 
 
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+def _wait_for(
+    predicate,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    every: float = 0.5,
+):
+    """``predicate()``'s first truthy value, polled ``every`` seconds (a kill timed against
+    a trial's epochs polls the trial directories every 20 ms: an epoch takes ~0.2 s here)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -189,7 +197,7 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
             return value
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"study exited ({proc.returncode}) before {what}")
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -266,15 +274,11 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     proc = _start(args, tmp_path)
     client = MlflowClient(uri)
     try:
-        # Poll the trial directories, not MLflow (an epoch takes a fraction of a second):
-        # kill -9 the worker of a trial mid-training, past its second checkpoint.
-        deadline, running = time.monotonic() + 600, None
-        while running is None:
-            running = _running_trial(proc.pid, trials_dir, first_epoch=2)
-            if running is None:
-                assert proc.poll() is None, f"study exited ({proc.returncode}) before the kill"
-                assert time.monotonic() < deadline, "no trial at its second epoch"
-                time.sleep(0.02)
+        # kill -9 the worker of a trial mid-training, past its second checkpoint
+        running = _wait_for(
+            lambda: _running_trial(proc.pid, trials_dir, first_epoch=2),
+            600, "a trial at its second epoch", proc, every=0.02,
+        )  # fmt: skip
         os.kill(running[0], signal.SIGKILL)
         proc.wait(timeout=900)
         assert proc.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
